@@ -1,0 +1,31 @@
+# Every target builds .venv from the project's own files first, so a fresh
+# clone needs nothing but Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+## demo: download the sample model from a local S3 server into ./ptms (no AWS account)
+demo: $(STAMP)
+	$(BIN)/python tests/demo.py
+
+## test: run the test suite against a local S3 server
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## lint: ruff and mypy --strict
+lint: $(STAMP)
+	$(BIN)/ruff check icanhazmodel tests
+	$(BIN)/ruff format --check icanhazmodel tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) ptms .pytest_cache .mypy_cache .ruff_cache

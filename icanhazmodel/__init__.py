@@ -1,0 +1,46 @@
+"""icanhazmodel: mirror model artifacts and data from S3 to disk, key for path.
+
+    result = asyncio.run(icanhazmodel.fetch(bucket="models", key="conduct/secrecy/en/version_1.2"))
+
+writes every object under that key to ``ptms/<key>``.
+"""
+
+from ._api import fetch
+from ._config import DEFAULT_CONCURRENCY, FetchConfig
+from ._errors import (
+    AccessDenied,
+    BucketNotFound,
+    CredentialsError,
+    DestinationError,
+    IcanhazmodelError,
+    NotEnoughSpace,
+    NothingToFetch,
+    ProfileNotFound,
+    S3Error,
+    UsageError,
+)
+from ._models import FetchResult, ObjectReport, Status, Verification
+from ._progress import Reporter
+from ._version import __version__
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "AccessDenied",
+    "BucketNotFound",
+    "CredentialsError",
+    "DestinationError",
+    "FetchConfig",
+    "FetchResult",
+    "IcanhazmodelError",
+    "NotEnoughSpace",
+    "NothingToFetch",
+    "ObjectReport",
+    "ProfileNotFound",
+    "Reporter",
+    "S3Error",
+    "Status",
+    "UsageError",
+    "Verification",
+    "__version__",
+    "fetch",
+]

@@ -1,0 +1,82 @@
+"""Which S3 keys can be mirrored to disk, and where each one goes.
+
+Pure functions only: no filesystem access here. The I/O layer still resolves
+every final path and checks it lies under the model directory, because a
+symlink already on disk can redirect a path that is safe on paper.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# The folder under model_dir where icanhazmodel keeps its own records. A key
+# that maps onto it would let a bucket overwrite those records.
+META_DIRNAME = ".icanhazmodel"
+
+# Most filesystems cap one path component at 255 bytes (NAME_MAX).
+_NAME_MAX = 255
+
+
+class RefusedKey(ValueError):
+    """A key that cannot be mirrored safely and faithfully; str() says why."""
+
+
+def _bad_character(segment: str) -> str | None:
+    for char in segment:
+        if char == "\\":
+            return "contains a backslash"
+        # Cc covers NUL, C0 controls, DEL and C1 controls: names with these
+        # break terminals and scripts, and NUL cannot be in a path at all.
+        if unicodedata.category(char) == "Cc":
+            return f"contains the control character {char!r}"
+    return None
+
+
+def _check_segment(segment: str) -> None:
+    if segment == "":
+        raise RefusedKey("has an empty path segment ('//', or a leading '/')")
+    if segment in (".", ".."):
+        raise RefusedKey(f"has a '{segment}' path segment")
+    reason = _bad_character(segment)
+    if reason:
+        raise RefusedKey(reason)
+    if len(segment.encode("utf-8", "surrogatepass")) > _NAME_MAX:
+        raise RefusedKey(f"has a path segment longer than {_NAME_MAX} bytes")
+
+
+def key_parts(key: str, *, is_dir_marker: bool = False) -> tuple[str, ...]:
+    """Split *key* into the path segments it is mirrored to under model_dir.
+
+    A directory marker (a zero-byte key ending in '/') maps to the directory
+    it names. Raises :class:`RefusedKey` for keys that would escape the model
+    directory or could not be written under their own name.
+    """
+    if key == "":
+        raise RefusedKey("is empty")
+    if key.startswith("/"):
+        raise RefusedKey("is absolute (starts with '/')")
+    if key.endswith("/") and not is_dir_marker:
+        raise RefusedKey("ends with '/' but is not an empty folder marker")
+    body = key[:-1] if is_dir_marker and key.endswith("/") else key
+    parts = tuple(body.split("/"))
+    for segment in parts:
+        _check_segment(segment)
+    if parts[0] == META_DIRNAME:
+        raise RefusedKey(f"maps onto {META_DIRNAME}/, where icanhazmodel keeps its records")
+    return parts
+
+
+def is_dir_marker(key: str, size: int) -> bool:
+    """True for the zero-byte 'folder' objects that S3 consoles create."""
+    return size == 0 and key.endswith("/")
+
+
+def directory_prefix(model_key: str) -> str:
+    """The listing prefix for *model_key* taken as a directory.
+
+    Always ends in '/', so 'version_1.2' never matches 'version_1.20/...' or
+    'version_1.2.txt'. An empty key means the whole bucket.
+    """
+    if model_key == "" or model_key.endswith("/"):
+        return model_key
+    return model_key + "/"

@@ -1,0 +1,84 @@
+"""Plain data passed between the layers and returned to callers."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    """One object as S3 listed it: enough to plan, fetch and verify it."""
+
+    key: str
+    size: int
+    etag: str  # without the surrounding quotes
+    last_modified: float  # POSIX seconds
+    checksum_algorithms: tuple[str, ...] = ()  # as listed, e.g. ("CRC64NVME",)
+    version_id: str | None = None
+
+
+class Status(enum.StrEnum):
+    """What happened (or, in a dry run, would happen) to one object."""
+
+    DOWNLOADED = "downloaded"
+    SKIPPED = "skipped"  # unchanged since icanhazmodel last wrote it
+    REFUSED = "refused"  # cannot be mirrored safely; never requested
+    FAILED = "failed"
+    WOULD_DOWNLOAD = "would-download"
+
+
+class Verification(enum.StrEnum):
+    """How thoroughly a landed file was checked against S3."""
+
+    CRC32 = "crc32"
+    CRC32C = "crc32c"
+    CRC64NVME = "crc64nvme"
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    ETAG_MD5 = "etag-md5"
+    SIZE_ONLY = "size-only"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectReport:
+    """One object that did not simply land: refused, failed, or planned."""
+
+    key: str
+    status: Status
+    reason: str = ""
+    path: str | None = None  # where it goes (or would go) on disk
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """The outcome of one :func:`icanhazmodel.fetch` run.
+
+    Counts cover every listed object. ``problems`` names each refused or
+    failed object with the reason, so a caller can act on them.
+    """
+
+    downloaded: int  # files written
+    skipped: int
+    refused: int
+    failed: int
+    bytes_downloaded: int
+    seconds: float
+    folders: int = 0  # folder markers mirrored as directories
+    verification: Mapping[str, int] = field(default_factory=dict)
+    problems: tuple[ObjectReport, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when every listed object is on disk and correct."""
+        return self.refused == 0 and self.failed == 0
+
+    @property
+    def failures(self) -> tuple[ObjectReport, ...]:
+        return tuple(p for p in self.problems if p.status is Status.FAILED)
+
+    @property
+    def refusals(self) -> tuple[ObjectReport, ...]:
+        return tuple(p for p in self.problems if p.status is Status.REFUSED)

@@ -1,0 +1,200 @@
+"""Progress reporting: tqdm bars on a terminal, plain lines in logs, or nothing.
+
+The pipeline calls a :class:`Reporter`; it never imports tqdm itself. Calls
+arrive from the event loop thread only, many times a second, so each
+implementation keeps them cheap and lets the display refresh at its own pace.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Protocol
+
+from tqdm import tqdm
+
+# Per-file bars: enough to see the big transfers, few enough to fit a screen.
+FILE_BAR_SLOTS = 8
+# Files smaller than this finish too fast for a bar of their own to help.
+FILE_BAR_MIN_BYTES = 4 << 20
+
+
+class Reporter(Protocol):
+    def listed(self, files: int, nbytes: int) -> None:
+        """More objects were found: grow the totals."""
+
+    def file_started(self, key: str, size: int) -> None:
+        """A download of *key* (or its first range) began."""
+
+    def advanced(self, key: str, nbytes: int) -> None:
+        """*nbytes* more of *key* reached disk (negative to rewind a retry)."""
+
+    def file_done(self, key: str) -> None:
+        """*key* landed, was skipped, or failed: it is no longer in flight."""
+
+    def message(self, text: str) -> None:
+        """A line for the user (a refused key, a retry) that must not break bars."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+class NullReporter:
+    """Reports nothing: the library default."""
+
+    def listed(self, files: int, nbytes: int) -> None:
+        pass
+
+    def file_started(self, key: str, size: int) -> None:
+        pass
+
+    def advanced(self, key: str, nbytes: int) -> None:
+        pass
+
+    def file_done(self, key: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MessageReporter(NullReporter):
+    """No progress, but messages still go to a stream (for --no-progress)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+
+    def message(self, text: str) -> None:
+        print(text, file=self._stream or sys.stderr, flush=True)
+
+
+class TqdmReporter:
+    """One aggregate bar (position 0) and per-file bars for the largest files.
+
+    Bars keep fixed positions and do not stay behind (``leave=False``), so a
+    file finishing out of order leaves no stale line.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._files_total = 0
+        self._files_done = 0
+        self._total = tqdm(
+            total=0,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="icanhazmodel",
+            file=self._stream,
+            position=0,
+            dynamic_ncols=True,
+            mininterval=0.2,
+            smoothing=0.1,
+        )
+        self._bars: dict[str, tqdm] = {}
+        self._free_slots = list(range(FILE_BAR_SLOTS, 0, -1))
+
+    def _postfix(self) -> None:
+        self._total.set_postfix_str(f"{self._files_done}/{self._files_total} files", refresh=False)
+
+    def listed(self, files: int, nbytes: int) -> None:
+        self._files_total += files
+        self._total.total += nbytes
+        self._postfix()
+        self._total.refresh()
+
+    def _smallest_bar(self) -> str | None:
+        if not self._bars:
+            return None
+        return min(self._bars, key=lambda k: self._bars[k].total or 0)
+
+    def file_started(self, key: str, size: int) -> None:
+        if size < FILE_BAR_MIN_BYTES or key in self._bars:
+            return
+        if not self._free_slots:
+            smallest = self._smallest_bar()
+            if smallest is None or (self._bars[smallest].total or 0) >= size:
+                return
+            self._close_bar(smallest)
+        slot = self._free_slots.pop()
+        name = key.rsplit("/", 1)[-1]
+        self._bars[key] = tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=name[-30:],
+            file=self._stream,
+            position=slot,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0.2,
+        )
+
+    def advanced(self, key: str, nbytes: int) -> None:
+        self._total.update(nbytes)
+        bar = self._bars.get(key)
+        if bar is not None:
+            bar.update(nbytes)
+
+    def _close_bar(self, key: str) -> None:
+        bar = self._bars.pop(key)
+        self._free_slots.append(bar.pos if bar.pos >= 0 else -bar.pos)
+        bar.close()
+
+    def file_done(self, key: str) -> None:
+        self._files_done += 1
+        self._postfix()
+        if key in self._bars:
+            self._close_bar(key)
+
+    def message(self, text: str) -> None:
+        tqdm.write(text, file=self._stream)
+
+    def close(self) -> None:
+        for key in list(self._bars):
+            self._close_bar(key)
+        self._total.refresh()
+        self._total.close()
+
+
+class LineReporter(MessageReporter):
+    """A plain progress line every few seconds, for logs that are not terminals."""
+
+    def __init__(self, stream: IO[str] | None = None, every: float = 5.0) -> None:
+        super().__init__(stream)
+        self._every = every
+        self._files_total = 0
+        self._files_done = 0
+        self._bytes_total = 0
+        self._bytes_done = 0
+        self._started = time.monotonic()
+        self._next = self._started + every
+
+    def listed(self, files: int, nbytes: int) -> None:
+        self._files_total += files
+        self._bytes_total += nbytes
+
+    def advanced(self, key: str, nbytes: int) -> None:
+        self._bytes_done += nbytes
+        self._maybe_print()
+
+    def file_done(self, key: str) -> None:
+        self._files_done += 1
+        self._maybe_print()
+
+    def _maybe_print(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._every
+        elapsed = now - self._started
+        rate = self._bytes_done / elapsed / (1 << 20) if elapsed > 0 else 0.0
+        self.message(
+            f"progress: {self._files_done}/{self._files_total} files, "
+            f"{self._bytes_done / (1 << 20):.1f}/{self._bytes_total / (1 << 20):.1f} MiB, "
+            f"{rate:.1f} MiB/s"
+        )

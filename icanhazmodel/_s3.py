@@ -1,0 +1,349 @@
+"""The S3 adapter: the only module that talks to aioboto3 and botocore.
+
+It opens one session and one client per run, pages through listings, heads
+and streams objects, and translates botocore's and aiohttp's exceptions into
+ours in one place, so the rest of the package never sees a botocore type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import aioboto3
+import botocore.exceptions as boto_exc
+from aiobotocore.config import AioConfig
+from botocore import UNSIGNED
+
+from ._errors import (
+    AccessDenied,
+    BucketNotFound,
+    CredentialsError,
+    IcanhazmodelError,
+    ProfileNotFound,
+    S3Error,
+    UsageError,
+)
+from ._models import RemoteObject
+
+CHECKSUM_NAMES = ("CRC64NVME", "CRC32C", "CRC32", "SHA1", "SHA256")
+
+_NO_CREDENTIALS_HINT = (
+    "pass --profile, set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "or use --no-sign-request for a public bucket"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """What the adapter needs to know to open a client."""
+
+    bucket: str
+    profile: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    pool_size: int = 10
+    retries: int = 5
+    read_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    unsigned: bool = False
+    request_payer: str | None = None
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class ObjectError(Exception):
+    """A per-object failure; the run records it and goes on."""
+
+    transient = False
+
+
+class TransientObjectError(ObjectError):
+    """Worth another attempt: a dropped connection, a timeout, a 5xx."""
+
+    transient = True
+
+
+class ObjectChanged(ObjectError):
+    """The object was overwritten in S3 while we were reading it (412)."""
+
+
+class ObjectGone(ObjectError):
+    """The object was deleted between listing and download (404)."""
+
+
+def _error_code(exc: boto_exc.ClientError) -> tuple[str, int]:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return str(error.get("Code", "")), int(status or 0)
+
+
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+}
+
+_TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    boto_exc.ConnectionError,  # includes EndpointConnectionError, timeouts
+    boto_exc.HTTPClientError,  # includes ResponseStreamingError
+    boto_exc.IncompleteReadError,
+    boto_exc.ReadTimeoutError,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def _raise_run_error(exc: BaseException, bucket: str, what: str) -> NoReturn:
+    """Translate an exception that stops the whole run."""
+    if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
+        raise CredentialsError(f"no AWS credentials found: {_NO_CREDENTIALS_HINT}") from exc
+    if isinstance(exc, boto_exc.ClientError):
+        code, status = _error_code(exc)
+        if code == "NoSuchBucket":
+            raise BucketNotFound(f"bucket '{bucket}' does not exist") from exc
+        if code in _CREDENTIAL_CODES:
+            raise CredentialsError(
+                f"S3 rejected the credentials ({code}) while {what}: check the profile or keys"
+            ) from exc
+        if code in ("AccessDenied", "403", "AllAccessDisabled") or status == 403:
+            raise AccessDenied(
+                f"access denied while {what}: the credentials in use may not read "
+                f"bucket '{bucket}' (try another --profile)"
+            ) from exc
+        raise S3Error(f"S3 error {code or status} while {what}: {exc}") from exc
+    if isinstance(exc, boto_exc.EndpointConnectionError):
+        raise S3Error(f"cannot reach the S3 endpoint while {what}: {exc}") from exc
+    if isinstance(exc, boto_exc.BotoCoreError):
+        raise S3Error(f"{exc} (while {what})") from exc
+    raise exc
+
+
+@contextlib.contextmanager
+def run_errors(bucket: str, what: str) -> Iterator[None]:
+    """Turn botocore failures of a run-level call (listing, head) into ours."""
+    try:
+        yield
+    except IcanhazmodelError:
+        raise
+    except (boto_exc.BotoCoreError, boto_exc.ClientError) as exc:
+        _raise_run_error(exc, bucket, what)
+
+
+@contextlib.contextmanager
+def object_errors(key: str) -> Iterator[None]:
+    """Turn failures while fetching one object into ObjectError subclasses."""
+    try:
+        yield
+    except ObjectError:
+        raise
+    except boto_exc.ClientError as exc:
+        code, status = _error_code(exc)
+        if status == 412 or code == "PreconditionFailed":
+            raise ObjectChanged(f"'{key}' changed in S3 during the download") from exc
+        if status == 404 or code in ("NoSuchKey", "404"):
+            raise ObjectGone(f"'{key}' was deleted from S3 during the run") from exc
+        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            raise TransientObjectError(f"S3 error {code or status}") from exc
+        raise ObjectError(f"S3 error {code or status}: {exc}") from exc
+    except _TRANSIENT_EXCEPTIONS as exc:
+        raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
+    except boto_exc.BotoCoreError as exc:
+        raise ObjectError(str(exc)) from exc
+
+
+# -- the client ---------------------------------------------------------------
+
+
+def _strip_quotes(etag: str) -> str:
+    return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
+
+
+def _posix_time(value: Any) -> float:
+    return value.timestamp() if isinstance(value, datetime) else 0.0
+
+
+def _listed_object(item: Mapping[str, Any]) -> RemoteObject:
+    return RemoteObject(
+        key=item["Key"],
+        size=int(item.get("Size", 0)),
+        etag=_strip_quotes(item.get("ETag", "")),
+        last_modified=_posix_time(item.get("LastModified")),
+        checksum_algorithms=tuple(item.get("ChecksumAlgorithm", ())),
+    )
+
+
+def response_checksums(response: Mapping[str, Any]) -> dict[str, str]:
+    """The base64 checksums S3 sent with a GetObject or HeadObject response."""
+    found = {}
+    for name in CHECKSUM_NAMES:
+        value = response.get(f"Checksum{name}")
+        if value:
+            found[name] = str(value)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class HeadResult:
+    obj: RemoteObject
+    checksums: Mapping[str, str]
+    checksum_type: str | None
+
+
+class Body:
+    """The streaming body of one GET, with the headers that came with it."""
+
+    def __init__(self, response: Mapping[str, Any], key: str) -> None:
+        self._stream = response["Body"]
+        self._key = key
+        self.content_length = int(response.get("ContentLength", 0))
+        self.etag = _strip_quotes(response.get("ETag", ""))
+        self.checksums = response_checksums(response)
+        self.checksum_type: str | None = response.get("ChecksumType")
+
+    async def read(self, max_bytes: int) -> bytes:
+        with object_errors(self._key):
+            chunk: bytes = await self._stream.read(max_bytes)
+            return chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class S3:
+    """One aioboto3 client for the whole run, shared by every worker."""
+
+    def __init__(self, client: Any, options: S3Options) -> None:
+        self._client = client
+        self._options = options
+        self.bucket = options.bucket
+
+    def _extra(self) -> dict[str, str]:
+        if self._options.request_payer:
+            return {"RequestPayer": self._options.request_payer}
+        return {}
+
+    async def head(self, key: str, version_id: str | None = None) -> HeadResult | None:
+        """HEAD one key; None if there is no such object."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            response = await self._client.head_object(**kwargs, **self._extra())
+        except boto_exc.ClientError as exc:
+            code, status = _error_code(exc)
+            # 403 is what S3 answers for a missing key when the caller may not
+            # list the bucket; the listing that follows gives the real verdict.
+            if status in (403, 404) or code in ("NoSuchKey", "NotFound"):
+                return None
+            _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
+        except boto_exc.BotoCoreError as exc:
+            _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
+        obj = RemoteObject(
+            key=key,
+            size=int(response.get("ContentLength", 0)),
+            etag=_strip_quotes(response.get("ETag", "")),
+            last_modified=_posix_time(response.get("LastModified")),
+            checksum_algorithms=tuple(response_checksums(response)),
+            version_id=response.get("VersionId") if version_id else None,
+        )
+        return HeadResult(obj, response_checksums(response), response.get("ChecksumType"))
+
+    async def list_pages(self, prefix: str) -> AsyncIterator[list[RemoteObject]]:
+        """Yield the objects under *prefix* one listing page at a time."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, **self._extra())
+        what = f"listing s3://{self.bucket}/{prefix}"
+        iterator = pages.__aiter__()
+        while True:
+            with run_errors(self.bucket, what):
+                try:
+                    page = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+            yield [_listed_object(item) for item in page.get("Contents", ())]
+
+    async def open_body(
+        self,
+        obj: RemoteObject,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        if_match: bool = True,
+        want_checksum: bool = False,
+    ) -> Body:
+        """Start a GET of bytes [start, end) of *obj* and return its body.
+
+        ``If-Match`` pins the request to the listed version, so a concurrent
+        overwrite cannot splice two versions into one file.
+        """
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key}
+        if end is None:
+            end = obj.size
+        if start > 0 or end < obj.size:
+            kwargs["Range"] = f"bytes={start}-{end - 1}"
+        if if_match and obj.etag:
+            kwargs["IfMatch"] = f'"{obj.etag}"'
+        if obj.version_id:
+            kwargs["VersionId"] = obj.version_id
+        if want_checksum:
+            kwargs["ChecksumMode"] = "ENABLED"
+        with object_errors(obj.key):
+            response = await self._client.get_object(**kwargs, **self._extra())
+        return Body(response, obj.key)
+
+
+def _client_config(options: S3Options) -> AioConfig:
+    extra: dict[str, Any] = {}
+    if options.unsigned:
+        extra["signature_version"] = UNSIGNED
+    return AioConfig(
+        max_pool_connections=options.pool_size,
+        retries={"mode": "standard", "total_max_attempts": options.retries + 1},
+        read_timeout=options.read_timeout,
+        connect_timeout=options.connect_timeout,
+        # icanhazmodel verifies bodies itself (and across ranged parts, which
+        # botocore cannot), so botocore must not add checksum work of its own.
+        response_checksum_validation="when_required",
+        request_checksum_calculation="when_required",
+        **extra,
+    )
+
+
+def _session(options: S3Options) -> aioboto3.Session:
+    try:
+        return aioboto3.Session(profile_name=options.profile)
+    except boto_exc.ProfileNotFound as exc:
+        raise ProfileNotFound(
+            f"AWS profile '{options.profile}' not found in ~/.aws/credentials or ~/.aws/config"
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def open_s3(options: S3Options) -> AsyncIterator[S3]:
+    """Open the run's single S3 client."""
+    session = _session(options)
+    try:
+        client_cm = session.client(
+            "s3",
+            endpoint_url=options.endpoint_url,
+            region_name=options.region,
+            config=_client_config(options),
+        )
+        client = await client_cm.__aenter__()
+    except boto_exc.ProfileNotFound as exc:
+        raise ProfileNotFound(f"AWS profile '{options.profile}' not found") from exc
+    except ValueError as exc:  # botocore's message for a malformed endpoint URL
+        raise UsageError(f"invalid --endpoint-url '{options.endpoint_url}': {exc}") from exc
+    except boto_exc.BotoCoreError as exc:
+        raise S3Error(f"cannot create the S3 client: {exc}") from exc
+    try:
+        yield S3(client, options)
+    finally:
+        await client_cm.__aexit__(None, None, None)
