@@ -12,6 +12,7 @@ against it, prints the tree it wrote, and stops the server. No AWS account.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def main() -> int:
         help="size of the sample files relative to the benchmark's 415 MiB",
     )
     args = parser.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request log lines
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
