@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from anyio.to_thread import run_sync
 
 from ._config import DEFAULT_CONCURRENCY, FetchConfig
+from ._errors import DestinationError
 from ._files import Tree, prepare_model_dir
+from ._manifest import Manifest
 from ._models import FetchResult
 from ._pipeline import Run
 from ._progress import NullReporter, Reporter, TqdmReporter
@@ -26,6 +29,8 @@ async def fetch(
     concurrency: int = DEFAULT_CONCURRENCY,
     retries: int = 5,
     stall_timeout: float = 30.0,
+    verify: bool = True,
+    force: bool = False,
     progress: bool | Reporter = False,
 ) -> FetchResult:
     """Mirror ``s3://bucket/key`` (one object, or everything under it) to *dest*.
@@ -46,6 +51,8 @@ async def fetch(
         concurrency=concurrency,
         retries=retries,
         stall_timeout=stall_timeout,
+        verify=verify,
+        force=force,
     )
     reporter = _reporter(progress)
     try:
@@ -76,5 +83,17 @@ async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
         retries=config.retries,
         read_timeout=config.stall_timeout,
     )
-    async with open_s3(options) as s3:
-        return await Run(config, s3, Tree(root), reporter).execute()
+    manifest = await run_sync(_open_manifest, root)
+    try:
+        async with open_s3(options) as s3:
+            return await Run(config, s3, Tree(root), manifest, reporter).execute()
+    finally:
+        # Synchronous: also runs when the run is cancelled (Ctrl-C).
+        manifest.close()
+
+
+def _open_manifest(root: Path) -> Manifest:
+    try:
+        return Manifest(root)
+    except (OSError, sqlite3.Error) as exc:
+        raise DestinationError(f"cannot keep records under '{root}': {exc}") from exc

@@ -63,8 +63,15 @@ def summary_line(result: FetchResult) -> str:
     return f"{', '.join(parts)} in {result.seconds:.2f} s ({rate:.1f} MiB/s)"
 
 
+def verification_line(result: FetchResult) -> str:
+    levels = ", ".join(f"{count} {level}" for level, count in sorted(result.verification.items()))
+    return f"verified: {levels}" if levels else ""
+
+
 def _print_summary(result: FetchResult) -> None:
     click.echo(summary_line(result), err=True)
+    if line := verification_line(result):
+        click.echo(line, err=True)
     for problem in result.problems:
         click.echo(f"  {problem.status.value}: {problem.key!r}: {problem.reason}", err=True)
 
@@ -144,6 +151,24 @@ class _OneLineErrors(click.Command):
     help="Further attempts for each request or broken transfer before giving up on it.",
 )
 @click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds without a byte before a transfer is dropped and retried.",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check each file against S3's checksum (or MD5 ETag) before it lands.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Download everything again, replacing files changed locally.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Show progress bars (default: when stderr is a terminal).",
@@ -159,6 +184,9 @@ def main(
     region: str | None,
     concurrency: int,
     retries: int,
+    stall_timeout: float,
+    verify: bool,
+    force: bool,
     progress: bool | None,
     quiet: bool,
 ) -> None:
@@ -172,6 +200,9 @@ def main(
             region=region,
             concurrency=concurrency,
             retries=retries,
+            stall_timeout=stall_timeout,
+            verify=verify,
+            force=force,
         )
     except IcanhazmodelError as exc:
         _fail(str(exc), exc.exit_code)

@@ -32,6 +32,8 @@ class FetchConfig:
     concurrency: int = DEFAULT_CONCURRENCY
     retries: int = 5
     stall_timeout: float = 30.0
+    verify: bool = True
+    force: bool = False
 
     def __post_init__(self) -> None:
         if not self.bucket:

@@ -9,8 +9,10 @@ holds a whole, checked file (or whatever was there before).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import DestinationError
@@ -102,7 +104,7 @@ def temp_path(final: Path) -> Path:
 
 
 def _open_new(path: Path) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     return os.open(path, flags, _FILE_MODE)
 
 
@@ -114,13 +116,18 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += written
 
 
-def land(tmp: Path, final: Path, mtime: float) -> None:
-    """Give *tmp* the object's mtime and rename it over *final* atomically."""
+def land(tmp: Path, final: Path, mtime: float) -> os.stat_result:
+    """Give *tmp* the object's mtime and rename it over *final* atomically.
+
+    Returns the landed file's stat, as recorded in the manifest.
+    """
     os.utime(tmp, (mtime, mtime))
+    landed = os.stat(tmp)
     try:
         os.replace(tmp, final)
     except IsADirectoryError:
         raise PathConflict(f"'{final}' is a directory where a file must go") from None
+    return landed
 
 
 def remove_quietly(path: Path) -> None:
@@ -128,7 +135,7 @@ def remove_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def write_whole(final: Path, chunks: list[bytes], mtime: float) -> None:
+def write_whole(final: Path, chunks: list[bytes], mtime: float) -> os.stat_result:
     """Write a small object held in memory: temp file, then atomic rename."""
     tmp = temp_path(final)
     fd = _open_new(tmp)
@@ -140,24 +147,40 @@ def write_whole(final: Path, chunks: list[bytes], mtime: float) -> None:
                 offset += len(chunk)
         finally:
             os.close(fd)
-        land(tmp, final, mtime)
+        return land(tmp, final, mtime)
     except BaseException:
         remove_quietly(tmp)
         raise
 
 
 class PartialFile:
-    """A temp file assembled from byte ranges written at their offsets."""
+    """A temp file assembled from byte ranges written at their offsets.
 
-    def __init__(self, final: Path, size: int) -> None:
+    The file is locked (flock) while open, so a second run sharing the model
+    directory never resumes into a file this run is still writing; the lock
+    dies with the process, so after a crash the file can be resumed.
+    """
+
+    def __init__(self, final: Path, size: int, *, resume: Path | None = None) -> None:
         self.final = final
-        self.tmp = temp_path(final)
-        self._fd = _open_new(self.tmp)
+        self.size = size
+        self.tmp = resume if resume is not None else temp_path(final)
+        if resume is None:
+            self._fd = _open_new(self.tmp)
+        else:
+            self._fd = os.open(self.tmp, os.O_RDWR | os.O_CLOEXEC)
         try:
-            # Sets the length up front so parts can land in any order.
-            os.ftruncate(self._fd, size)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if resume is None:
+                # The full length up front, so ranges can land in any order.
+                os.ftruncate(self._fd, size)
+            elif os.fstat(self._fd).st_size != size:
+                raise ValueError(f"'{self.tmp}' has the wrong length to resume")
         except BaseException:
-            self.discard()
+            os.close(self._fd)
+            self._fd = -1
+            if resume is None:
+                remove_quietly(self.tmp)
             raise
 
     def write(self, offset: int, chunks: list[bytes]) -> None:
@@ -165,19 +188,50 @@ class PartialFile:
             _write_all(self._fd, chunk, offset)
             offset += len(chunk)
 
+    def blocks(self, start: int, end: int, block: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of [start, end) as written so far, in blocks."""
+        while start < end:
+            data = os.pread(self._fd, min(block, end - start), start)
+            if not data:
+                raise OSError(f"'{self.tmp}' is shorter than expected")
+            yield data
+            start += len(data)
+
     def _close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def commit(self, mtime: float) -> None:
+    def commit(self, mtime: float) -> os.stat_result:
         self._close()
         try:
-            land(self.tmp, self.final, mtime)
+            return land(self.tmp, self.final, mtime)
         except BaseException:
             remove_quietly(self.tmp)
             raise
 
+    def keep(self) -> None:
+        """Close, leaving the file for a later run to resume."""
+        self._close()
+
     def discard(self) -> None:
         self._close()
         remove_quietly(self.tmp)
+
+
+def try_remove_unlocked(path: Path) -> bool:
+    """Remove a temp file unless a live run holds its lock."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        remove_quietly(path)
+    finally:
+        os.close(fd)
+    return True

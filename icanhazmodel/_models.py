@@ -26,6 +26,7 @@ class Status(enum.StrEnum):
     SKIPPED = "skipped"  # unchanged since icanhazmodel last wrote it
     REFUSED = "refused"  # cannot be mirrored safely; never requested
     FAILED = "failed"
+    LOCALLY_MODIFIED = "locally-modified"  # kept: edited since icanhazmodel wrote it
     WOULD_DOWNLOAD = "would-download"
 
 
@@ -77,7 +78,8 @@ class FetchResult:
 
     @property
     def failures(self) -> tuple[ObjectReport, ...]:
-        return tuple(p for p in self.problems if p.status is Status.FAILED)
+        """Objects that did not land: failed, or kept because edited locally."""
+        return tuple(p for p in self.problems if p.status is not Status.REFUSED)
 
     @property
     def refusals(self) -> tuple[ObjectReport, ...]:

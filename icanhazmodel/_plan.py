@@ -5,6 +5,12 @@ No I/O here; everything is tested directly with plain values.
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+
+from ._manifest import FileRecord
+from ._models import RemoteObject
+
 MiB = 1 << 20
 MIN_PART_SIZE = 8 * MiB
 MAX_PART_SIZE = 64 * MiB
@@ -85,3 +91,35 @@ class ConflictTracker:
             self._open_files.append(path)
             self._open_set.add(path)
         return None
+
+
+class Action(enum.Enum):
+    DOWNLOAD = "download"
+    SKIP = "skip"  # unchanged since icanhazmodel wrote it
+    KEEP_LOCAL = "keep-local"  # the user changed the local file; --force replaces it
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    size: int
+    mtime_ns: int
+
+
+def decide(
+    obj: RemoteObject, record: FileRecord | None, local: LocalFile | None, *, force: bool
+) -> Action:
+    """Whether *obj* must be fetched, given what icanhazmodel last wrote for it.
+
+    Trusts nothing it did not record itself: a file is skipped only if the
+    manifest says icanhazmodel wrote it from this very object version and
+    the file on disk still has the size and mtime it was left with. A file
+    changed on disk since then is kept (and reported) unless *force*.
+    """
+    if force or record is None or local is None:
+        return Action.DOWNLOAD
+    if (local.size, local.mtime_ns) != (record.local_size, record.local_mtime_ns):
+        return Action.KEEP_LOCAL
+    same_version = obj.version_id is None or obj.version_id == record.version_id
+    if same_version and (obj.etag, obj.size) == (record.etag, record.size):
+        return Action.SKIP
+    return Action.DOWNLOAD

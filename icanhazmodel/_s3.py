@@ -14,10 +14,12 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import aioboto3
+import aiohttp
 import botocore.exceptions as boto_exc
 from aiobotocore.config import AioConfig
 from botocore import UNSIGNED
 
+from ._checksums import ChecksumMismatch
 from ._errors import (
     AccessDenied,
     BucketNotFound,
@@ -97,6 +99,9 @@ _TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     boto_exc.ReadTimeoutError,
     TimeoutError,
     ConnectionError,
+    # aiobotocore's StreamingBody lets some of aiohttp's errors through
+    # unwrapped, e.g. ClientPayloadError for a body cut short.
+    aiohttp.ClientError,
 )
 
 
@@ -152,6 +157,10 @@ def object_errors(key: str) -> Iterator[None]:
         if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
             raise TransientObjectError(f"S3 error {code or status}") from exc
         raise ObjectError(f"S3 error {code or status}: {exc}") from exc
+    except boto_exc.FlexibleChecksumError as exc:
+        # botocore checks S3's checksum itself when a whole object is asked
+        # for with ChecksumMode; its verdict is as good as ours.
+        raise ChecksumMismatch(f"checksum mismatch: {exc}") from exc
     except _TRANSIENT_EXCEPTIONS as exc:
         raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
@@ -189,11 +198,31 @@ def response_checksums(response: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
+def _encrypted_with_key(response: Mapping[str, Any]) -> bool:
+    """SSE-KMS and SSE-C objects have ETags that are not the MD5 of their bytes."""
+    sse = str(response.get("ServerSideEncryption", ""))
+    return sse.startswith("aws:kms") or bool(response.get("SSECustomerAlgorithm"))
+
+
 @dataclass(frozen=True, slots=True)
 class HeadResult:
     obj: RemoteObject
     checksums: Mapping[str, str]
     checksum_type: str | None
+    encrypted_with_key: bool
+
+
+def _head_result(key: str, response: Mapping[str, Any], version_id: str | None) -> HeadResult:
+    checksums = response_checksums(response)
+    obj = RemoteObject(
+        key=key,
+        size=int(response.get("ContentLength", 0)),
+        etag=_strip_quotes(response.get("ETag", "")),
+        last_modified=_posix_time(response.get("LastModified")),
+        checksum_algorithms=tuple(checksums),
+        version_id=response.get("VersionId") if version_id else None,
+    )
+    return HeadResult(obj, checksums, response.get("ChecksumType"), _encrypted_with_key(response))
 
 
 class Body:
@@ -206,6 +235,7 @@ class Body:
         self.etag = _strip_quotes(response.get("ETag", ""))
         self.checksums = response_checksums(response)
         self.checksum_type: str | None = response.get("ChecksumType")
+        self.encrypted_with_key = _encrypted_with_key(response)
 
     async def read(self, max_bytes: int) -> bytes:
         with object_errors(self._key):
@@ -245,15 +275,16 @@ class S3:
             _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
         except boto_exc.BotoCoreError as exc:
             _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
-        obj = RemoteObject(
-            key=key,
-            size=int(response.get("ContentLength", 0)),
-            etag=_strip_quotes(response.get("ETag", "")),
-            last_modified=_posix_time(response.get("LastModified")),
-            checksum_algorithms=tuple(response_checksums(response)),
-            version_id=response.get("VersionId") if version_id else None,
-        )
-        return HeadResult(obj, response_checksums(response), response.get("ChecksumType"))
+        return _head_result(key, response, version_id)
+
+    async def stat(self, obj: RemoteObject) -> HeadResult:
+        """HEAD one object mid-run: its current version, checksums and encryption."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key, "ChecksumMode": "ENABLED"}
+        if obj.version_id:
+            kwargs["VersionId"] = obj.version_id
+        with object_errors(obj.key):
+            response = await self._client.head_object(**kwargs, **self._extra())
+        return _head_result(obj.key, response, obj.version_id)
 
     async def list_pages(self, prefix: str) -> AsyncIterator[list[RemoteObject]]:
         """Yield the objects under *prefix* one listing page at a time."""

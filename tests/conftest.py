@@ -69,6 +69,10 @@ class Bucket:
     def put_all(self, objects: Iterable[SampleObject]) -> None:
         fill_bucket(self.client, self.name, objects)
 
+    def plain_client(self) -> Any:
+        """A client that adds no checksum of its own to uploads."""
+        return s3_client(self.endpoint, checksums=False)
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.name, Key=key)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 MODEL_KEY = "conduct/secrecy/en/version_1.2"
 BUCKET = "icanhazmodel-demo"
@@ -110,14 +111,20 @@ def everything(scale: float = 1.0) -> Iterator[SampleObject]:
     yield from markers()
 
 
-def s3_client(endpoint: str) -> Any:
-    """A plain boto3 client for filling test buckets (not the code under test)."""
+def s3_client(endpoint: str, *, checksums: bool = True) -> Any:
+    """A plain boto3 client for filling test buckets (not the code under test).
+
+    By default boto3 adds a CRC32 to every upload, as real SDKs do; without
+    *checksums* objects carry none and only their ETag vouches for them.
+    """
+    config = Config(request_checksum_calculation="when_supported" if checksums else "when_required")
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
+        config=config,
     )
 
 

@@ -1,0 +1,167 @@
+"""Checksums: which one S3 vouches for, computing it while streaming, and
+combining per-range CRCs so a file fetched in parallel ranges is still
+verified as a whole.
+
+Pure computation; the pipeline calls these from its writer threads (zlib,
+hashlib and awscrt release the GIL on large buffers).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from awscrt import checksums as crt
+
+from ._models import Verification
+
+# CRCs first: they are fast and combine across ranges; then the hashes.
+_PREFERENCE = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
+_CRC_WIDTH = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8}
+_LEVEL = {
+    "CRC32": Verification.CRC32,
+    "CRC32C": Verification.CRC32C,
+    "CRC64NVME": Verification.CRC64NVME,
+    "SHA1": Verification.SHA1,
+    "SHA256": Verification.SHA256,
+    "MD5": Verification.ETAG_MD5,
+}
+_PLAIN_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+# The CRC every range gets when the object has no CRC of its own: it lets a
+# resumed download re-check the ranges already on disk.
+RANGE_CRC = "CRC32"
+
+
+def is_crc(algorithm: str) -> bool:
+    return algorithm in _CRC_WIDTH
+
+
+def crc_update(algorithm: str, data: bytes | memoryview, previous: int = 0) -> int:
+    if algorithm == "CRC32":
+        return zlib.crc32(data, previous)
+    if algorithm == "CRC32C":
+        return int(crt.crc32c(data, previous))
+    if algorithm == "CRC64NVME":
+        return int(crt.crc64nvme(data, previous))
+    raise ValueError(f"not a CRC: {algorithm}")
+
+
+def crc_combine(algorithm: str, first: int, second: int, second_length: int) -> int:
+    """The CRC of A+B from crc(A), crc(B) and len(B)."""
+    if second_length == 0:
+        return first
+    if algorithm == "CRC32":
+        return int(crt.combine_crc32(first, second, second_length))
+    if algorithm == "CRC32C":
+        return int(crt.combine_crc32c(first, second, second_length))
+    if algorithm == "CRC64NVME":
+        return int(crt.combine_crc64nvme(first, second, second_length))
+    raise ValueError(f"not a CRC: {algorithm}")
+
+
+def crc_of_ranges(algorithm: str, ranges: Iterable[tuple[int, int, int]]) -> int:
+    """Combine (start, end, crc) ranges that tile an object from offset 0."""
+    total = 0
+    expected_start = 0
+    for start, end, crc in sorted(ranges):
+        if start != expected_start:
+            raise ValueError(f"ranges leave a gap at byte {expected_start}")
+        total = crc_combine(algorithm, total, crc, end - start)
+        expected_start = end
+    return total
+
+
+def crc_bytes(algorithm: str, value: int) -> bytes:
+    return value.to_bytes(_CRC_WIDTH[algorithm], "big")
+
+
+class Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+def new_hash(algorithm: str) -> Hash:
+    """A hashlib object for SHA1, SHA256 or MD5."""
+    if algorithm == "MD5":
+        return hashlib.md5(usedforsecurity=False)
+    return hashlib.new(algorithm.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What a downloaded object will be checked against."""
+
+    algorithm: str | None  # "CRC64NVME" ... "SHA1", "MD5"; None: size only
+    expected: bytes = b""
+
+    @property
+    def level(self) -> Verification:
+        return _LEVEL[self.algorithm] if self.algorithm else Verification.SIZE_ONLY
+
+    def describe(self, digest: bytes) -> str:
+        return (
+            f"{self.level.value} mismatch: S3 says {base64.b64encode(self.expected).decode()}, "
+            f"the bytes received give {base64.b64encode(digest).decode()}"
+        )
+
+
+SIZE_ONLY = Expectation(None)
+
+
+def choose(
+    checksums: Mapping[str, str],
+    checksum_type: str | None,
+    etag: str,
+    *,
+    encrypted_with_key: bool = False,
+) -> Expectation:
+    """The strongest whole-object check available for one object.
+
+    *checksums* are S3's base64 values by algorithm. A composite checksum
+    (a multipart upload's checksum of part checksums, with a '-N' suffix)
+    cannot be checked without the upload's part boundaries, so it is passed
+    over. A plain 32-hex ETag is the MD5 of the bytes, except for SSE-KMS and
+    SSE-C objects (*encrypted_with_key*), whose ETags are opaque.
+    """
+    if checksum_type != "COMPOSITE":
+        for algorithm in _PREFERENCE:
+            value = checksums.get(algorithm)
+            if value and "-" not in value:
+                try:
+                    return Expectation(algorithm, base64.b64decode(value, validate=True))
+                except ValueError:
+                    continue
+    if not encrypted_with_key and _PLAIN_MD5_ETAG.match(etag):
+        return Expectation("MD5", bytes.fromhex(etag))
+    return SIZE_ONLY
+
+
+class Digest:
+    """A running checksum of a byte stream: a CRC, a hashlib hash, or nothing."""
+
+    def __init__(self, algorithm: str | None) -> None:
+        self.algorithm = algorithm
+        self.crc = 0
+        self._hash = new_hash(algorithm) if algorithm and not is_crc(algorithm) else None
+
+    def update(self, data: bytes) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+        elif self.algorithm:
+            self.crc = crc_update(self.algorithm, data, self.crc)
+
+    def value(self) -> bytes:
+        if self._hash is not None:
+            return self._hash.digest()
+        if self.algorithm:
+            return crc_bytes(self.algorithm, self.crc)
+        return b""
+
+
+class ChecksumMismatch(Exception):
+    """The bytes received do not match what S3 vouches for."""

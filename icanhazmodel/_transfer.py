@@ -1,0 +1,482 @@
+"""Fetching one byte range, and landing a file once all its ranges are in.
+
+A worker hands each work item to :meth:`Transfers.run`. Small objects are
+read whole into memory, checked, and written in one hop to a writer thread.
+Larger ones stream, batch by batch, to their offsets in a temp file; the
+batch's checksum is computed in the same thread hop, off the event loop.
+
+What can go wrong, and what happens:
+
+- a transient error or a stream that breaks: retried with capped backoff,
+  resuming after the last byte received (``Range``), pinned to the listed
+  version with ``If-Match`` so two versions are never spliced together;
+- the object changes in S3 mid-download (412), or the bytes do not match S3's
+  checksum: the object starts over from scratch, once; then it is reported;
+- anything else: the object is reported failed and the run goes on. Only
+  errors that stop every write (disk full, read-only) end the run.
+
+No file reaches its final path before its size and checksum are checked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from anyio.to_thread import run_sync
+
+from ._checksums import (
+    RANGE_CRC,
+    SIZE_ONLY,
+    ChecksumMismatch,
+    Digest,
+    Expectation,
+    choose,
+    crc_bytes,
+    crc_of_ranges,
+    is_crc,
+)
+from ._errors import DestinationError
+from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whole
+from ._manifest import Manifest, PartialRecord
+from ._models import RemoteObject
+from ._progress import Reporter
+from ._s3 import S3, Body, ObjectChanged, ObjectError, TransientObjectError
+
+MiB = 1 << 20
+# Objects up to this size are read whole into memory and written in one go:
+# one thread hop per file instead of three.
+SMALL_OBJECT = 1 * MiB
+# Bytes gathered from the socket before each hop to a writer thread.
+WRITE_BATCH = 1 * MiB
+READ_SIZE = 1 * MiB
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 10.0
+# A checksum mismatch or a mid-download overwrite: one fresh start, then report.
+MAX_RESTARTS = 1
+
+# Errors that mean no further file can be written: stop the run rather than
+# fail every remaining object one by one.
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+
+
+@dataclass(eq=False)
+class FileJob:
+    """One object on its way to disk, as one or several byte ranges."""
+
+    obj: RemoteObject
+    parts: tuple[str, ...]
+    final: Path
+    part_size: int
+    ranges_left: int = 1
+    expectation: Expectation | None = None
+    crc_algorithm: str = RANGE_CRC  # per-range CRC of multi-range downloads
+    partial: PartialFile | None = None
+    partial_record: PartialRecord | None = None
+    done_ranges: list[tuple[int, int, int]] = field(default_factory=list)
+    digest: Digest | None = None  # whole-object digest of single-range downloads
+    written: int = 0
+    resumed: int = 0  # of written, bytes an earlier run left on disk
+    landed: os.stat_result | None = None
+    error: str | None = None
+    restart: str | None = None
+    restarts: int = 0
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    @property
+    def multi_range(self) -> bool:
+        return self.part_size < self.obj.size
+
+    @property
+    def resumable(self) -> bool:
+        """Worth keeping the temp file if the run stops now."""
+        return self.multi_range and bool(self.done_ranges) and self.partial_record is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One byte range [start, end) of one object: the unit a worker takes."""
+
+    job: FileJob
+    start: int
+    end: int
+
+
+class Outcomes(Protocol):
+    def landed(self, job: FileJob) -> None: ...
+    def failed(self, job: FileJob, reason: str) -> None: ...
+
+
+def describe_os_error(exc: OSError) -> str:
+    if isinstance(exc, PathConflict | EscapesModelDir):
+        return str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+async def backoff(attempt: int) -> None:
+    """Capped exponential backoff with full jitter, as botocore's standard mode."""
+    await anyio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """How far one range has got; survives a broken stream."""
+
+    offset: int
+
+
+class Transfers:
+    """Everything a worker needs to move bytes from S3 to disk."""
+
+    def __init__(
+        self,
+        s3: S3,
+        tree: Tree,
+        manifest: Manifest | None,
+        reporter: Reporter,
+        outcomes: Outcomes,
+        *,
+        retries: int,
+        verify: bool,
+    ) -> None:
+        self.s3 = s3
+        self.tree = tree
+        self.manifest = manifest
+        self.reporter = reporter
+        self.outcomes = outcomes
+        self.retries = retries
+        self.verify = verify
+        # Jobs with a temp file open, so a stopped run can keep or remove them.
+        self.open_jobs: set[FileJob] = set()
+
+    def check_fatal(self, exc: OSError) -> None:
+        if exc.errno in _FATAL_ERRNOS:
+            raise DestinationError(
+                f"cannot write under '{self.tree.root}': {describe_os_error(exc)}"
+            ) from exc
+
+    # -- one work item ------------------------------------------------------------
+
+    async def run(self, work: Work) -> None:
+        job = work.job
+        if job.error is None and job.restart is None:
+            try:
+                if job.obj.size <= SMALL_OBJECT and not job.multi_range:
+                    await self._fetch_small(job)
+                else:
+                    await self._fetch_range(work)
+            except (ObjectChanged, ChecksumMismatch) as exc:
+                job.restart = str(exc)
+            except ObjectError as exc:
+                job.error = str(exc)
+            except OSError as exc:
+                self.check_fatal(exc)
+                job.error = describe_os_error(exc)
+        job.ranges_left -= 1
+        if job.ranges_left == 0:
+            await self._finish(job)
+
+    # -- small objects: whole in memory -------------------------------------------
+
+    def _expect(self, job: FileJob, body: Body) -> Expectation:
+        if job.expectation is None:
+            job.expectation = (
+                choose(
+                    body.checksums,
+                    body.checksum_type,
+                    body.etag,
+                    encrypted_with_key=body.encrypted_with_key,
+                )
+                if self.verify
+                else SIZE_ONLY
+            )
+        return job.expectation
+
+    async def _fetch_small(self, job: FileJob) -> None:
+        chunks: list[bytes] = []
+        failures = 0
+        while True:
+            # What arrived before a break is kept: the retry asks for the rest.
+            received = sum(len(chunk) for chunk in chunks)
+            try:
+                body = await self.s3.open_body(job.obj, start=received, want_checksum=self.verify)
+                self._expect(job, body)
+                await self._read_into(body, chunks, received, job.obj.size)
+                break
+            except TransientObjectError as exc:
+                failures = await self._count_failure(failures, exc)
+        job.landed = await run_sync(self._check_and_write_small, job, chunks)
+        job.written = job.obj.size
+        self.reporter.advanced(job.obj.key, job.obj.size)
+
+    async def _read_into(self, body: Body, chunks: list[bytes], received: int, size: int) -> None:
+        try:
+            while chunk := await body.read(READ_SIZE):
+                chunks.append(chunk)
+                received += len(chunk)
+                if received > size:
+                    raise ObjectError(f"S3 sent more than the listed {size} bytes")
+        finally:
+            body.close()
+        if received != size:
+            raise TransientObjectError(f"stream ended {size - received} bytes early")
+
+    async def _count_failure(self, failures: int, exc: TransientObjectError) -> int:
+        if failures >= self.retries:
+            raise ObjectError(f"gave up after {failures + 1} attempts: {exc}") from exc
+        await backoff(failures)
+        return failures + 1
+
+    def _check_and_write_small(self, job: FileJob, chunks: list[bytes]) -> os.stat_result:
+        expectation = job.expectation or SIZE_ONLY
+        if expectation.algorithm:
+            digest = Digest(expectation.algorithm)
+            for chunk in chunks:
+                digest.update(chunk)
+            if digest.value() != expectation.expected:
+                raise ChecksumMismatch(expectation.describe(digest.value()))
+        self.tree.ensure_dir(job.parts[:-1])
+        return write_whole(job.final, chunks, job.obj.last_modified)
+
+    # -- larger objects: ranges streamed into a temp file -------------------------
+
+    async def _open_partial(self, job: FileJob) -> PartialFile:
+        async with job.lock:
+            # Another range of this object may have failed while we waited.
+            if job.restart is not None:
+                raise ObjectChanged(job.restart)
+            if job.error is not None:
+                raise ObjectError(job.error)
+            if job.multi_range and job.expectation is None:
+                await self._expect_from_head(job)
+            if job.partial is None:
+                job.partial = await run_sync(self._create_partial, job)
+                self.open_jobs.add(job)
+            return job.partial
+
+    async def _expect_from_head(self, job: FileJob) -> None:
+        """A ranged GET carries no whole-object checksum: HEAD tells it."""
+        if not self.verify:
+            job.expectation = SIZE_ONLY
+            return
+        head = await self.s3.stat(job.obj)
+        if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
+            raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
+        job.expectation = choose(
+            head.checksums,
+            head.checksum_type,
+            head.obj.etag,
+            encrypted_with_key=head.encrypted_with_key,
+        )
+        algorithm = job.expectation.algorithm
+        if algorithm and is_crc(algorithm) and not job.done_ranges:
+            job.crc_algorithm = algorithm
+
+    def _create_partial(self, job: FileJob) -> PartialFile:
+        self.tree.ensure_dir(job.parts[:-1])
+        partial = PartialFile(job.final, job.obj.size)
+        if job.multi_range:
+            job.partial_record = PartialRecord(
+                tmp_name=partial.tmp.relative_to(self.tree.root).as_posix(),
+                key=job.obj.key,
+                etag=job.obj.etag,
+                size=job.obj.size,
+                part_size=job.part_size,
+                crc_algorithm=job.crc_algorithm,
+            )
+        return partial
+
+    async def _fetch_range(self, work: Work) -> None:
+        job = work.job
+        partial = await self._open_partial(job)
+        cursor = _Cursor(work.start)
+        digest = Digest(job.crc_algorithm) if job.multi_range else None
+        failures = 0
+        while cursor.offset < work.end and job.error is None and job.restart is None:
+            try:
+                await self._stream(job, partial, cursor, work.end, digest)
+            except TransientObjectError as exc:
+                failures = await self._count_failure(failures, exc)
+        if digest is not None and cursor.offset == work.end:
+            self._range_done(job, work.start, work.end, digest.crc)
+
+    def _range_done(self, job: FileJob, start: int, end: int, crc: int) -> None:
+        job.done_ranges.append((start, end, crc))
+        if self.manifest is not None and job.partial_record is not None:
+            self.manifest.add_range(job.partial_record, start, end, crc)
+
+    async def _stream(
+        self,
+        job: FileJob,
+        partial: PartialFile,
+        cursor: _Cursor,
+        end: int,
+        range_digest: Digest | None,
+    ) -> None:
+        """GET [cursor, end) into the file, moving the cursor past what landed.
+
+        On a broken stream the bytes already received are still written
+        (they belong to the pinned version), so the retry resumes after them.
+        """
+        first = cursor.offset == 0 and not job.multi_range
+        body = await self.s3.open_body(
+            job.obj, start=cursor.offset, end=end, want_checksum=first and self.verify
+        )
+        if first:
+            expectation = self._expect(job, body)
+            job.digest = Digest(expectation.algorithm)
+        digest = range_digest if job.multi_range else job.digest
+        batch: list[bytes] = []
+        batched = 0
+        try:
+            while cursor.offset + batched < end:
+                chunk = await body.read(min(READ_SIZE, end - cursor.offset - batched))
+                if not chunk:
+                    raise TransientObjectError(
+                        f"stream ended {end - cursor.offset - batched} bytes early"
+                    )
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= WRITE_BATCH:
+                    await self._write(job, partial, cursor, batch, digest)
+                    batch, batched = [], 0
+        except TransientObjectError:
+            if batch:
+                await self._write(job, partial, cursor, batch, digest)
+            raise
+        finally:
+            body.close()
+        if batch:
+            await self._write(job, partial, cursor, batch, digest)
+
+    async def _write(
+        self,
+        job: FileJob,
+        partial: PartialFile,
+        cursor: _Cursor,
+        batch: list[bytes],
+        digest: Digest | None,
+    ) -> None:
+        size = sum(len(chunk) for chunk in batch)
+        await run_sync(_write_and_hash, partial, cursor.offset, batch, digest)
+        cursor.offset += size
+        job.written += size
+        self.reporter.advanced(job.obj.key, size)
+
+    # -- landing --------------------------------------------------------------------
+
+    def _verify_and_commit(self, job: FileJob, partial: PartialFile) -> os.stat_result:
+        expectation = job.expectation or SIZE_ONLY
+        algorithm = expectation.algorithm
+        if algorithm:
+            if not job.multi_range:
+                value = job.digest.value() if job.digest else b""
+            elif algorithm == job.crc_algorithm:
+                value = crc_bytes(algorithm, crc_of_ranges(algorithm, job.done_ranges))
+            else:  # a hash, or ranges resumed under another CRC: read it back
+                digest = Digest(algorithm)
+                for block in partial.blocks(0, job.obj.size):
+                    digest.update(block)
+                value = digest.value()
+            if value != expectation.expected:
+                raise ChecksumMismatch(expectation.describe(value))
+        return partial.commit(job.obj.last_modified)
+
+    async def _finish(self, job: FileJob) -> None:
+        """After an object's last range: land it, start it over, or report it."""
+        partial = job.partial
+        if job.error is None and job.restart is None and job.written != job.obj.size:
+            job.error = f"got {job.written} bytes, expected {job.obj.size}"
+        if job.error is None and job.restart is None and partial is not None:
+            try:
+                job.landed = await run_sync(self._verify_and_commit, job, partial)
+            except ChecksumMismatch as exc:
+                job.restart = str(exc)
+            except OSError as exc:
+                self.check_fatal(exc)
+                job.error = describe_os_error(exc)
+        self.open_jobs.discard(job)
+        if job.landed is not None:
+            self._forget_partial(job, remove=False)
+            self.outcomes.landed(job)
+            return
+        self._forget_partial(job, remove=True)
+        if job.restart is not None and job.restarts < MAX_RESTARTS:
+            await self._start_over(job)
+            return
+        reason = job.error or f"{job.restart} (also after starting over)"
+        self.outcomes.failed(job, reason)
+
+    def _forget_partial(self, job: FileJob, *, remove: bool) -> None:
+        if job.partial is not None and remove:
+            job.partial.discard()
+        if job.partial_record is not None and self.manifest is not None:
+            self.manifest.drop_partial(job.partial_record.tmp_name)
+        job.partial = None
+        job.partial_record = None
+
+    async def _start_over(self, job: FileJob) -> None:
+        """Fetch the object again from scratch, as one stream, by this worker."""
+        self.reporter.advanced(job.obj.key, -(job.written - job.resumed))
+        self.reporter.message(f"starting over: {job.obj.key!r}: {job.restart}")
+        try:
+            head = await self.s3.stat(job.obj)
+        except ObjectError as exc:
+            self.outcomes.failed(job, f"{job.restart}; then {exc}")
+            return
+        obj = head.obj
+        fresh = FileJob(
+            obj=RemoteObject(
+                key=job.obj.key,
+                size=obj.size,
+                etag=obj.etag,
+                last_modified=obj.last_modified,
+                checksum_algorithms=obj.checksum_algorithms,
+                version_id=job.obj.version_id,
+            ),
+            parts=job.parts,
+            final=job.final,
+            part_size=max(obj.size, 1),
+            restarts=job.restarts + 1,
+            expectation=(
+                choose(
+                    head.checksums,
+                    head.checksum_type,
+                    obj.etag,
+                    encrypted_with_key=head.encrypted_with_key,
+                )
+                if self.verify
+                else SIZE_ONLY
+            ),
+        )
+        await self.run(Work(fresh, 0, fresh.obj.size))
+
+    def abandon(self) -> None:
+        """The run is stopping: keep resumable temp files, remove the rest.
+
+        Synchronous on purpose: this runs while the run is being cancelled,
+        where an await would be cancelled again before it could clean up.
+        """
+        for job in self.open_jobs:
+            if job.partial is None:
+                continue
+            if job.resumable:
+                job.partial.keep()
+            else:
+                self._forget_partial(job, remove=True)
+        self.open_jobs.clear()
+
+
+def _write_and_hash(
+    partial: PartialFile, offset: int, batch: list[bytes], digest: Digest | None
+) -> None:
+    partial.write(offset, batch)
+    if digest is not None:
+        for chunk in batch:
+            digest.update(chunk)

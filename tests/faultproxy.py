@@ -1,0 +1,216 @@
+"""A fault-injecting HTTP proxy on 127.0.0.1, between the client and moto.
+
+It speaks just enough HTTP/1.1 to know where each response body starts, so a
+test can say "cut the 2nd GET of this key after 100 KiB", "stall it", "flip
+one byte of it" or "answer the next 3 requests with 503 SlowDown". One
+request per client connection (it answers ``Connection: close``); the
+client under test reconnects as it would to a real, flaky S3.
+
+Nothing here touches the code under test: the client only sees a different
+``endpoint_url``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+_SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+@dataclass
+class Fault:
+    """What to do to matching requests, and how many times."""
+
+    method: str = "GET"
+    key_contains: str = ""
+    times: int = 1
+    cut_after: int | None = None  # close the connection after this many body bytes
+    stall_after: int | None = None  # stop sending after this many body bytes...
+    stall_seconds: float = 0.0  # ...for this long
+    flip_at: int | None = None  # invert one body byte at this offset
+    status_503: bool = False  # answer 503 SlowDown without asking upstream
+    throttle: float | None = None  # bytes per second for the body
+    before_cut: Callable[[], None] | None = None  # e.g. overwrite the object in S3
+    applied: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.applied < self.times and method == self.method and self.key_contains in path
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    fault: Fault | None
+
+
+@dataclass
+class FaultProxy:
+    upstream: tuple[str, int]
+    faults: list[Fault] = field(default_factory=list)
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def requests(self, method: str, key_contains: str = "") -> list[Seen]:
+        with self._lock:
+            return [s for s in self.seen if s.method == method and key_contains in s.path]
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _pick_fault(self, method: str, path: str, headers: dict[str, str]) -> Fault | None:
+        with self._lock:
+            chosen = None
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    fault.applied += 1
+                    chosen = fault
+                    break
+            self.seen.append(Seen(method, path, headers, chosen))
+            return chosen
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            with client:
+                head, rest = _read_head(client)
+                if head is None:
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = dict(
+                    (name.strip().lower(), value.strip())
+                    for name, value in (line.split(":", 1) for line in lines[1:] if ":" in line)
+                )
+                body = rest
+                length = int(headers.get("content-length", "0"))
+                while len(body) < length:
+                    more = client.recv(65536)
+                    if not more:
+                        return
+                    body += more
+                path = unquote(urlsplit(target).path)
+                fault = self._pick_fault(method, path, headers)
+                if fault is not None and fault.status_503:
+                    client.sendall(
+                        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                        + f"Content-Length: {len(_SLOWDOWN_BODY)}\r\n".encode()
+                        + b"Connection: close\r\n\r\n"
+                        + _SLOWDOWN_BODY
+                    )
+                    return
+                self._relay(client, head, body, fault)
+        except OSError:
+            return
+
+    def _relay(self, client: socket.socket, head: bytes, body: bytes, fault: Fault | None) -> None:
+        request_lines = [
+            line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")
+        ]
+        request = b"\r\n".join(request_lines) + b"\r\nConnection: close\r\n\r\n" + body
+        with socket.create_connection(self.upstream) as upstream:
+            upstream.sendall(request)
+            response_head, rest = _read_head(upstream)
+            if response_head is None:
+                return
+            lines = [
+                line
+                for line in response_head.split(b"\r\n")
+                if not line.lower().startswith(b"connection:")
+            ]
+            client.sendall(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n")
+            sent = 0
+            chunk = rest
+            while True:
+                if chunk:
+                    sent = self._send_body(client, chunk, sent, fault)
+                    if sent < 0:
+                        return  # the fault cut the connection
+                chunk = upstream.recv(65536)
+                if not chunk:
+                    return
+
+    def _send_body(
+        self, client: socket.socket, chunk: bytes, sent: int, fault: Fault | None
+    ) -> int:
+        if fault is None:
+            client.sendall(chunk)
+            return sent + len(chunk)
+        data = bytearray(chunk)
+        if fault.flip_at is not None and sent <= fault.flip_at < sent + len(data):
+            data[fault.flip_at - sent] ^= 0xFF
+        if fault.cut_after is not None and sent + len(data) >= fault.cut_after:
+            client.sendall(bytes(data[: fault.cut_after - sent]))
+            if fault.before_cut is not None:
+                fault.before_cut()
+            client.shutdown(socket.SHUT_RDWR)
+            return -1
+        if fault.stall_after is not None and sent <= fault.stall_after < sent + len(data):
+            split = fault.stall_after - sent
+            client.sendall(bytes(data[:split]))
+            time.sleep(fault.stall_seconds)
+            data = data[split:]
+        if fault.throttle:
+            for i in range(0, len(data), 16384):
+                client.sendall(bytes(data[i : i + 16384]))
+                time.sleep(16384 / fault.throttle)
+        else:
+            client.sendall(bytes(data))
+        return sent + len(chunk)
+
+
+def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        more = sock.recv(65536)
+        if not more:
+            return None, b""
+        buffer += more
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+@contextmanager
+def fault_proxy(endpoint: str) -> Iterator[FaultProxy]:
+    split = urlsplit(endpoint)
+    proxy = FaultProxy((split.hostname or "127.0.0.1", split.port or 80))
+    try:
+        yield proxy
+    finally:
+        proxy.close()

@@ -1,0 +1,179 @@
+"""Never a wrong byte: checksums, transient faults, restarts, all through a
+fault-injecting proxy in front of the real moto server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import icanhazmodel
+from icanhazmodel import FetchResult
+from tests.conftest import Bucket, tree_of
+from tests.faultproxy import Fault, FaultProxy, fault_proxy
+from tests.sample_tree import pattern
+
+MiB = 1 << 20
+BIG = 20 * MiB + 4321  # three ranges at -j 3 (8 MiB parts)
+
+
+def fetch(endpoint: str, bucket: Bucket, key: str, dest: Path, **kwargs: object) -> FetchResult:
+    kwargs.setdefault("concurrency", 3)
+    return asyncio.run(
+        icanhazmodel.fetch(bucket=bucket.name, key=key, dest=dest, endpoint_url=endpoint, **kwargs)
+    )
+
+
+@pytest.fixture
+def proxy(bucket: Bucket) -> Iterator[FaultProxy]:
+    with fault_proxy(bucket.endpoint) as p:
+        yield p
+
+
+ALGORITHMS = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("size", [1000, 3 * MiB, BIG], ids=["small", "one-range", "ranges"])
+def test_s3_checksums_are_verified(
+    bucket: Bucket, tmp_path: Path, algorithm: str, size: int
+) -> None:
+    data = pattern(f"{algorithm}{size}", size)
+    bucket.put("p/f", data, ChecksumAlgorithm=algorithm)
+    result = fetch(bucket.endpoint, bucket, "p", tmp_path)
+    assert (tmp_path / "p/f").read_bytes() == data
+    assert result.verification == {algorithm.lower(): 1}
+
+
+def test_without_a_checksum_the_md5_etag_is_checked(bucket: Bucket, tmp_path: Path) -> None:
+    plain = bucket.plain_client()
+    plain.put_object(Bucket=bucket.name, Key="p/small", Body=b"x" * 1000)
+    plain.put_object(Bucket=bucket.name, Key="p/big", Body=pattern("big", BIG))
+    result = fetch(bucket.endpoint, bucket, "p", tmp_path)
+    assert result.verification == {"etag-md5": 2}
+
+
+def test_a_multipart_etag_is_size_only(bucket: Bucket, tmp_path: Path) -> None:
+    plain = bucket.plain_client()
+    data = pattern("mp", 11 * MiB)
+    upload = plain.create_multipart_upload(Bucket=bucket.name, Key="p/mp")
+    parts = []
+    for number, start in enumerate(range(0, len(data), 5 * MiB), 1):
+        part = plain.upload_part(
+            Bucket=bucket.name,
+            Key="p/mp",
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=data[start : start + 5 * MiB],
+        )
+        parts.append({"PartNumber": number, "ETag": part["ETag"]})
+    plain.complete_multipart_upload(
+        Bucket=bucket.name,
+        Key="p/mp",
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": parts},
+    )
+    result = fetch(bucket.endpoint, bucket, "p", tmp_path)
+    assert (tmp_path / "p/mp").read_bytes() == data
+    assert result.verification == {"size-only": 1}
+
+
+def test_no_verify_skips_content_hashing(bucket: Bucket, tmp_path: Path) -> None:
+    bucket.put("p/f", b"abc", ChecksumAlgorithm="SHA256")
+    result = fetch(bucket.endpoint, bucket, "p", tmp_path, verify=False)
+    assert result.verification == {"size-only": 1}
+
+
+@pytest.mark.parametrize("size", [1000, 3 * MiB, BIG], ids=["small", "one-range", "ranges"])
+def test_a_flipped_byte_never_lands_and_the_object_starts_over(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path, size: int
+) -> None:
+    data = pattern("flip", size)
+    bucket.put("p/f", data)
+    proxy.add(Fault(key_contains="p/f", flip_at=size // 2 if size < BIG else 100))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path)
+    assert (tmp_path / "p/f").read_bytes() == data
+    assert result.ok
+    assert len(proxy.requests("HEAD", "p/f")) >= 1  # the fresh start asks again
+
+
+@pytest.mark.parametrize("size", [1000, BIG], ids=["small", "ranges"])
+def test_corruption_every_time_is_reported_and_never_lands(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path, size: int
+) -> None:
+    bucket.put("p/f", pattern("flip", size))
+    bucket.put("p/g", b"fine")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p/f").write_bytes(b"old good file")
+    proxy.add(Fault(key_contains="p/f", flip_at=10, times=100))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path)
+    [failure] = result.failures
+    assert failure.key == "p/f"
+    assert "mismatch" in failure.reason
+    assert tree_of(tmp_path) == {"p/f": b"old good file", "p/g": b"fine"}
+
+
+@pytest.mark.parametrize("size", [300_000, 3 * MiB, BIG], ids=["small", "one-range", "ranges"])
+def test_a_broken_stream_resumes_where_it_stopped(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path, size: int
+) -> None:
+    data = pattern("cut", size)
+    bucket.put("p/f", data)
+    proxy.add(Fault(key_contains="p/f", cut_after=100_000))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path)
+    assert (tmp_path / "p/f").read_bytes() == data
+    assert result.ok
+    resumed = [
+        s
+        for s in proxy.requests("GET", "p/f")
+        if s.headers.get("range", "").startswith("bytes=")
+        and s.fault is None
+        and int(s.headers["range"][6:].split("-")[0]) % (8 * MiB) != 0
+    ]
+    assert resumed, [s.headers.get("range") for s in proxy.requests("GET", "p/f")]
+    assert all(s.headers.get("if-match") for s in resumed)
+
+
+def test_a_stalled_transfer_is_dropped_and_retried(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    data = pattern("stall", 3 * MiB)
+    bucket.put("p/f", data)
+    proxy.add(Fault(key_contains="p/f", stall_after=1000, stall_seconds=5))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path, stall_timeout=1.0)
+    assert (tmp_path / "p/f").read_bytes() == data
+    assert result.ok
+
+
+def test_slowdown_answers_are_retried(bucket: Bucket, proxy: FaultProxy, tmp_path: Path) -> None:
+    bucket.put("p/f", b"data")
+    proxy.add(Fault(key_contains="p/f", status_503=True, times=3))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path)
+    assert (tmp_path / "p/f").read_bytes() == b"data"
+    assert result.ok
+
+
+def test_an_object_overwritten_mid_download_is_fetched_again_whole(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    old, new = pattern("old", BIG), pattern("new", BIG + 7)
+    bucket.put("p/f", old)
+    proxy.add(Fault(key_contains="p/f", cut_after=MiB, before_cut=lambda: bucket.put("p/f", new)))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path)
+    assert (tmp_path / "p/f").read_bytes() == new  # never a splice of old and new
+    assert result.ok
+
+
+def test_an_object_that_keeps_failing_is_named_and_the_rest_lands(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    bucket.put("p/bad", pattern("bad", 500_000))
+    bucket.put("p/good", b"good")
+    proxy.add(Fault(key_contains="p/bad", cut_after=1000, times=100))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path, retries=2)
+    [failure] = result.failures
+    assert failure.key == "p/bad"
+    assert "3 attempts" in failure.reason
+    assert tree_of(tmp_path) == {"p/good": b"good"}
