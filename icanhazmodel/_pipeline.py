@@ -64,14 +64,14 @@ class Tally:
         )
 
 
-def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one failure worth reporting from a task group's failures.
+def _most_telling(error: BaseException) -> BaseException:
+    """The one failure worth reporting, out of a task group's failures.
 
     One task's error cancels the others, so there is usually exactly one;
     an interrupt or one of our own errors wins over anything else.
     """
     flat: list[BaseException] = []
-    pending: list[BaseException] = [group]
+    pending: list[BaseException] = [error]
     while pending:
         exc = pending.pop()
         if isinstance(exc, BaseExceptionGroup):
@@ -141,10 +141,14 @@ class Run:
                     receive.close()
                     await self._produce(send, exact)
                 outer.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise _most_telling(group) from None
-        finally:
-            self.transfers.abandon()
+        except BaseException as exc:
+            telling = _most_telling(exc)
+            # Interrupted or cancelled: keep big temp files for the next run
+            # to resume. Stopped by an error of ours (disk full, say): tidy up.
+            self.transfers.abandon(keep_resumable=not isinstance(telling, IcanhazmodelError))
+            if telling is exc:
+                raise
+            raise telling from None
         return self.tally.result(time.monotonic() - started)
 
     async def _flush_periodically(self, manifest: Manifest) -> None:

@@ -41,7 +41,7 @@ from ._checksums import (
     crc_of_ranges,
     is_crc,
 )
-from ._errors import DestinationError
+from ._errors import DestinationError, NotEnoughSpace
 from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whole
 from ._manifest import Manifest, PartialRecord
 from ._models import RemoteObject
@@ -59,10 +59,6 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
 # A checksum mismatch or a mid-download overwrite: one fresh start, then report.
 MAX_RESTARTS = 1
-
-# Errors that mean no further file can be written: stop the run rather than
-# fail every remaining object one by one.
-_FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 
 
 @dataclass(eq=False)
@@ -156,7 +152,14 @@ class Transfers:
         self.open_jobs: set[FileJob] = set()
 
     def check_fatal(self, exc: OSError) -> None:
-        if exc.errno in _FATAL_ERRNOS:
+        """Stop the run on errors that every further write would hit too."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" (writing '{exc.filename}')" if exc.filename else ""
+            raise NotEnoughSpace(
+                f"no space left under '{self.tree.root}'{where}: free some and run "
+                "again; files that already landed are kept and skipped"
+            ) from exc
+        if exc.errno == errno.EROFS:
             raise DestinationError(
                 f"cannot write under '{self.tree.root}': {describe_os_error(exc)}"
             ) from exc
@@ -457,8 +460,8 @@ class Transfers:
         )
         await self.run(Work(fresh, 0, fresh.obj.size))
 
-    def abandon(self) -> None:
-        """The run is stopping: keep resumable temp files, remove the rest.
+    def abandon(self, *, keep_resumable: bool) -> None:
+        """The run is stopping early: keep resumable temp files, remove the rest.
 
         Synchronous on purpose: this runs while the run is being cancelled,
         where an await would be cancelled again before it could clean up.
@@ -466,7 +469,7 @@ class Transfers:
         for job in self.open_jobs:
             if job.partial is None:
                 continue
-            if job.resumable:
+            if keep_resumable and job.resumable:
                 job.partial.keep()
             else:
                 self._forget_partial(job, remove=True)

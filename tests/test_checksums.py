@@ -1,0 +1,94 @@
+"""Pure checksum logic: which check applies, and CRCs combined across ranges."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import zlib
+
+import pytest
+from awscrt import checksums as crt
+from hypothesis import given
+from hypothesis import strategies as st
+
+from icanhazmodel._checksums import (
+    SIZE_ONLY,
+    Digest,
+    choose,
+    crc_bytes,
+    crc_of_ranges,
+    crc_update,
+)
+from icanhazmodel._models import Verification
+
+CRCS = {"CRC32": zlib.crc32, "CRC32C": crt.crc32c, "CRC64NVME": crt.crc64nvme}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@given(
+    st.binary(max_size=5000),
+    st.lists(st.integers(1, 5000), max_size=6),
+    st.sampled_from(sorted(CRCS)),
+)
+def test_combined_range_crcs_equal_the_whole_objects_crc(
+    data: bytes, cuts: list[int], algorithm: str
+) -> None:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    ranges = [(s, e, crc_update(algorithm, data[s:e])) for s, e in itertools.pairwise(points)]
+    if not ranges:
+        ranges = [(0, 0, 0)]
+    assert crc_of_ranges(algorithm, reversed(ranges)) == CRCS[algorithm](data)
+
+
+def test_crc_of_ranges_refuses_a_gap() -> None:
+    with pytest.raises(ValueError, match="gap at byte 10"):
+        crc_of_ranges("CRC32", [(0, 10, 0), (11, 20, 0)])
+
+
+def test_crcs_are_preferred_over_hashes() -> None:
+    checksums = {"SHA256": b64(b"x" * 32), "CRC32": b64(b"abcd"), "CRC64NVME": b64(b"12345678")}
+    assert choose(checksums, "FULL_OBJECT", "0" * 32).level is Verification.CRC64NVME
+
+
+def test_a_composite_checksum_is_passed_over() -> None:
+    assert choose({"CRC32": b64(b"abcd") + "-3"}, None, "x-3") is SIZE_ONLY
+    assert choose({"CRC32": b64(b"abcd")}, "COMPOSITE", "x-3") is SIZE_ONLY
+
+
+def test_a_plain_etag_is_an_md5_unless_encrypted_with_a_key() -> None:
+    etag = hashlib.md5(b"data").hexdigest()
+    assert choose({}, None, etag).expected == hashlib.md5(b"data").digest()
+    assert choose({}, None, etag, encrypted_with_key=True) is SIZE_ONLY
+    assert choose({}, None, etag + "-2") is SIZE_ONLY
+
+
+def test_a_malformed_checksum_is_ignored() -> None:
+    assert choose({"CRC32": "not base64!"}, None, "") is SIZE_ONLY
+
+
+@given(st.lists(st.binary(max_size=300), max_size=5))
+def test_digest_is_incremental(chunks: list[bytes]) -> None:
+    whole = b"".join(chunks)
+    for algorithm, expected in [
+        ("CRC32", crc_bytes("CRC32", zlib.crc32(whole))),
+        ("CRC64NVME", crc_bytes("CRC64NVME", crt.crc64nvme(whole))),
+        ("SHA256", hashlib.sha256(whole).digest()),
+        ("MD5", hashlib.md5(whole).digest()),
+    ]:
+        digest = Digest(algorithm)
+        for chunk in chunks:
+            digest.update(chunk)
+        assert digest.value() == expected
+    assert Digest(None).value() == b""
+
+
+def test_mismatch_message_shows_both_values() -> None:
+    expectation = choose({"CRC32": b64(b"abcd")}, None, "")
+    message = expectation.describe(b"wxyz")
+    assert "crc32 mismatch" in message
+    assert b64(b"abcd") in message
+    assert b64(b"wxyz") in message

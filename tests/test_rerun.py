@@ -1,0 +1,288 @@
+"""Running again on the same directory: skip what is unchanged, fetch what
+changed, keep what the user edited, resume what was interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import icanhazmodel
+from icanhazmodel import FetchResult, Status
+from tests.conftest import Bucket, entry_point, run_cli, tree_of
+from tests.faultproxy import Fault, fault_proxy
+from tests.sample_tree import pattern
+
+MiB = 1 << 20
+
+
+def fetch(bucket: Bucket, dest: Path, endpoint: str | None = None, **kwargs: object) -> FetchResult:
+    return asyncio.run(
+        icanhazmodel.fetch(
+            bucket=bucket.name,
+            key="p",
+            dest=dest,
+            endpoint_url=endpoint or bucket.endpoint,
+            **kwargs,
+        )
+    )
+
+
+@pytest.fixture
+def filled(bucket: Bucket) -> Bucket:
+    bucket.put("p/a.txt", b"alpha")
+    bucket.put("p/sub/b.bin", pattern("b", 3 * MiB))
+    bucket.put("p/big.bin", pattern("big", 20 * MiB))
+    return bucket
+
+
+def inodes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_ino for p in root.rglob("*") if p.is_file()}
+
+
+def test_unchanged_objects_are_skipped_without_a_get(filled: Bucket, tmp_path: Path) -> None:
+    first = fetch(filled, tmp_path)
+    before = inodes(tmp_path / "p")
+    with fault_proxy(filled.endpoint) as proxy:
+        second = fetch(filled, tmp_path, proxy.endpoint)
+        object_gets = [s for s in proxy.requests("GET", "/p/") if "list-type" not in s.path]
+        assert object_gets == []
+        assert proxy.requests("HEAD", "/p/") == []
+    assert (first.downloaded, second.downloaded, second.skipped) == (3, 0, 3)
+    assert inodes(tmp_path / "p") == before
+
+
+def test_a_changed_object_is_fetched_again(filled: Bucket, tmp_path: Path) -> None:
+    fetch(filled, tmp_path)
+    filled.put("p/a.txt", b"alpha, second edition")
+    result = fetch(filled, tmp_path)
+    assert (result.downloaded, result.skipped) == (1, 2)
+    assert (tmp_path / "p/a.txt").read_bytes() == b"alpha, second edition"
+
+
+def test_a_locally_edited_file_is_kept_and_reported(filled: Bucket, tmp_path: Path) -> None:
+    fetch(filled, tmp_path)
+    (tmp_path / "p/a.txt").write_bytes(b"my notes")
+    result = fetch(filled, tmp_path)
+    assert (tmp_path / "p/a.txt").read_bytes() == b"my notes"
+    [kept] = result.failures
+    assert kept.status is Status.LOCALLY_MODIFIED
+    assert "--force" in kept.reason
+    assert not result.ok
+
+    cli = run_cli(
+        "-b", filled.name, "--endpoint-url", filled.endpoint, "-k", "p", "-m", str(tmp_path)
+    )
+    assert cli.code == 1
+    assert "--force" in cli.stderr
+    assert "p/a.txt" in cli.stderr
+
+
+def test_force_replaces_edits_and_refetches_everything(filled: Bucket, tmp_path: Path) -> None:
+    fetch(filled, tmp_path)
+    (tmp_path / "p/a.txt").write_bytes(b"my notes")
+    result = fetch(filled, tmp_path, force=True)
+    assert result.downloaded == 3
+    assert (tmp_path / "p/a.txt").read_bytes() == b"alpha"
+
+
+def test_a_deleted_local_file_is_fetched_again(filled: Bucket, tmp_path: Path) -> None:
+    fetch(filled, tmp_path)
+    (tmp_path / "p/sub/b.bin").unlink()
+    result = fetch(filled, tmp_path)
+    assert (result.downloaded, result.skipped) == (1, 2)
+    assert (tmp_path / "p/sub/b.bin").read_bytes() == pattern("b", 3 * MiB)
+
+
+def test_a_file_not_written_by_icanhazmodel_is_replaced(filled: Bucket, tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p/a.txt").write_bytes(b"stale copy from elsewhere")
+    result = fetch(filled, tmp_path)
+    assert result.ok
+    assert (tmp_path / "p/a.txt").read_bytes() == b"alpha"
+
+
+def _recorded_ranges(root: Path) -> int:
+    db = root / ".icanhazmodel" / "manifest.sqlite3"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM ranges").fetchone()[0])
+
+
+def _start_slow_cli(bucket: Bucket, dest: Path, endpoint: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            entry_point(),
+            "-b",
+            bucket.name,
+            "--endpoint-url",
+            endpoint,
+            "-k",
+            "p",
+            "-m",
+            str(dest),
+            "-j",
+            "4",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _partials(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.icanhazmodel-partial"))
+
+
+def test_a_killed_run_resumes_from_what_is_on_disk(bucket: Bucket, tmp_path: Path) -> None:
+    big = pattern("resume", 40 * MiB)
+    bucket.put("p/big.bin", big)
+    with fault_proxy(bucket.endpoint) as proxy:
+        # The first range crawls; the others finish and are recorded.
+        proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
+        proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint)
+        try:
+            _wait_for(lambda: _recorded_ranges(tmp_path) >= 2)
+        finally:
+            proc.kill()
+            proc.communicate()
+    assert not (tmp_path / "p/big.bin").exists()
+    assert len(_partials(tmp_path)) == 1
+
+    result = fetch(bucket, tmp_path)
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    assert 0 < result.bytes_downloaded < len(big)
+    assert _partials(tmp_path) == []
+
+
+def test_a_damaged_range_in_a_resumed_file_is_fetched_again(bucket: Bucket, tmp_path: Path) -> None:
+    big = pattern("damage", 40 * MiB)
+    bucket.put("p/big.bin", big)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
+        proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint)
+        try:
+            _wait_for(lambda: _recorded_ranges(tmp_path) >= 2)
+        finally:
+            proc.kill()
+            proc.communicate()
+    [partial] = _partials(tmp_path)
+    with open(partial, "r+b") as f:  # damage every recorded range
+        for offset in range(0, 40 * MiB, MiB):
+            f.seek(offset)
+            f.write(b"\0" * 10)
+    result = fetch(bucket, tmp_path)
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    assert result.ok
+    assert result.bytes_downloaded == len(big)  # no damaged range was trusted
+
+
+def test_ctrl_c_stops_fast_and_leaves_only_resumable_temp_files(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    big = pattern("sigint", 40 * MiB)
+    bucket.put("p/big.bin", big)
+    (tmp_path / "p").mkdir()
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
+        proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint)
+        _wait_for(lambda: _recorded_ranges(tmp_path) >= 1 or proc.poll() is not None)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+    assert proc.returncode == 130, stderr
+    assert took < 2.0
+    assert "run the same command again" in stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "p/big.bin").exists()
+    [partial] = _partials(tmp_path)
+    assert _recorded_ranges(tmp_path) >= 1
+    result = fetch(bucket, tmp_path)
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    assert result.bytes_downloaded < len(big)
+    assert not partial.exists()
+
+
+def test_two_runs_at_once_do_not_corrupt_each_other(filled: Bucket, tmp_path: Path) -> None:
+    for i in range(40):
+        filled.put(f"p/many/{i:03d}", pattern(f"m{i}", 10_000 + i))
+    procs = [
+        subprocess.Popen(
+            [
+                entry_point(),
+                "-b",
+                filled.name,
+                "--endpoint-url",
+                filled.endpoint,
+                "-k",
+                "p",
+                "-m",
+                str(tmp_path),
+                "-j",
+                "4",
+                "--force",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    expected = {
+        "p/a.txt": b"alpha",
+        "p/sub/b.bin": pattern("b", 3 * MiB),
+        "p/big.bin": pattern("big", 20 * MiB),
+        **{f"p/many/{i:03d}": pattern(f"m{i}", 10_000 + i) for i in range(40)},
+    }
+    assert tree_of(tmp_path) == expected
+    rerun = fetch(filled, tmp_path)
+    assert rerun.skipped == len(expected)  # the manifest lost no entry
+
+
+def test_disk_full_is_one_clear_error_and_cleans_up(bucket: Bucket, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    dest = tmp_path / "small"
+    dest.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(dest)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr!r}")
+    try:
+        (dest / "p").mkdir()
+        (dest / "p" / "keep.txt").write_bytes(b"precious")
+        bucket.put("p/small.txt", b"fits")
+        bucket.put("p/big.bin", pattern("full", 20 * MiB))
+        result = run_cli(
+            "-b", bucket.name, "--endpoint-url", bucket.endpoint, "-k", "p", "-m", str(dest)
+        )
+        assert result.code == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("icanhazmodel: error: no space left under")
+        assert str(dest) in lines[-1]
+        assert "Traceback" not in result.stderr
+        assert _partials(dest) == []
+        assert not (dest / "p" / "big.bin").exists()
+        assert (dest / "p" / "keep.txt").read_bytes() == b"precious"
+    finally:
+        subprocess.run(["umount", str(dest)], check=True)
