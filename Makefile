@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check clean
+.PHONY: demo test soak lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 ## test: run the test suite against a local S3 server
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## soak: thousands of objects through a flaky proxy (slow; not part of `make test`)
+soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak -s tests/test_soak.py
 
 ## lint: ruff and mypy --strict
 lint: $(STAMP)

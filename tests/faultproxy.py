@@ -12,6 +12,7 @@ Nothing here touches the code under test: the client only sees a different
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -40,10 +41,22 @@ class Fault:
     status_503: bool = False  # answer 503 SlowDown without asking upstream
     throttle: float | None = None  # bytes per second for the body
     before_cut: Callable[[], None] | None = None  # e.g. overwrite the object in S3
+    probability: float = 1.0  # of hitting a matching request (the soak test's dice)
+    once_per_path: bool = False  # never hit the same object twice
     applied: int = 0
+    hit_paths: set[str] = field(default_factory=set)
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.applied < self.times and method == self.method and self.key_contains in path
+    def matches(self, method: str, path: str, dice: random.Random) -> bool:
+        hit = (
+            self.applied < self.times
+            and method == self.method
+            and self.key_contains in path
+            and not (self.once_per_path and path in self.hit_paths)
+            and (self.probability >= 1.0 or dice.random() < self.probability)
+        )
+        if hit:
+            self.hit_paths.add(path)
+        return hit
 
 
 @dataclass
@@ -63,6 +76,7 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._dice = random.Random(1234)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._closed = False
@@ -99,7 +113,7 @@ class FaultProxy:
         with self._lock:
             chosen = None
             for fault in self.faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, self._dice):
                     fault.applied += 1
                     chosen = fault
                     break
