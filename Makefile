@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint clean
+.PHONY: demo test soak bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,20 @@ test: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m soak -s tests/test_soak.py
 
+## bench: icanhazmodel vs aws-cli and s5cmd on a local s3rver (BENCH_ARGS="--scale 0.1" for a quick run)
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: tests/bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r tests/bench/requirements.txt
+	touch $@
+
+tests/bench/node_modules/.installed: tests/bench/package.json tests/bench/package-lock.json
+	cd tests/bench && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed tests/bench/node_modules/.installed
+	$(BIN)/python tests/bench/bench.py $(BENCH_ARGS)
+
 ## lint: ruff and mypy --strict
 lint: $(STAMP)
 	$(BIN)/ruff check icanhazmodel tests
@@ -32,4 +46,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) ptms .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) tests/bench/node_modules ptms .pytest_cache .mypy_cache .ruff_cache

@@ -14,9 +14,7 @@ import re
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
-
-from awscrt import checksums as crt
+from typing import Any, Protocol
 
 from ._models import Verification
 
@@ -41,9 +39,18 @@ def is_crc(algorithm: str) -> bool:
     return algorithm in _CRC_WIDTH
 
 
+def _crt() -> Any:
+    # Imported on first use: loading awscrt's native library costs ~25 ms of
+    # start-up that runs needing only zlib's CRC32 or an MD5 never pay.
+    from awscrt import checksums
+
+    return checksums
+
+
 def crc_update(algorithm: str, data: bytes | memoryview, previous: int = 0) -> int:
     if algorithm == "CRC32":
         return zlib.crc32(data, previous)
+    crt = _crt()
     if algorithm == "CRC32C":
         return int(crt.crc32c(data, previous))
     if algorithm == "CRC64NVME":
@@ -55,6 +62,7 @@ def crc_combine(algorithm: str, first: int, second: int, second_length: int) -> 
     """The CRC of A+B from crc(A), crc(B) and len(B)."""
     if second_length == 0:
         return first
+    crt = _crt()
     if algorithm == "CRC32":
         return int(crt.combine_crc32(first, second, second_length))
     if algorithm == "CRC32C":

@@ -183,10 +183,8 @@ class PartialFile:
                 remove_quietly(self.tmp)
             raise
 
-    def write(self, offset: int, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            _write_all(self._fd, chunk, offset)
-            offset += len(chunk)
+    def write(self, offset: int, data: bytes) -> None:
+        _write_all(self._fd, data, offset)
 
     def blocks(self, start: int, end: int, block: int = 1 << 20) -> Iterator[bytes]:
         """The bytes of [start, end) as written so far, in blocks."""

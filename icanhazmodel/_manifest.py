@@ -18,8 +18,10 @@ those files are fetched again. All methods block: call them from a thread.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,26 @@ def _int(value: object) -> int:
     return value
 
 
+def _set_up(db: sqlite3.Connection) -> None:
+    """WAL mode and the tables, tolerating another run doing the same.
+
+    Switching to WAL needs a moment alone with the file, and SQLite answers
+    "database is locked" at once rather than waiting, so two runs starting
+    together retry here; once the file is in WAL mode it stays so.
+    """
+    for attempt in range(100):
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.02 + random.random() * 0.05)
+
+
 def manifest_path(root: Path) -> Path:
     return root / META_DIRNAME / MANIFEST_NAME
 
@@ -112,9 +134,7 @@ class Manifest:
         else:
             path.parent.mkdir(exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            _set_up(self._db)
         self._db.execute("PRAGMA busy_timeout=30000")
 
     # -- reading ----------------------------------------------------------------

@@ -32,6 +32,7 @@ from ._plan import Action, ConflictTracker, LocalFile, byte_ranges, decide, part
 from ._progress import Reporter
 from ._s3 import S3
 from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error
+from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
 
@@ -117,8 +118,16 @@ class Run:
         self.manifest = manifest
         self.reporter = reporter
         self.tally = Tally()
+        self.writer = Writer()
         self.transfers = Transfers(
-            s3, tree, manifest, reporter, self, retries=config.retries, verify=config.verify
+            s3,
+            tree,
+            manifest,
+            reporter,
+            self,
+            self.writer,
+            retries=config.retries,
+            verify=config.verify,
         )
         self._conflicts = ConflictTracker()
 
@@ -149,6 +158,8 @@ class Run:
             if telling is exc:
                 raise
             raise telling from None
+        finally:
+            self.writer.close()
         return self.tally.result(time.monotonic() - started)
 
     async def _flush_periodically(self, manifest: Manifest) -> None:
@@ -248,7 +259,7 @@ class Run:
             self._report(obj, Status.REFUSED, f"its path is also the file of key '{clash}'")
             return
         try:
-            await run_sync(self.tree.ensure_dir, parts)
+            await self.writer.call(self.tree.ensure_dir, parts)
         except OSError as exc:
             self.transfers.check_fatal(exc)
             self._report(obj, Status.FAILED, describe_os_error(exc), self.tree.path(parts))

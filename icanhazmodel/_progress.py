@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 # Per-file bars: enough to see the big transfers, few enough to fit a screen.
 FILE_BAR_SLOTS = 8
@@ -79,10 +80,13 @@ class TqdmReporter:
     """
 
     def __init__(self, stream: IO[str] | None = None) -> None:
+        from tqdm import tqdm  # only runs that show bars pay for importing it
+
+        self._tqdm = tqdm
         self._stream = stream or sys.stderr
         self._files_total = 0
         self._files_done = 0
-        self._total = tqdm(
+        self._total = self._tqdm(
             total=0,
             unit="B",
             unit_scale=True,
@@ -121,7 +125,7 @@ class TqdmReporter:
             self._close_bar(smallest)
         slot = self._free_slots.pop()
         name = key.rsplit("/", 1)[-1]
-        self._bars[key] = tqdm(
+        self._bars[key] = self._tqdm(
             total=size,
             unit="B",
             unit_scale=True,
@@ -152,7 +156,7 @@ class TqdmReporter:
             self._close_bar(key)
 
     def message(self, text: str) -> None:
-        tqdm.write(text, file=self._stream)
+        self._tqdm.write(text, file=self._stream)
 
     def close(self) -> None:
         for key in list(self._bars):

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
-from anyio.to_thread import run_sync
 
 from ._checksums import (
     RANGE_CRC,
@@ -47,6 +46,7 @@ from ._manifest import Manifest, PartialRecord
 from ._models import RemoteObject
 from ._progress import Reporter
 from ._s3 import S3, Body, ObjectChanged, ObjectError, TransientObjectError
+from ._writer import Writer
 
 MiB = 1 << 20
 # Objects up to this size are read whole into memory and written in one go:
@@ -137,11 +137,13 @@ class Transfers:
         manifest: Manifest | None,
         reporter: Reporter,
         outcomes: Outcomes,
+        writer: Writer,
         *,
         retries: int,
         verify: bool,
     ) -> None:
         self.s3 = s3
+        self.writer = writer
         self.tree = tree
         self.manifest = manifest
         self.reporter = reporter
@@ -214,7 +216,7 @@ class Transfers:
                 break
             except TransientObjectError as exc:
                 failures = await self._count_failure(failures, exc)
-        job.landed = await run_sync(self._check_and_write_small, job, chunks)
+        job.landed = await self.writer.call(self._check_and_write_small, job, chunks)
         job.written = job.obj.size
         self.reporter.advanced(job.obj.key, job.obj.size)
 
@@ -259,8 +261,8 @@ class Transfers:
             if job.multi_range and job.expectation is None:
                 await self._expect_from_head(job)
             if job.partial is None:
-                job.partial = await run_sync(self._create_partial, job)
-                self.open_jobs.add(job)
+                await self.writer.call(self._create_partial, job)
+            assert job.partial is not None
             return job.partial
 
     async def _expect_from_head(self, job: FileJob) -> None:
@@ -281,9 +283,13 @@ class Transfers:
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
 
-    def _create_partial(self, job: FileJob) -> PartialFile:
+    def _create_partial(self, job: FileJob) -> None:
+        # Registered here, in the writer thread, so a run cancelled meanwhile
+        # still knows about the file and cleans it up.
         self.tree.ensure_dir(job.parts[:-1])
         partial = PartialFile(job.final, job.obj.size)
+        job.partial = partial
+        self.open_jobs.add(job)
         if job.multi_range:
             job.partial_record = PartialRecord(
                 tmp_name=partial.tmp.relative_to(self.tree.root).as_posix(),
@@ -293,7 +299,6 @@ class Transfers:
                 part_size=job.part_size,
                 crc_algorithm=job.crc_algorithm,
             )
-        return partial
 
     async def _fetch_range(self, work: Work) -> None:
         job = work.job
@@ -367,7 +372,7 @@ class Transfers:
         digest: Digest | None,
     ) -> None:
         size = sum(len(chunk) for chunk in batch)
-        await run_sync(_write_and_hash, partial, cursor.offset, batch, digest)
+        await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest)
         cursor.offset += size
         job.written += size
         self.reporter.advanced(job.obj.key, size)
@@ -398,7 +403,7 @@ class Transfers:
             job.error = f"got {job.written} bytes, expected {job.obj.size}"
         if job.error is None and job.restart is None and partial is not None:
             try:
-                job.landed = await run_sync(self._verify_and_commit, job, partial)
+                job.landed = await self.writer.call(self._verify_and_commit, job, partial)
             except ChecksumMismatch as exc:
                 job.restart = str(exc)
             except OSError as exc:
@@ -466,7 +471,8 @@ class Transfers:
         Synchronous on purpose: this runs while the run is being cancelled,
         where an await would be cancelled again before it could clean up.
         """
-        for job in self.open_jobs:
+        self.writer.drain()  # no thread may still be writing to these files
+        for job in list(self.open_jobs):
             if job.partial is None:
                 continue
             if keep_resumable and job.resumable:
@@ -479,7 +485,9 @@ class Transfers:
 def _write_and_hash(
     partial: PartialFile, offset: int, batch: list[bytes], digest: Digest | None
 ) -> None:
-    partial.write(offset, batch)
+    # One buffer, so one write and one checksum call: each call into C that
+    # drops the GIL must win it back from the event loop afterwards.
+    data = batch[0] if len(batch) == 1 else b"".join(batch)
+    partial.write(offset, data)
     if digest is not None:
-        for chunk in batch:
-            digest.update(chunk)
+        digest.update(data)

@@ -111,7 +111,9 @@ def everything(scale: float = 1.0) -> Iterator[SampleObject]:
     yield from markers()
 
 
-def s3_client(endpoint: str, *, checksums: bool = True) -> Any:
+def s3_client(
+    endpoint: str, *, checksums: bool = True, key: str = "testing", secret: str = "testing"
+) -> Any:
     """A plain boto3 client for filling test buckets (not the code under test).
 
     By default boto3 adds a CRC32 to every upload, as real SDKs do; without
@@ -122,8 +124,8 @@ def s3_client(endpoint: str, *, checksums: bool = True) -> Any:
         "s3",
         endpoint_url=endpoint,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
         config=config,
     )
 

@@ -23,10 +23,13 @@ BIG_OBJECTS = 4
 
 
 def _objects() -> dict[str, bytes]:
-    objects = {f"soak/small/{i // 100:02d}/{i:05d}.bin": pattern(f"s{i}", 2000 + i % 7919)
-               for i in range(SMALL_OBJECTS)}
-    objects.update({f"soak/big/{i}.bin": pattern(f"b{i}", 24 * MiB + i * 999)
-                    for i in range(BIG_OBJECTS)})
+    objects = {
+        f"soak/small/{i // 100:02d}/{i:05d}.bin": pattern(f"s{i}", 2000 + i % 7919)
+        for i in range(SMALL_OBJECTS)
+    }
+    objects.update(
+        {f"soak/big/{i}.bin": pattern(f"b{i}", 24 * MiB + i * 999) for i in range(BIG_OBJECTS)}
+    )
     return objects
 
 
@@ -49,20 +52,29 @@ def test_thousands_of_objects_survive_a_flaky_network(bucket: Bucket, tmp_path: 
             proxy.add(fault)
         result = asyncio.run(
             icanhazmodel.fetch(
-                bucket=bucket.name, key="soak", dest=tmp_path, endpoint_url=proxy.endpoint,
-                concurrency=16, retries=8, stall_timeout=1.0,
+                bucket=bucket.name,
+                key="soak",
+                dest=tmp_path,
+                endpoint_url=proxy.endpoint,
+                concurrency=16,
+                retries=8,
+                stall_timeout=1.0,
             )
         )
         injected = {f"{f.method} {_kind(f)}": f.applied for f in proxy.faults}
         requests = len(proxy.seen)
 
-    lost = [key for key, data in objects.items()
-            if not (tmp_path / key).is_file()
-            or hashlib.sha256((tmp_path / key).read_bytes()).digest()
-            != hashlib.sha256(data).digest()]
-    print(f"\nsoak: {len(objects)} objects, {requests} requests, faults injected: {injected}, "
-          f"lost or wrong: {len(lost)}, result: {result.downloaded} downloaded, "
-          f"{result.failed} failed in {result.seconds:.1f} s, verified {result.verification}")
+    lost = [
+        key
+        for key, data in objects.items()
+        if not (tmp_path / key).is_file()
+        or hashlib.sha256((tmp_path / key).read_bytes()).digest() != hashlib.sha256(data).digest()
+    ]
+    print(
+        f"\nsoak: {len(objects)} objects, {requests} requests, faults injected: {injected}, "
+        f"lost or wrong: {len(lost)}, result: {result.downloaded} downloaded, "
+        f"{result.failed} failed in {result.seconds:.1f} s, verified {result.verification}"
+    )
     for problem in result.problems:
         print(f"soak problem: {problem}")
     assert sum(injected.values()) > 0.02 * len(objects)
