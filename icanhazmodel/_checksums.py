@@ -84,6 +84,16 @@ def crc_of_ranges(algorithm: str, ranges: Iterable[tuple[int, int, int]]) -> int
     return total
 
 
+def contiguous_end(ranges: Iterable[tuple[int, int, int]], start: int) -> int:
+    """How far the (start, end, crc) ranges cover the object without a gap from *start*."""
+    end = start
+    for range_start, range_end, _ in sorted(ranges):
+        if range_start > end:
+            break
+        end = max(end, range_end)
+    return end
+
+
 def crc_bytes(algorithm: str, value: int) -> bytes:
     return value.to_bytes(_CRC_WIDTH[algorithm], "big")
 

@@ -11,7 +11,7 @@ from ._errors import UsageError
 # Enough requests in flight to hide S3's per-request latency (tens of ms) on
 # a fast link, few enough that their buffers stay well inside the memory
 # budget (each in-flight request holds at most about 1 MiB).
-DEFAULT_CONCURRENCY = 32
+DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 512
 
 # Legacy bucket names allow upper case and underscores, so this only rules

@@ -36,6 +36,7 @@ from ._checksums import (
     Digest,
     Expectation,
     choose,
+    contiguous_end,
     crc_bytes,
     crc_of_ranges,
     is_crc,
@@ -53,7 +54,7 @@ MiB = 1 << 20
 # one thread hop per file instead of three.
 SMALL_OBJECT = 1 * MiB
 # Bytes gathered from the socket before each hop to a writer thread.
-WRITE_BATCH = 1 * MiB
+WRITE_BATCH = MiB // 2
 READ_SIZE = 1 * MiB
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
@@ -76,6 +77,12 @@ class FileJob:
     partial_record: PartialRecord | None = None
     done_ranges: list[tuple[int, int, int]] = field(default_factory=list)
     digest: Digest | None = None  # whole-object digest of single-range downloads
+    # Multi-range objects checked by a hash (MD5, SHA), which cannot be
+    # combined from ranges: hashed in offset order as ranges complete, while
+    # later ranges still download, so little is left to hash at the end.
+    sequential: Digest | None = None
+    sequential_upto: int = 0
+    hash_lock: anyio.Lock = field(default_factory=anyio.Lock)
     written: int = 0
     resumed: int = 0  # of written, bytes an earlier run left on disk
     landed: os.stat_result | None = None
@@ -282,6 +289,8 @@ class Transfers:
         algorithm = job.expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
+        if algorithm and algorithm != job.crc_algorithm:
+            job.sequential = Digest(algorithm)
 
     def _create_partial(self, job: FileJob) -> None:
         # Registered here, in the writer thread, so a run cancelled meanwhile
@@ -313,6 +322,18 @@ class Transfers:
                 failures = await self._count_failure(failures, exc)
         if digest is not None and cursor.offset == work.end:
             self._range_done(job, work.start, work.end, digest.crc)
+            await self._hash_in_order(job)
+
+    async def _hash_in_order(self, job: FileJob) -> None:
+        """Feed the sequential digest every byte now contiguous from its cursor."""
+        if job.sequential is None or job.partial is None:
+            return
+        async with job.hash_lock:
+            while (end := contiguous_end(job.done_ranges, job.sequential_upto)) > (
+                start := job.sequential_upto
+            ):
+                await self.writer.call(_hash_span, job.partial, job.sequential, start, end)
+                job.sequential_upto = end
 
     def _range_done(self, job: FileJob, start: int, end: int, crc: int) -> None:
         job.done_ranges.append((start, end, crc))
@@ -387,7 +408,9 @@ class Transfers:
                 value = job.digest.value() if job.digest else b""
             elif algorithm == job.crc_algorithm:
                 value = crc_bytes(algorithm, crc_of_ranges(algorithm, job.done_ranges))
-            else:  # a hash, or ranges resumed under another CRC: read it back
+            elif job.sequential is not None and job.sequential_upto == job.obj.size:
+                value = job.sequential.value()
+            else:  # ranges resumed before the hash was set up: read it back
                 digest = Digest(algorithm)
                 for block in partial.blocks(0, job.obj.size):
                     digest.update(block)
@@ -403,6 +426,7 @@ class Transfers:
             job.error = f"got {job.written} bytes, expected {job.obj.size}"
         if job.error is None and job.restart is None and partial is not None:
             try:
+                await self._hash_in_order(job)
                 job.landed = await self.writer.call(self._verify_and_commit, job, partial)
             except ChecksumMismatch as exc:
                 job.restart = str(exc)
@@ -480,6 +504,11 @@ class Transfers:
             else:
                 self._forget_partial(job, remove=True)
         self.open_jobs.clear()
+
+
+def _hash_span(partial: PartialFile, digest: Digest, start: int, end: int) -> None:
+    for block in partial.blocks(start, end):
+        digest.update(block)
 
 
 def _write_and_hash(

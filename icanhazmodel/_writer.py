@@ -3,10 +3,9 @@
 Creating, writing and renaming files blocks, so it must stay off the event
 loop. A thread hop per call (``anyio.to_thread.run_sync``) costs a wake-up
 each way and a GIL hand-over per file, which for thousands of small files
-costs more CPU than the writes themselves. Here the event loop appends calls
-to a queue and wakes a thread only if none is awake; a thread runs every
-call queued so far, then reports all their results back in one
-``call_soon_threadsafe``.
+costs more CPU than the writes themselves. Here the event loop puts calls on
+a queue; a thread takes every call queued so far, runs them, and reports all
+their results back in one ``call_soon_threadsafe``.
 
 A call that was started always runs to the end, even if the task awaiting it
 is cancelled: the awaiting task waits for it, then takes the cancellation.
@@ -17,8 +16,8 @@ descriptor is closed while a thread may still write to it.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,40 +25,40 @@ T = TypeVar("T")
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
-
-
-_GRAB = 4
+_STOP = None
+# Calls one thread takes at a time: enough to share one wake-up among many
+# small files, few enough that big writes spread over every thread.
+_GRAB = 8
 
 
 class Writer:
     """Runs blocking calls on a small, fixed set of threads."""
 
-    def __init__(self, threads: int = 4) -> None:
+    def __init__(self, threads: int = 2) -> None:
         self._threads_wanted = threads
         self._threads: list[threading.Thread] = []
-        self._queue: deque[_Job] = deque()
-        self._ready = threading.Condition()
-        self._idle = 0
-        self._busy = 0
-        self._closing = False
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._pending = 0  # calls queued or running
+        self._pending_lock = threading.Lock()
+        self._all_done = threading.Event()
+        self._all_done.set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on a writer thread and return its result."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._ready:
-            if self._loop is None:
-                self._loop = loop
-            self._queue.append((fn, args, future))
-            if self._idle:
-                self._ready.notify()
-            elif len(self._threads) < self._threads_wanted:
-                self._start_thread()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = self._loop.create_future()
+        with self._pending_lock:
+            self._pending += 1
+            self._all_done.clear()
+        if len(self._threads) < self._threads_wanted:
+            self._start_thread()
+        self._queue.put((fn, args, future))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            # The call is already queued or running: let it finish first.
+            # The call is queued or running: let it finish first.
             while not future.done():
                 try:
                     await asyncio.shield(future)
@@ -76,42 +75,41 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            with self._ready:
-                while not self._queue and not self._closing:
-                    self._idle += 1
-                    self._ready.wait()
-                    self._idle -= 1
-                if not self._queue:
-                    return
-                # A few calls at a time: enough to share one wake-up among
-                # many small files, few enough that big writes spread over
-                # every thread.
-                batch = [self._queue.popleft() for _ in range(min(_GRAB, len(self._queue)))]
-                self._busy += 1
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            batch = [job]
+            while len(batch) < _GRAB:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._queue.put(_STOP)  # for this thread's next turn
+                    break
+                batch.append(more)
             outcomes: list[_Outcome] = []
             for fn, args, future in batch:
                 try:
                     outcomes.append((future, fn(*args), None))
                 except BaseException as exc:
                     outcomes.append((future, None, exc))
-            with self._ready:
-                self._busy -= 1
-                self._ready.notify_all()
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(_deliver, outcomes)
+            with self._pending_lock:
+                self._pending -= len(batch)
+                if self._pending == 0:
+                    self._all_done.set()
 
     def drain(self) -> None:
         """Block until every queued call has run (for synchronous cleanup)."""
-        with self._ready:
-            while self._queue or self._busy:
-                self._ready.wait(timeout=0.1)
+        self._all_done.wait()
 
     def close(self) -> None:
         """Run what is queued, then stop the threads."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify_all()
+        for _ in self._threads:
+            self._queue.put(_STOP)
         for thread in self._threads:
             thread.join()
         self._threads.clear()

@@ -85,6 +85,14 @@ def bucket(moto_endpoint: str) -> Bucket:
     return Bucket(name, moto_endpoint, client)
 
 
+@pytest.fixture(params=["direct", "botocore"])
+def request_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once per GET path: the direct one (default) and botocore's."""
+    if request.param == "botocore":
+        monkeypatch.setenv("ICANHAZMODEL_DIRECT_GETS", "0")
+    return str(request.param)
+
+
 @dataclass
 class CliResult:
     code: int

@@ -102,9 +102,8 @@ def _auth_enforced(endpoint: str) -> Iterator[None]:
         set_count("inf")
 
 
-@pytest.fixture
-def powerless_user(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Credentials of an IAM user with no permissions, in the environment."""
+def _iam_user(bucket: Bucket, monkeypatch: pytest.MonkeyPatch, *, reader: bool) -> None:
+    """Put the credentials of a fresh IAM user in the environment."""
     iam = boto3.client(
         "iam",
         endpoint_url=bucket.endpoint,
@@ -112,13 +111,76 @@ def powerless_user(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    name = f"powerless-{bucket.name}"
+    name = f"{'reader' if reader else 'powerless'}-{bucket.name}"
     iam.create_user(UserName=name)
+    if reader:
+        iam.put_user_policy(
+            UserName=name,
+            PolicyName="read",
+            PolicyDocument=(
+                '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+                '"Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}'
+            ),
+        )
     key = iam.create_access_key(UserName=name)["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+
+
+@pytest.fixture
+def powerless_user(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Credentials of an IAM user with no permissions; moto checks every request."""
+    _iam_user(bucket, monkeypatch, reader=False)
     with _auth_enforced(bucket.endpoint):
         yield
+
+
+@pytest.fixture
+def reader_user(bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Credentials of a user allowed to read; moto checks every signature."""
+    _iam_user(bucket, monkeypatch, reader=True)
+    with _auth_enforced(bucket.endpoint):
+        yield
+
+
+ODD_KEYS = [
+    "p/with space.txt",
+    "p/plus+sign",
+    "p/per%cent",
+    "p/question?mark",
+    "p/hash#tag",
+    "p/amp&er=sand",
+    "p/tilde~and_dash-dot.",
+    "p/ünïcödé/ファイル.bin",
+    "p/emoji 🤖",
+    "p/(brackets)[and]{braces}",
+    "p/quote'and\"double",
+    "p/semi;colon,comma:colon",
+    "p/at@dollar$star*",
+]
+
+
+def test_odd_keys_are_signed_right_on_both_paths(
+    bucket: Bucket, tmp_path: Path, request_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ODD_KEYS:
+        bucket.put(key, key.encode())
+    _iam_user(bucket, monkeypatch, reader=True)
+    with _auth_enforced(bucket.endpoint):
+        result = _fetch(bucket, "p", tmp_path)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {key: key.encode() for key in ODD_KEYS}
+
+
+def test_a_bad_secret_is_refused_on_both_paths(
+    bucket: Bucket, tmp_path: Path, request_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket.put("p/f", b"x")
+    _iam_user(bucket, monkeypatch, reader=True)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with _auth_enforced(bucket.endpoint), pytest.raises(icanhazmodel.CredentialsError):
+        _fetch(bucket, "p", tmp_path)
+    assert tree_of(tmp_path) == {}
 
 
 @pytest.mark.usefixtures("powerless_user")

@@ -27,9 +27,23 @@ def fetch(endpoint: str, bucket: Bucket, key: str, dest: Path, **kwargs: object)
 
 
 @pytest.fixture
-def proxy(bucket: Bucket) -> Iterator[FaultProxy]:
+def proxy(bucket: Bucket, request_path: str) -> Iterator[FaultProxy]:
+    """The fault proxy; every test using it runs over both GET paths."""
     with fault_proxy(bucket.endpoint) as p:
         yield p
+
+
+def test_gets_take_the_direct_path_unless_turned_off(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path, request_path: str
+) -> None:
+    bucket.put("p/f", b"data")
+    fetch(proxy.endpoint, bucket, "p", tmp_path)
+    [get] = proxy.requests("GET", "/p/f")
+    agent = get.headers.get("user-agent", "")
+    if request_path == "direct":
+        assert agent.startswith("icanhazmodel/")
+    else:
+        assert "Botocore" in agent or "aioboto3" in agent
 
 
 ALGORITHMS = ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"]

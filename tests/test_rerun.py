@@ -112,8 +112,11 @@ def _recorded_ranges(root: Path) -> int:
     db = root / ".icanhazmodel" / "manifest.sqlite3"
     if not db.exists():
         return 0
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT count(*) FROM ranges").fetchone()[0])
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM ranges").fetchone()[0])
+    except sqlite3.OperationalError:  # the run is still creating the tables
+        return 0
 
 
 def _start_slow_cli(bucket: Bucket, dest: Path, endpoint: str) -> subprocess.Popen[str]:
