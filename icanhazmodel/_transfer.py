@@ -56,6 +56,8 @@ SMALL_OBJECT = 1 * MiB
 # Bytes gathered from the socket before each hop to a writer thread.
 WRITE_BATCH = MiB // 2
 READ_SIZE = 1 * MiB
+# Bytes read back at a time to hash ranges already on disk (page cache).
+HASH_BLOCK = 256 * 1024
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
 # A checksum mismatch or a mid-download overwrite: one fresh start, then report.
@@ -507,7 +509,7 @@ class Transfers:
 
 
 def _hash_span(partial: PartialFile, digest: Digest, start: int, end: int) -> None:
-    for block in partial.blocks(start, end):
+    for block in partial.blocks(start, end, block=HASH_BLOCK):
         digest.update(block)
 
 

@@ -247,6 +247,14 @@ def _vm_hwm_kib(pid: int) -> int:
     return 0
 
 
+def drop_caches() -> None:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--drop-caches needs root: {exc}") from exc
+
+
 def warm_up_memory(work: Path, size: int) -> None:
     """Write and delete a big file, so that every tool's writes land in page
     cache the VM has already backed: the first touch of guest memory costs
@@ -315,6 +323,12 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("--bench-venv", type=Path, default=ROOT / ".venv-bench")
     parser.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="before every run, sync and drop the kernel's caches (root only): on some VMs "
+        "file creation slows down many-fold as caches fill, whichever tool runs",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -357,6 +371,8 @@ def main() -> int:
                     dest = work / "out"
                     shutil.rmtree(dest, ignore_errors=True)
                     dest.mkdir()
+                    if args.drop_caches:
+                        drop_caches()
                     sample = run_tool(tool, endpoint, scenario.prefix, dest, env)
                     verify(dest, expected, tool.name)
                     row.samples.append(sample)
