@@ -5,7 +5,7 @@
 writes every object under that key to ``ptms/<key>``.
 """
 
-from ._api import fetch
+from ._api import fetch, plan
 from ._config import DEFAULT_CONCURRENCY, FetchConfig
 from ._errors import (
     AccessDenied,
@@ -19,13 +19,23 @@ from ._errors import (
     S3Error,
     UsageError,
 )
-from ._models import FetchResult, ObjectReport, Status, Verification
+from ._models import (
+    Action,
+    FetchResult,
+    ObjectReport,
+    Plan,
+    PlannedObject,
+    Status,
+    Verification,
+)
 from ._progress import Reporter
+from ._select import Shard, parse_shard
 from ._version import __version__
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
     "AccessDenied",
+    "Action",
     "BucketNotFound",
     "CredentialsError",
     "DestinationError",
@@ -35,12 +45,17 @@ __all__ = [
     "NotEnoughSpace",
     "NothingToFetch",
     "ObjectReport",
+    "Plan",
+    "PlannedObject",
     "ProfileNotFound",
     "Reporter",
     "S3Error",
+    "Shard",
     "Status",
     "UsageError",
     "Verification",
     "__version__",
     "fetch",
+    "parse_shard",
+    "plan",
 ]

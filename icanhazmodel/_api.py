@@ -1,9 +1,10 @@
-"""The library entry point: :func:`fetch`."""
+"""The library entry points: :func:`fetch` and :func:`plan`."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 from anyio.to_thread import run_sync
@@ -12,10 +13,11 @@ from ._config import DEFAULT_CONCURRENCY, FetchConfig
 from ._errors import DestinationError
 from ._files import Tree, prepare_model_dir
 from ._manifest import Manifest
-from ._models import FetchResult
+from ._models import FetchResult, Plan
 from ._pipeline import Run
 from ._progress import NullReporter, Reporter, TqdmReporter
 from ._s3 import S3Options, open_s3
+from ._select import Filters, Shard, parse_shard
 
 
 async def fetch(
@@ -27,19 +29,33 @@ async def fetch(
     endpoint_url: str | None = None,
     region: str | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
-    retries: int = 5,
-    stall_timeout: float = 30.0,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    shard: str | Shard | None = None,
+    dry_run: bool = False,
     verify: bool = True,
     force: bool = False,
+    no_sign_request: bool = False,
+    request_payer: str | None = None,
+    version_id: str | None = None,
+    ignore_space: bool = False,
+    retries: int = 5,
+    stall_timeout: float = 30.0,
     progress: bool | Reporter = False,
 ) -> FetchResult:
     """Mirror ``s3://bucket/key`` (one object, or everything under it) to *dest*.
 
-    Each object lands at ``dest/<its key>``. Objects that cannot be mirrored
-    safely or fail to download are listed in the result, not raised; whole-run
-    failures raise a subclass of :class:`icanhazmodel.IcanhazmodelError`.
-    Nothing is printed unless *progress* is true (tqdm bars on stderr) or a
-    :class:`Reporter`.
+    Each object lands at ``dest/<its key>``, checked against S3's checksum
+    (or MD5 ETag) before it is renamed into place. Objects that cannot be
+    mirrored safely or fail to download are listed in the result, not raised;
+    whole-run failures raise a subclass of :class:`icanhazmodel.IcanhazmodelError`.
+
+    *include*/*exclude* are globs on the key relative to *key* (``*`` crosses
+    '/'; the base name is tried too; an exclude always wins). *shard* is
+    ``"K/N"``, ``"auto"`` (from torchrun, MPI, Slurm or Kubernetes variables)
+    or a :class:`Shard`. With *dry_run*, nothing is written and the result's
+    ``plan`` says what would happen. Nothing is printed unless *progress* is
+    true (tqdm bars on stderr) or a :class:`Reporter`.
     """
     config = FetchConfig(
         bucket=bucket,
@@ -53,12 +69,61 @@ async def fetch(
         stall_timeout=stall_timeout,
         verify=verify,
         force=force,
+        filters=Filters(tuple(include), tuple(exclude)),
+        shard=parse_shard(shard) if isinstance(shard, str) else shard or Shard(),
+        dry_run=dry_run,
+        unsigned=no_sign_request,
+        request_payer=request_payer,
+        version_id=version_id,
+        ignore_space=ignore_space,
     )
     reporter = _reporter(progress)
     try:
         return await run(config, reporter)
     finally:
         reporter.close()
+
+
+async def plan(
+    *,
+    bucket: str,
+    key: str,
+    dest: str | os.PathLike[str] = "ptms",
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    shard: str | Shard | None = None,
+    force: bool = False,
+    no_sign_request: bool = False,
+    request_payer: str | None = None,
+    version_id: str | None = None,
+) -> Plan:
+    """What :func:`fetch` with the same arguments would do; writes nothing.
+
+    Each listed object that passes the filters and belongs to this shard
+    comes back as a :class:`PlannedObject`: its key, size, path on disk and
+    action (download, skip as unchanged, keep a local edit, refuse, folder).
+    """
+    result = await fetch(
+        bucket=bucket,
+        key=key,
+        dest=dest,
+        profile=profile,
+        endpoint_url=endpoint_url,
+        region=region,
+        include=include,
+        exclude=exclude,
+        shard=shard,
+        force=force,
+        no_sign_request=no_sign_request,
+        request_payer=request_payer,
+        version_id=version_id,
+        dry_run=True,
+    )
+    assert result.plan is not None  # a dry run always has one
+    return result.plan
 
 
 def _reporter(progress: bool | Reporter) -> Reporter:
@@ -71,7 +136,7 @@ def _reporter(progress: bool | Reporter) -> Reporter:
 
 async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
     """Run one fetch described by *config*, reporting to *reporter*."""
-    root = await run_sync(prepare_model_dir, config.dest)
+    root = await run_sync(prepare_model_dir, config.dest, not config.dry_run)
     options = S3Options(
         bucket=config.bucket,
         profile=config.profile,
@@ -82,8 +147,10 @@ async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
         pool_size=config.concurrency + 4,
         retries=config.retries,
         read_timeout=config.stall_timeout,
+        unsigned=config.unsigned,
+        request_payer=config.request_payer,
     )
-    manifest = await run_sync(_open_manifest, root)
+    manifest = await run_sync(_open_manifest, root, config.dry_run)
     try:
         async with open_s3(options) as s3:
             return await Run(config, s3, Tree(root), manifest, reporter).execute()
@@ -92,8 +159,8 @@ async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
         manifest.close()
 
 
-def _open_manifest(root: Path) -> Manifest:
+def _open_manifest(root: Path, read_only: bool) -> Manifest:
     try:
-        return Manifest(root)
+        return Manifest(root, read_only=read_only)
     except (OSError, sqlite3.Error) as exc:
         raise DestinationError(f"cannot keep records under '{root}': {exc}") from exc

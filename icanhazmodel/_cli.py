@@ -5,83 +5,71 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import click
 
 from ._api import run
-from ._config import DEFAULT_CONCURRENCY, FetchConfig
-from ._errors import IcanhazmodelError
+from ._config import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, FetchConfig, split_s3_url
+from ._errors import IcanhazmodelError, UsageError
 from ._models import FetchResult
-from ._progress import MessageReporter, NullReporter, Reporter, TqdmReporter
+from ._output import (
+    dumps,
+    error_document,
+    plan_lines,
+    problem_lines,
+    result_document,
+    summary_line,
+    verification_line,
+)
+from ._progress import LineReporter, MessageReporter, NullReporter, Reporter, TqdmReporter
+from ._select import Filters, parse_shard
 from ._version import __version__
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+ENV_PREFIX = "ICANHAZMODEL"
 
 _HELP = """\
 Download pretrained models (or any files) from S3 to local disk.
 
 Every object under the S3 key MODEL_KEY is written to MODEL_DIR/<its key>,
 so a file is found on disk at the same path as its key. If MODEL_KEY is
-itself an object, just that object is downloaded.
+itself an object, just that object is downloaded. Files are checked
+against S3's checksum before they land; running again skips what has not
+changed and resumes what was interrupted.
 
 \b
-Example:
+Examples:
   icanhazmodel --profile kevin-digitalreasoning \\
       --model_key conduct/secrecy/en/version_1.2
-writes ./ptms/conduct/secrecy/en/version_1.2/...
+  icanhazmodel -k s3://my-models/bert/base --include '*.json' --dry-run
+
+Every option can also be set in the environment: ICANHAZMODEL_<OPTION>,
+e.g. ICANHAZMODEL_MODEL_DIR=/data/ptms.
 
 Exit status: 0 when every object landed, 1 when some were refused or
-failed (each is named on stderr), 2 for a usage or configuration error,
-130 when interrupted.
+failed (each is named on stderr) or the run failed, 2 for a usage or
+configuration error, 130 when interrupted.
 """
 
 
-def _fail(message: str, code: int) -> None:
+class _Option(click.Option):
+    """Every option shows the environment variable that sets it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("show_envvar", True)
+        super().__init__(*args, **kwargs)
+
+
+def _fail(message: str, code: int, json_context: dict[str, Any] | None = None) -> NoReturn:
+    if json_context is not None:
+        click.echo(dumps(error_document(message, code, **json_context)))
     click.echo(f"icanhazmodel: error: {message}", err=True)
     sys.exit(code)
-
-
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / (1 << 20):.1f} MiB"
-
-
-def summary_line(result: FetchResult) -> str:
-    rate = result.bytes_downloaded / result.seconds / (1 << 20) if result.seconds > 0 else 0.0
-    parts = [f"{result.downloaded} files downloaded ({_mib(result.bytes_downloaded)})"]
-    if result.folders:
-        parts.append(f"{result.folders} folders")
-    parts.append(f"{result.skipped} unchanged")
-    if result.refused:
-        parts.append(f"{result.refused} refused")
-    if result.failed:
-        parts.append(f"{result.failed} failed")
-    return f"{', '.join(parts)} in {result.seconds:.2f} s ({rate:.1f} MiB/s)"
-
-
-def verification_line(result: FetchResult) -> str:
-    levels = ", ".join(f"{count} {level}" for level, count in sorted(result.verification.items()))
-    return f"verified: {levels}" if levels else ""
-
-
-def _print_summary(result: FetchResult) -> None:
-    click.echo(summary_line(result), err=True)
-    if line := verification_line(result):
-        click.echo(line, err=True)
-    for problem in result.problems:
-        click.echo(f"  {problem.status.value}: {problem.key!r}: {problem.reason}", err=True)
-
-
-def _choose_reporter(progress: bool | None, quiet: bool) -> Reporter:
-    if quiet:
-        return NullReporter()
-    if progress is None:
-        progress = sys.stderr.isatty()
-    return TqdmReporter() if progress else MessageReporter()
 
 
 class _OneLineErrors(click.Command):
@@ -91,7 +79,9 @@ class _OneLineErrors(click.Command):
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
     ) -> Any:
         try:
-            return super().main(args, prog_name, standalone_mode=False, **extra)
+            return super().main(
+                args, prog_name, standalone_mode=False, auto_envvar_prefix=ENV_PREFIX, **extra
+            )
         except click.UsageError as exc:
             _fail(f"{exc.format_message()} (see --help)", EXIT_USAGE)
         except click.exceptions.Abort:
@@ -100,51 +90,178 @@ class _OneLineErrors(click.Command):
             sys.exit(exc.exit_code)
 
 
+def _choose_reporter(progress: bool | None, quiet: bool) -> Reporter:
+    if quiet:
+        return NullReporter()
+    if progress is None:
+        # A terminal gets bars; a log (CI, a pipe) a plain line now and then.
+        return TqdmReporter() if sys.stderr.isatty() else LineReporter()
+    return TqdmReporter() if progress else MessageReporter()
+
+
+def _bucket_and_key(bucket: str | None, model_key: str) -> tuple[str, str]:
+    url = split_s3_url(model_key)
+    if url is None:
+        if not model_key:
+            raise UsageError(
+                "--model_key must not be empty (for a whole bucket, pass -k s3://BUCKET/)"
+            )
+        return bucket or "", model_key
+    url_bucket, key = url
+    if bucket and bucket != url_bucket:
+        raise UsageError(f"--bucket '{bucket}' disagrees with the bucket in '{model_key}'")
+    return url_bucket, key
+
+
+def _build_config(**options: Any) -> FetchConfig:
+    bucket, key = _bucket_and_key(options["bucket"], options["model_key"])
+    return FetchConfig(
+        bucket=bucket,
+        key=key,
+        dest=Path(options["model_dir"]),
+        profile=options["profile"],
+        endpoint_url=options["endpoint_url"],
+        region=options["region"],
+        concurrency=options["concurrency"],
+        retries=options["retries"],
+        stall_timeout=options["stall_timeout"],
+        verify=options["verify"],
+        force=options["force"],
+        filters=Filters(tuple(options["include"]), tuple(options["exclude"])),
+        shard=parse_shard(options["shard"]) if options["shard"] else parse_shard("0/1"),
+        dry_run=options["dry_run"],
+        unsigned=options["no_sign_request"],
+        request_payer=options["request_payer"],
+        version_id=options["version_id"],
+        ignore_space=options["ignore_space"],
+    )
+
+
+def _report(result: FetchResult, config: FetchConfig, *, json_out: bool, quiet: bool) -> None:
+    if json_out:
+        click.echo(dumps(result_document(result, **_json_context(config))))
+    elif result.plan is not None:
+        for line in plan_lines(result.plan):
+            click.echo(line)
+    if quiet and result.ok:
+        return
+    if result.plan is None:
+        click.echo(summary_line(result), err=True)
+        if line := verification_line(result):
+            click.echo(line, err=True)
+    for line in problem_lines(result):
+        click.echo(line, err=True)
+
+
+def _json_context(config: FetchConfig) -> dict[str, Any]:
+    return {
+        "bucket": config.bucket,
+        "key": config.key,
+        "model_dir": str(config.dest),
+        "dry_run": config.dry_run,
+        "shard": str(config.shard),
+    }
+
+
 @click.command(cls=_OneLineErrors, help=_HELP, context_settings={"max_content_width": 100})
 @click.option(
-    "-p", "--profile", help="AWS profile (default: AWS_PROFILE, env keys, default profile)."
+    "-k",
+    "--model_key",
+    "--model-key",
+    "model_key",
+    cls=_Option,
+    required=True,
+    help="Key of one object, or the prefix to mirror; or s3://BUCKET/KEY for both at once.",
 )
-@click.option(
-    "-b",
-    "--bucket",
-    envvar="ICANHAZMODEL_BUCKET",
-    show_envvar=True,
-    help="S3 bucket holding the models.",
-)
+@click.option("-b", "--bucket", cls=_Option, help="S3 bucket holding the models.")
 @click.option(
     "-m",
     "--model_dir",
     "--model-dir",
     "model_dir",
+    cls=_Option,
     default="ptms",
     show_default=True,
     type=click.Path(file_okay=False),
     help="Directory the keys are mirrored under.",
 )
 @click.option(
-    "-k",
-    "--model_key",
-    "--model-key",
-    "model_key",
-    required=True,
-    help="S3 key of the model: a folder-like prefix, or one object.",
+    "-p",
+    "--profile",
+    cls=_Option,
+    help="AWS profile (default: AWS_PROFILE, env keys, default profile).",
+)
+@click.option(
+    "--include",
+    cls=_Option,
+    multiple=True,
+    metavar="GLOB",
+    help="Only keys matching GLOB (relative to the key; '*' crosses '/'; the base name "
+    "is tried too). Repeatable.",
+)
+@click.option(
+    "--exclude",
+    cls=_Option,
+    multiple=True,
+    metavar="GLOB",
+    help="Skip keys matching GLOB; wins over --include. Repeatable.",
+)
+@click.option(
+    "--dry-run",
+    cls=_Option,
+    is_flag=True,
+    help="Print what would be downloaded, skipped or refused; write nothing.",
+)
+@click.option(
+    "--json",
+    "json_out",
+    cls=_Option,
+    is_flag=True,
+    help="Print one JSON document on stdout at the end (the plan, with --dry-run).",
+)
+@click.option(
+    "--shard",
+    cls=_Option,
+    metavar="K/N|auto",
+    help="Fetch only shard K of N (0-based) of the listing; 'auto' reads torchrun, MPI, "
+    "Slurm or Kubernetes variables.",
 )
 @click.option(
     "--endpoint-url",
+    cls=_Option,
     help="S3-compatible endpoint (MinIO, Ceph, a local server). "
     "Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS.",
 )
-@click.option("--region", help="AWS region of the bucket (default: from the profile).")
+@click.option("--region", cls=_Option, help="AWS region of the bucket (default: the profile's).")
+@click.option(
+    "--no-sign-request",
+    cls=_Option,
+    is_flag=True,
+    help="Send requests unsigned, for public buckets (no credentials needed).",
+)
+@click.option(
+    "--request-payer",
+    cls=_Option,
+    type=click.Choice(["requester"]),
+    help="Confirm that you pay for requests to a requester-pays bucket.",
+)
+@click.option(
+    "--version-id",
+    cls=_Option,
+    help="Fetch this version of the object named exactly by --model_key.",
+)
 @click.option(
     "-j",
     "--concurrency",
-    type=click.IntRange(1, 512),
+    cls=_Option,
+    type=click.IntRange(1, MAX_CONCURRENCY),
     default=DEFAULT_CONCURRENCY,
     show_default=True,
     help="Requests in flight at once, shared by all files and parts.",
 )
 @click.option(
     "--retries",
+    cls=_Option,
     type=click.IntRange(0, 100),
     default=5,
     show_default=True,
@@ -152,6 +269,7 @@ class _OneLineErrors(click.Command):
 )
 @click.option(
     "--stall-timeout",
+    cls=_Option,
     type=click.FloatRange(min=0.1),
     default=30.0,
     show_default=True,
@@ -159,63 +277,47 @@ class _OneLineErrors(click.Command):
 )
 @click.option(
     "--verify/--no-verify",
+    cls=_Option,
     default=True,
     show_default=True,
     help="Check each file against S3's checksum (or MD5 ETag) before it lands.",
 )
 @click.option(
     "--force",
+    cls=_Option,
     is_flag=True,
     help="Download everything again, replacing files changed locally.",
 )
 @click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Show progress bars (default: when stderr is a terminal).",
+    "--ignore-space",
+    cls=_Option,
+    is_flag=True,
+    help="Do not stop when the listed objects exceed the free disk space.",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option(
+    "--progress/--no-progress",
+    cls=_Option,
+    default=None,
+    help="Progress bars on stderr (default: bars on a terminal, a line every 5 s otherwise).",
+)
+@click.option("-q", "--quiet", cls=_Option, is_flag=True, help="Print nothing but errors.")
 @click.version_option(__version__, "--version", prog_name="icanhazmodel")
-def main(
-    profile: str | None,
-    bucket: str | None,
-    model_dir: str,
-    model_key: str,
-    endpoint_url: str | None,
-    region: str | None,
-    concurrency: int,
-    retries: int,
-    stall_timeout: float,
-    verify: bool,
-    force: bool,
-    progress: bool | None,
-    quiet: bool,
-) -> None:
+def main(**options: Any) -> None:
+    json_out: bool = options["json_out"]
     try:
-        config = FetchConfig(
-            bucket=bucket or "",
-            key=model_key,
-            dest=Path(model_dir),
-            profile=profile,
-            endpoint_url=endpoint_url,
-            region=region,
-            concurrency=concurrency,
-            retries=retries,
-            stall_timeout=stall_timeout,
-            verify=verify,
-            force=force,
-        )
+        config = _build_config(**options)
     except IcanhazmodelError as exc:
-        _fail(str(exc), exc.exit_code)
-    reporter = _choose_reporter(progress, quiet)
+        _fail(str(exc), exc.exit_code, {} if json_out else None)
+    context = _json_context(config) if json_out else None
+    reporter = _choose_reporter(options["progress"], options["quiet"])
     try:
         result = anyio.run(run, config, reporter)
     except IcanhazmodelError as exc:
         reporter.close()
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, context)
     except KeyboardInterrupt:
         reporter.close()
-        _fail("interrupted; run the same command again to finish", EXIT_INTERRUPTED)
+        _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED, context)
     reporter.close()
-    if not quiet or not result.ok:
-        _print_summary(result)
+    _report(result, config, json_out=json_out, quiet=options["quiet"])
     sys.exit(EXIT_OK if result.ok else EXIT_INCOMPLETE)

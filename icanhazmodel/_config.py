@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._errors import UsageError
+from ._select import Filters, Shard
 
-# Enough requests in flight to hide S3's per-request latency (tens of ms) on
-# a fast link, few enough that their buffers stay well inside the memory
-# budget (each in-flight request holds at most about 1 MiB).
+# Requests in flight. S3 answers each GET after tens of milliseconds, so a
+# dozen or more in flight keep a fast link busy; measured against a local
+# server, 16 moved big files faster than 8 or 32 and small ones as fast as
+# 32, and keeps peak memory (about 75 MiB + 2 MiB per request) under 128 MiB.
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 512
 
@@ -34,6 +36,13 @@ class FetchConfig:
     stall_timeout: float = 30.0
     verify: bool = True
     force: bool = False
+    filters: Filters = field(default_factory=Filters)
+    shard: Shard = field(default_factory=Shard)
+    dry_run: bool = False
+    unsigned: bool = False
+    request_payer: str | None = None
+    version_id: str | None = None
+    ignore_space: bool = False
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -43,8 +52,14 @@ class FetchConfig:
                 f"bucket name '{self.bucket}' is not valid "
                 "(letters, digits, '.', '-' and '_' only; give the key with --model_key)"
             )
-        if not self.key:
-            raise UsageError("--model_key must not be empty")
+        if not self.key and self.version_id:
+            raise UsageError("--version-id needs the exact key of one object")
+        if self.key.endswith("/") and self.version_id:
+            raise UsageError(
+                f"--version-id needs the exact key of one object, not the folder '{self.key}'"
+            )
+        if self.request_payer not in (None, "requester"):
+            raise UsageError(f"--request-payer must be 'requester', not '{self.request_payer}'")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise UsageError(
                 f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}"
@@ -53,3 +68,16 @@ class FetchConfig:
             raise UsageError(f"--retries must be 0 or more, not {self.retries}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be positive, not {self.stall_timeout}")
+
+
+def split_s3_url(text: str) -> tuple[str, str] | None:
+    """(bucket, key) from ``s3://bucket/key``; None if *text* is a plain key.
+
+    ``s3://bucket`` and ``s3://bucket/`` name the whole bucket (key "").
+    """
+    if text[:5].lower() != "s3://":
+        return None
+    bucket, _, key = text[5:].partition("/")
+    if not bucket:
+        raise UsageError(f"'{text}' names no bucket: use s3://BUCKET/KEY")
+    return bucket, key

@@ -30,8 +30,11 @@ class EscapesModelDir(OSError):
     """The path resolves outside the model directory (through a symlink)."""
 
 
-def prepare_model_dir(path: str | os.PathLike[str], *, create: bool = True) -> Path:
-    """Create (if asked) and resolve the model directory, checking it is writable."""
+def prepare_model_dir(path: str | os.PathLike[str], create: bool = True) -> Path:
+    """Create (if asked) and resolve the model directory, checking it is writable.
+
+    Without *create* (a dry run) nothing is made: the path is only resolved.
+    """
     model_dir = Path(path)
     try:
         if create:
@@ -41,7 +44,7 @@ def prepare_model_dir(path: str | os.PathLike[str], *, create: bool = True) -> P
         raise DestinationError(f"model_dir '{model_dir}' exists and is not a directory") from exc
     except OSError as exc:
         raise DestinationError(f"cannot create model_dir '{model_dir}': {exc.strerror}") from exc
-    if create and not resolved.is_dir():
+    if resolved.exists() and not resolved.is_dir():
         raise DestinationError(f"model_dir '{model_dir}' exists and is not a directory")
     if create and not os.access(resolved, os.W_OK | os.X_OK):
         raise DestinationError(f"model_dir '{model_dir}' is not writable")

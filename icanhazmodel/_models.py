@@ -30,6 +30,44 @@ class Status(enum.StrEnum):
     WOULD_DOWNLOAD = "would-download"
 
 
+class Action(enum.StrEnum):
+    """What a run does (or a dry run would do) with one listed object."""
+
+    DOWNLOAD = "download"
+    SKIP = "skip"  # unchanged since icanhazmodel wrote it
+    KEEP_LOCAL = "keep-local"  # changed on disk since; --force replaces it
+    REFUSED = "refused"
+    FOLDER = "folder"  # a folder marker: a directory to create
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedObject:
+    """One line of a dry run's plan."""
+
+    key: str
+    size: int
+    path: str  # where it goes on disk
+    action: Action
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a run would do, object by object, without writing anything."""
+
+    objects: tuple[PlannedObject, ...]
+    excluded: int = 0
+    other_shards: int = 0
+    free_bytes: int | None = None  # free space under model_dir, if known
+
+    def count(self, action: Action) -> int:
+        return sum(1 for o in self.objects if o.action is action)
+
+    @property
+    def bytes_to_download(self) -> int:
+        return sum(o.size for o in self.objects if o.action is Action.DOWNLOAD)
+
+
 class Verification(enum.StrEnum):
     """How thoroughly a landed file was checked against S3."""
 
@@ -70,6 +108,9 @@ class FetchResult:
     folders: int = 0  # folder markers mirrored as directories
     verification: Mapping[str, int] = field(default_factory=dict)
     problems: tuple[ObjectReport, ...] = ()
+    excluded: int = 0  # left out by --include/--exclude
+    other_shards: int = 0  # left to the other --shard processes
+    plan: Plan | None = None  # set by a dry run
 
     @property
     def ok(self) -> bool:

@@ -12,9 +12,10 @@ run's whole request budget, shared by big files and small ones alike.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -23,18 +24,42 @@ from anyio.to_thread import run_sync
 
 from ._checksums import SIZE_ONLY, Digest
 from ._config import FetchConfig
-from ._errors import IcanhazmodelError, NothingToFetch
+from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch
 from ._files import PartialFile, Tree, try_remove_unlocked
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._manifest import FileRecord, Manifest, PartialRecord
-from ._models import FetchResult, ObjectReport, RemoteObject, Status
-from ._plan import Action, ConflictTracker, LocalFile, byte_ranges, decide, part_size_for
+from ._models import (
+    Action,
+    FetchResult,
+    ObjectReport,
+    Plan,
+    PlannedObject,
+    RemoteObject,
+    Status,
+)
+from ._plan import ConflictTracker, LocalFile, byte_ranges, decide, part_size_for
 from ._progress import Reporter
 from ._s3 import S3
+from ._select import relative_key
 from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
+_EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
+
+
+def _human(nbytes: int) -> str:
+    return f"{nbytes / (1 << 30):.2f} GiB" if nbytes >= 1 << 30 else f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def free_bytes(root: Path) -> int | None:
+    """Free space where *root* is (or would be created); None if unknown."""
+    for path in (root, *root.parents):
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            continue
+    return None
 
 
 @dataclass
@@ -42,6 +67,8 @@ class Tally:
     """What the run did so far; becomes the FetchResult."""
 
     listed: int = 0
+    excluded: int = 0
+    other_shards: int = 0
     folders: int = 0
     downloaded: int = 0
     skipped: int = 0
@@ -62,6 +89,8 @@ class Tally:
             folders=self.folders,
             verification=dict(self.verification),
             problems=tuple(self.problems),
+            excluded=self.excluded,
+            other_shards=self.other_shards,
         )
 
 
@@ -130,15 +159,19 @@ class Run:
             verify=config.verify,
         )
         self._conflicts = ConflictTracker()
+        self._prefix = ""
+        self._plan: list[PlannedObject] = []
+        self._free_bytes = free_bytes(tree.root)
+        self._bytes_needed = 0
 
     # -- the whole run --------------------------------------------------------------
 
     async def execute(self) -> FetchResult:
         started = time.monotonic()
-        exact = None
-        if not self.config.key.endswith("/"):
-            head = await self.s3.head(self.config.key)
-            exact = head.obj if head else None
+        exact = await self._exact_object()
+        if self.config.dry_run:
+            await self._produce(exact, None)
+            return self._result(started)
         send, receive = anyio.create_memory_object_stream[Work](self.config.concurrency)
         try:
             async with anyio.create_task_group() as outer:
@@ -148,7 +181,8 @@ class Run:
                     for _ in range(self.config.concurrency):
                         tg.start_soon(self._work, receive.clone())
                     receive.close()
-                    await self._produce(send, exact)
+                    async with send:
+                        await self._produce(exact, send)
                 outer.cancel_scope.cancel()
         except BaseException as exc:
             telling = _most_telling(exc)
@@ -160,7 +194,31 @@ class Run:
             raise telling from None
         finally:
             self.writer.close()
-        return self.tally.result(time.monotonic() - started)
+        return self._result(started)
+
+    def _result(self, started: float) -> FetchResult:
+        result = self.tally.result(time.monotonic() - started)
+        if self.config.dry_run:
+            plan = Plan(
+                tuple(self._plan),
+                excluded=self.tally.excluded,
+                other_shards=self.tally.other_shards,
+                free_bytes=self._free_bytes,
+            )
+            result = replace(result, plan=plan)
+        return result
+
+    async def _exact_object(self) -> RemoteObject | None:
+        """The object named exactly by the key, if there is one."""
+        key = self.config.key
+        if not key or key.endswith("/"):
+            return None
+        head = await self.s3.head(key, self.config.version_id)
+        if head is None and self.config.version_id:
+            raise NothingToFetch(
+                f"no version '{self.config.version_id}' of s3://{self.s3.bucket}/{key}"
+            )
+        return head.obj if head else None
 
     async def _flush_periodically(self, manifest: Manifest) -> None:
         while True:
@@ -175,49 +233,85 @@ class Run:
 
     # -- producer -------------------------------------------------------------------
 
-    async def _produce(self, send: ObjectSendStream[Work], exact: RemoteObject | None) -> None:
-        async with send:
-            if exact is not None:
-                await self._plan_page([exact], send)
-                return
-            prefix = directory_prefix(self.config.key)
-            async for page in self.s3.list_pages(prefix):
+    async def _produce(
+        self, exact: RemoteObject | None, send: ObjectSendStream[Work] | None
+    ) -> None:
+        """List, select and decide; send ranges to the workers (None: plan only)."""
+        if exact is not None:
+            self._prefix = ""
+            await self._plan_page([exact], send)
+        else:
+            self._prefix = directory_prefix(self.config.key)
+            async for page in self.s3.list_pages(self._prefix):
                 await self._plan_page(page, send)
-            if self.tally.listed == 0:
-                raise NothingToFetch(
-                    f"nothing at s3://{self.s3.bucket}/{self.config.key} "
-                    f"or under s3://{self.s3.bucket}/{prefix}"
-                )
+        self._check_something_selected()
 
-    async def _plan_page(self, page: list[RemoteObject], send: ObjectSendStream[Work]) -> None:
-        self.tally.listed += len(page)
+    def _check_something_selected(self) -> None:
+        where = f"s3://{self.s3.bucket}/{self._prefix}"
+        if self.tally.listed == 0:
+            raise NothingToFetch(
+                f"nothing at s3://{self.s3.bucket}/{self.config.key} or under {where}"
+                + (" (keys rarely start with '/')" if self.config.key.startswith("/") else "")
+            )
+        if self.tally.excluded == self.tally.listed:
+            raise NothingToFetch(
+                f"none of the {self.tally.listed} objects under {where} matches --include/--exclude"
+            )
+
+    async def _plan_page(
+        self, page: list[RemoteObject], send: ObjectSendStream[Work] | None
+    ) -> None:
         jobs: list[FileJob] = []
         for obj in page:
+            self.tally.listed += 1
+            if not self.config.filters.selects(relative_key(obj.key, self._prefix)):
+                self.tally.excluded += 1
+                continue
+            owned = self.config.shard.owns(obj.key)
             if is_dir_marker(obj.key, obj.size):
-                await self._make_directory(obj)
-            elif (job := self._job_for(obj)) is not None:
+                await self._folder(obj, owned)
+            elif (job := self._job_for(obj, owned)) is not None:
                 jobs.append(job)
         if not jobs:
             return
         actions = await run_sync(self._inspect, jobs)
-        fetch = [
-            job for job, action in zip(jobs, actions, strict=True) if action is Action.DOWNLOAD
-        ]
+        downloads = []
         for job, action in zip(jobs, actions, strict=True):
-            if action is Action.SKIP:
+            if action is Action.DOWNLOAD:
+                downloads.append(job)
+            elif action is Action.SKIP:
                 self.tally.skipped += 1
-            elif action is Action.KEEP_LOCAL:
-                self._report(
-                    job.obj,
-                    Status.LOCALLY_MODIFIED,
-                    f"'{job.final}' was changed since icanhazmodel wrote it; --force replaces it",
-                    job.final,
-                )
-        self.reporter.listed(len(fetch), sum(job.obj.size - job.written for job in fetch))
-        for job in fetch:
+            else:
+                self._report(job.obj, Status.LOCALLY_MODIFIED, _EDITED.format(job.final), job.final)
+            self._planned(job.obj, job.final, action)
+        self._count_space(downloads)
+        if send is None:
+            return
+        self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
+        for job in downloads:
             if job.partial is not None:
                 self.transfers.open_jobs.add(job)
             await self._enqueue(job, send)
+
+    def _count_space(self, downloads: list[FileJob]) -> None:
+        """Stop before filling the disk: compare what the listing asks for so
+        far with the free space measured when the run started."""
+        self._bytes_needed += sum(job.obj.size - job.written for job in downloads)
+        if (
+            self._free_bytes is not None
+            and self._bytes_needed > self._free_bytes
+            and not self.config.ignore_space
+            and not self.config.dry_run
+        ):
+            raise NotEnoughSpace(
+                f"the objects listed so far need {_human(self._bytes_needed)} but only "
+                f"{_human(self._free_bytes)} is free under '{self.tree.root}': free some space, "
+                "or pass --ignore-space to try anyway"
+            )
+
+    def _planned(self, obj: RemoteObject, path: Path, action: Action, reason: str = "") -> None:
+        if self.config.dry_run:
+            self._plan.append(PlannedObject(obj.key, obj.size, str(path), action, reason))
 
     async def _enqueue(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
         self.reporter.file_started(job.obj.key, job.obj.size)
@@ -229,17 +323,39 @@ class Run:
         for start, end in ranges:
             await send.send(Work(job, start, end))
 
-    def _job_for(self, obj: RemoteObject) -> FileJob | None:
+    def _safe_parts(
+        self, obj: RemoteObject, owned: bool, *, is_dir: bool
+    ) -> tuple[str, ...] | None:
+        """The key's path, or None after refusing it (reported by its owner shard).
+
+        Every shard tracks every key's path, so all shards agree on conflicts.
+        """
         try:
-            parts = key_parts(obj.key)
+            parts = key_parts(obj.key, is_dir_marker=is_dir)
         except RefusedKey as exc:
-            self._report(obj, Status.REFUSED, f"key {exc}")
-            return None
-        clash = self._conflicts.add(parts, is_dir=False)
-        if clash is not None:
-            self._report(
-                obj, Status.REFUSED, f"its path is also the directory of key '{clash}/...'"
+            reason = f"key {exc}"
+        else:
+            clash = self._conflicts.add(parts, is_dir=is_dir)
+            if clash is None:
+                if not owned:
+                    self.tally.other_shards += 1
+                    return None
+                return parts
+            reason = (
+                f"its path is also the file of key '{clash}'"
+                if is_dir
+                else f"its path is also the directory of key '{clash}/...'"
             )
+        if owned:
+            self._report(obj, Status.REFUSED, reason)
+            self._planned(obj, self.tree.root, Action.REFUSED, reason)
+        else:
+            self.tally.other_shards += 1
+        return None
+
+    def _job_for(self, obj: RemoteObject, owned: bool) -> FileJob | None:
+        parts = self._safe_parts(obj, owned, is_dir=False)
+        if parts is None:
             return None
         part_size = (
             part_size_for(obj.size, self.config.concurrency)
@@ -248,15 +364,12 @@ class Run:
         )
         return FileJob(obj=obj, parts=parts, final=self.tree.path(parts), part_size=part_size)
 
-    async def _make_directory(self, obj: RemoteObject) -> None:
-        try:
-            parts = key_parts(obj.key, is_dir_marker=True)
-        except RefusedKey as exc:
-            self._report(obj, Status.REFUSED, f"key {exc}")
+    async def _folder(self, obj: RemoteObject, owned: bool) -> None:
+        parts = self._safe_parts(obj, owned, is_dir=True)
+        if parts is None:
             return
-        clash = self._conflicts.add(parts, is_dir=True)
-        if clash is not None:
-            self._report(obj, Status.REFUSED, f"its path is also the file of key '{clash}'")
+        if self.config.dry_run:
+            self._planned(obj, self.tree.path(parts), Action.FOLDER)
             return
         try:
             await self.writer.call(self.tree.ensure_dir, parts)
@@ -271,7 +384,8 @@ class Run:
     def _inspect(self, jobs: list[FileJob]) -> list[Action]:
         keys = [job.obj.key for job in jobs]
         records = self.manifest.files(keys) if self.manifest else {}
-        partials = self.manifest.partials(keys) if self.manifest else {}
+        # A dry run only looks: it neither resumes nor clears temp files.
+        partials = self.manifest.partials(keys) if self.manifest and not self.config.dry_run else {}
         actions = []
         for job in jobs:
             record = records.get(job.obj.key)

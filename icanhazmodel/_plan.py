@@ -5,11 +5,10 @@ No I/O here; everything is tested directly with plain values.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from ._manifest import FileRecord
-from ._models import RemoteObject
+from ._models import Action, RemoteObject
 
 MiB = 1 << 20
 MIN_PART_SIZE = 8 * MiB
@@ -91,12 +90,6 @@ class ConflictTracker:
             self._open_files.append(path)
             self._open_set.add(path)
         return None
-
-
-class Action(enum.Enum):
-    DOWNLOAD = "download"
-    SKIP = "skip"  # unchanged since icanhazmodel wrote it
-    KEEP_LOCAL = "keep-local"  # the user changed the local file; --force replaces it
 
 
 @dataclass(frozen=True, slots=True)

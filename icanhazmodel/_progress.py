@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -168,14 +169,20 @@ class TqdmReporter:
 class LineReporter(MessageReporter):
     """A plain progress line every few seconds, for logs that are not terminals."""
 
-    def __init__(self, stream: IO[str] | None = None, every: float = 5.0) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(stream)
+        self._clock = clock
         self._every = every
         self._files_total = 0
         self._files_done = 0
         self._bytes_total = 0
         self._bytes_done = 0
-        self._started = time.monotonic()
+        self._started = clock()
         self._next = self._started + every
 
     def listed(self, files: int, nbytes: int) -> None:
@@ -191,7 +198,7 @@ class LineReporter(MessageReporter):
         self._maybe_print()
 
     def _maybe_print(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now < self._next:
             return
         self._next = now + self._every

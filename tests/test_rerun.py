@@ -276,8 +276,17 @@ def test_disk_full_is_one_clear_error_and_cleans_up(bucket: Bucket, tmp_path: Pa
         (dest / "p" / "keep.txt").write_bytes(b"precious")
         bucket.put("p/small.txt", b"fits")
         bucket.put("p/big.bin", pattern("full", 20 * MiB))
+        # --ignore-space: skip the up-front check, so the disk really fills up.
         result = run_cli(
-            "-b", bucket.name, "--endpoint-url", bucket.endpoint, "-k", "p", "-m", str(dest)
+            "-b",
+            bucket.name,
+            "--endpoint-url",
+            bucket.endpoint,
+            "-k",
+            "p",
+            "-m",
+            str(dest),
+            "--ignore-space",
         )
         assert result.code == 1, result.stderr
         lines = result.stderr.strip().splitlines()
@@ -287,5 +296,14 @@ def test_disk_full_is_one_clear_error_and_cleans_up(bucket: Bucket, tmp_path: Pa
         assert _partials(dest) == []
         assert not (dest / "p" / "big.bin").exists()
         assert (dest / "p" / "keep.txt").read_bytes() == b"precious"
+
+        # Without --ignore-space the run stops before writing the big file.
+        early = run_cli(
+            "-b", bucket.name, "--endpoint-url", bucket.endpoint, "-k", "p", "-m", str(dest)
+        )
+        assert early.code == 1
+        assert "is free under" in early.stderr
+        assert "--ignore-space" in early.stderr
+        assert _partials(dest) == []
     finally:
         subprocess.run(["umount", str(dest)], check=True)

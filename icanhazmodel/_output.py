@@ -1,0 +1,141 @@
+"""What the CLI prints at the end: a summary for people, JSON for programs.
+
+Pure functions from results to text; the CLI decides where each goes
+(stderr for people, stdout for --json and for a dry run's plan).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._models import Action, FetchResult, Plan
+
+MiB = 1 << 20
+
+
+def human_size(nbytes: int) -> str:
+    if nbytes >= 1 << 30:
+        return f"{nbytes / (1 << 30):.2f} GiB"
+    if nbytes >= MiB:
+        return f"{nbytes / MiB:.1f} MiB"
+    if nbytes >= 1024:
+        return f"{nbytes / 1024:.1f} KiB"
+    return f"{nbytes} B"
+
+
+def summary_line(result: FetchResult) -> str:
+    rate = result.bytes_downloaded / result.seconds / MiB if result.seconds > 0 else 0.0
+    parts = [f"{result.downloaded} files downloaded ({result.bytes_downloaded / MiB:.1f} MiB)"]
+    if result.folders:
+        parts.append(f"{result.folders} folders")
+    parts.append(f"{result.skipped} unchanged")
+    for count, what in (
+        (result.refused, "refused"),
+        (result.failed, "failed"),
+        (result.excluded, "excluded by filters"),
+        (result.other_shards, "left to other shards"),
+    ):
+        if count:
+            parts.append(f"{count} {what}")
+    return f"{', '.join(parts)} in {result.seconds:.2f} s ({rate:.1f} MiB/s)"
+
+
+def verification_line(result: FetchResult) -> str:
+    levels = ", ".join(f"{count} {level}" for level, count in sorted(result.verification.items()))
+    return f"verified: {levels}" if levels else ""
+
+
+def problem_lines(result: FetchResult) -> list[str]:
+    return [f"  {p.status.value}: {p.key!r}: {p.reason}" for p in result.problems]
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """One line per object: action, size, key and where it goes; then totals."""
+    lines = [
+        f"{o.action.value:<10} {human_size(o.size):>10}  {o.key}"
+        + (f"  -> {o.path}" if o.action is not Action.REFUSED else f"  ({o.reason})")
+        for o in plan.objects
+    ]
+    totals = [
+        f"would download {plan.count(Action.DOWNLOAD)} files "
+        f"({human_size(plan.bytes_to_download)})",
+        f"skip {plan.count(Action.SKIP)} unchanged",
+    ]
+    for action, what in (
+        (Action.FOLDER, "create {} folders"),
+        (Action.KEEP_LOCAL, "keep {} locally edited (--force replaces them)"),
+        (Action.REFUSED, "refuse {}"),
+    ):
+        if count := plan.count(action):
+            totals.append(what.format(count))
+    if plan.excluded:
+        totals.append(f"{plan.excluded} excluded by filters")
+    if plan.other_shards:
+        totals.append(f"{plan.other_shards} left to other shards")
+    lines.append("; ".join(totals))
+    if plan.free_bytes is not None and plan.bytes_to_download > plan.free_bytes:
+        lines.append(
+            f"warning: that is more than the {human_size(plan.free_bytes)} free under model_dir"
+        )
+    return lines
+
+
+def result_document(result: FetchResult, **context: Any) -> dict[str, Any]:
+    """The --json document: counts, timing, problems, and a dry run's plan."""
+    document: dict[str, Any] = {
+        **context,
+        "ok": result.ok,
+        "downloaded": result.downloaded,
+        "folders": result.folders,
+        "skipped": result.skipped,
+        "refused": result.refused,
+        "failed": result.failed,
+        "excluded": result.excluded,
+        "other_shards": result.other_shards,
+        "bytes_downloaded": result.bytes_downloaded,
+        "seconds": round(result.seconds, 3),
+        "verification": dict(result.verification),
+        "problems": [
+            {
+                "key": p.key,
+                "status": p.status.value,
+                "reason": p.reason,
+                "path": p.path,
+                "size": p.size,
+            }
+            for p in result.problems
+        ],
+    }
+    if result.plan is not None:
+        plan = result.plan
+        document["plan"] = {
+            "objects": [
+                {
+                    "key": o.key,
+                    "size": o.size,
+                    "path": o.path,
+                    "action": o.action.value,
+                    **({"reason": o.reason} if o.reason else {}),
+                }
+                for o in plan.objects
+            ],
+            "download": plan.count(Action.DOWNLOAD),
+            "bytes_to_download": plan.bytes_to_download,
+            "skip": plan.count(Action.SKIP),
+            "keep_local": plan.count(Action.KEEP_LOCAL),
+            "refused": plan.count(Action.REFUSED),
+            "folders": plan.count(Action.FOLDER),
+            "excluded": plan.excluded,
+            "other_shards": plan.other_shards,
+            "free_bytes": plan.free_bytes,
+        }
+    return document
+
+
+def error_document(message: str, exit_code: int, **context: Any) -> dict[str, Any]:
+    return {**context, "ok": False, "error": message, "exit_code": exit_code}
+
+
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False)
