@@ -216,6 +216,7 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     "--json",
     "json_out",
     cls=_Option,
+    envvar=f"{ENV_PREFIX}_JSON",
     is_flag=True,
     help="Print one JSON document on stdout at the end (the plan, with --dry-run).",
 )

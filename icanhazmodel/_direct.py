@@ -39,9 +39,9 @@ from ._version import __version__
 
 PROBE_KEY = "icanhazmodel-probe/key"
 USER_AGENT = f"icanhazmodel/{__version__} (direct GET)"
-# Per-connection read buffer: bigger than aiohttp's 64 KiB default, so a fast
-# stream arrives in fewer, larger chunks (less Python per MiB).
-READ_BUFSIZE = 128 * 1024
+# Per-connection read buffer (aiohttp's default). Larger buffers made no
+# measurable difference to speed and cost memory per connection.
+READ_BUFSIZE = 64 * 1024
 _CHECKSUM_NAMES = ("CRC64NVME", "CRC32C", "CRC32", "SHA1", "SHA256")
 
 
