@@ -292,3 +292,20 @@ def test_progress_in_a_log_is_a_plain_line_now_and_then() -> None:
     assert out.getvalue().count("\n") == 1
     assert "0/2 files" in out.getvalue()
     assert "\r" not in out.getvalue()
+
+
+def test_region_is_the_signing_region(filled: Bucket, tmp_path: Path) -> None:
+    with fault_proxy(filled.endpoint) as proxy:
+        result = cli(
+            filled, "-k", "m", "-m", str(tmp_path), "--region", "eu-west-3", endpoint=proxy.endpoint
+        )
+        assert result.code == 0, result.stderr
+        gets = [s for s in proxy.requests("GET", "/m/") if "list-type" not in s.path]
+        assert gets
+        assert all("/eu-west-3/s3/aws4_request" in s.headers["authorization"] for s in gets)
+
+
+def test_shell_completion_comes_from_click() -> None:
+    result = run_cli(env={"_ICANHAZMODEL_COMPLETE": "bash_source"})
+    assert result.code == 0
+    assert "_icanhazmodel_completion" in result.stdout
