@@ -46,7 +46,7 @@ from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whol
 from ._manifest import Manifest, PartialRecord
 from ._models import RemoteObject
 from ._progress import Reporter
-from ._s3 import S3, Body, ObjectChanged, ObjectError, TransientObjectError
+from ._s3 import S3, Body, HeadResult, ObjectChanged, ObjectError, TransientObjectError
 from ._writer import Writer
 
 MiB = 1 << 20
@@ -200,18 +200,21 @@ class Transfers:
 
     # -- small objects: whole in memory -------------------------------------------
 
+    def _expectation(self, source: Body | HeadResult) -> Expectation:
+        """What the object's bytes will be checked against (size only with --no-verify)."""
+        if not self.verify:
+            return SIZE_ONLY
+        etag = source.etag if isinstance(source, Body) else source.obj.etag
+        return choose(
+            source.checksums,
+            source.checksum_type,
+            etag,
+            encrypted_with_key=source.encrypted_with_key,
+        )
+
     def _expect(self, job: FileJob, body: Body) -> Expectation:
         if job.expectation is None:
-            job.expectation = (
-                choose(
-                    body.checksums,
-                    body.checksum_type,
-                    body.etag,
-                    encrypted_with_key=body.encrypted_with_key,
-                )
-                if self.verify
-                else SIZE_ONLY
-            )
+            job.expectation = self._expectation(body)
         return job.expectation
 
     async def _fetch_small(self, job: FileJob) -> None:
@@ -284,12 +287,7 @@ class Transfers:
         head = await self.s3.stat(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
-        job.expectation = choose(
-            head.checksums,
-            head.checksum_type,
-            head.obj.etag,
-            encrypted_with_key=head.encrypted_with_key,
-        )
+        job.expectation = self._expectation(head)
         algorithm = job.expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
@@ -480,16 +478,7 @@ class Transfers:
             final=job.final,
             part_size=max(obj.size, 1),
             restarts=job.restarts + 1,
-            expectation=(
-                choose(
-                    head.checksums,
-                    head.checksum_type,
-                    obj.etag,
-                    encrypted_with_key=head.encrypted_with_key,
-                )
-                if self.verify
-                else SIZE_ONLY
-            ),
+            expectation=self._expectation(head),
         )
         await self.run(Work(fresh, 0, fresh.obj.size))
 

@@ -152,18 +152,24 @@ def _partials(root: Path) -> list[Path]:
     return sorted(root.rglob("*.icanhazmodel-partial"))
 
 
-def test_a_killed_run_resumes_from_what_is_on_disk(bucket: Bucket, tmp_path: Path) -> None:
-    big = pattern("resume", 40 * MiB)
+def _killed_mid_download(bucket: Bucket, dest: Path, seed: str) -> bytes:
+    """Start a CLI run of a 40 MiB object whose first range crawls, and
+    kill -9 it once two other ranges are recorded. Returns the object's bytes."""
+    big = pattern(seed, 40 * MiB)
     bucket.put("p/big.bin", big)
     with fault_proxy(bucket.endpoint) as proxy:
-        # The first range crawls; the others finish and are recorded.
         proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
-        proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint)
+        proc = _start_slow_cli(bucket, dest, proxy.endpoint)
         try:
-            _wait_for(lambda: _recorded_ranges(tmp_path) >= 2)
+            _wait_for(lambda: _recorded_ranges(dest) >= 2)
         finally:
             proc.kill()
             proc.communicate()
+    return big
+
+
+def test_a_killed_run_resumes_from_what_is_on_disk(bucket: Bucket, tmp_path: Path) -> None:
+    big = _killed_mid_download(bucket, tmp_path, "resume")
     assert not (tmp_path / "p/big.bin").exists()
     assert len(_partials(tmp_path)) == 1
 
@@ -174,16 +180,7 @@ def test_a_killed_run_resumes_from_what_is_on_disk(bucket: Bucket, tmp_path: Pat
 
 
 def test_a_damaged_range_in_a_resumed_file_is_fetched_again(bucket: Bucket, tmp_path: Path) -> None:
-    big = pattern("damage", 40 * MiB)
-    bucket.put("p/big.bin", big)
-    with fault_proxy(bucket.endpoint) as proxy:
-        proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
-        proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint)
-        try:
-            _wait_for(lambda: _recorded_ranges(tmp_path) >= 2)
-        finally:
-            proc.kill()
-            proc.communicate()
+    big = _killed_mid_download(bucket, tmp_path, "damage")
     [partial] = _partials(tmp_path)
     with open(partial, "r+b") as f:  # damage every recorded range
         for offset in range(0, 40 * MiB, MiB):
