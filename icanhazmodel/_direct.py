@@ -74,7 +74,9 @@ class DirectBody:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         headers = response.headers
-        self.content_length = int(headers.get("Content-Length", "0"))
+        length = headers.get("Content-Length")
+        self.content_length = int(length) if length is not None else None
+        self.content_range: str | None = headers.get("Content-Range")
         self.etag = headers.get("ETag", "").strip('"')
         self.checksums = {
             name: value

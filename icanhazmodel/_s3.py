@@ -81,6 +81,10 @@ class ObjectChanged(ObjectError):
     """The object was overwritten in S3 while we were reading it (412)."""
 
 
+class RangeIgnored(ObjectError):
+    """The server answered a ranged GET with other bytes than asked for."""
+
+
 class ObjectGone(ObjectError):
     """The object was deleted between listing and download (404)."""
 
@@ -155,7 +159,7 @@ def object_errors(key: str) -> Iterator[None]:
     """Turn failures while fetching one object into ObjectError subclasses."""
     try:
         yield
-    except (ObjectError, FallBack):
+    except (ObjectError, FallBack):  # RangeIgnored included
         raise
     except (boto_exc.ClientError, DirectError) as exc:
         code, status = _error_code(exc)
@@ -261,7 +265,8 @@ class Body:
         stream: Any,
         key: str,
         *,
-        content_length: int,
+        content_length: int | None,
+        content_range: str | None,
         etag: str,
         checksums: Mapping[str, str],
         checksum_type: str | None,
@@ -270,6 +275,7 @@ class Body:
         self._stream = stream
         self._key = key
         self.content_length = content_length
+        self.content_range = content_range
         self.etag = etag
         self.checksums = checksums
         self.checksum_type = checksum_type
@@ -280,7 +286,8 @@ class Body:
         return cls(
             response["Body"],
             key,
-            content_length=int(response.get("ContentLength", 0)),
+            content_length=_int_or_none(response.get("ContentLength")),
+            content_range=response.get("ContentRange"),
             etag=_strip_quotes(response.get("ETag", "")),
             checksums=response_checksums(response),
             checksum_type=response.get("ChecksumType"),
@@ -293,6 +300,7 @@ class Body:
             body,
             key,
             content_length=body.content_length,
+            content_range=body.content_range,
             etag=body.etag,
             checksums=body.checksums,
             checksum_type=body.checksum_type,
@@ -424,7 +432,7 @@ class S3:
                         version_id=obj.version_id,
                         want_checksum=want_checksum,
                     )
-                return Body.from_direct(raw, obj.key)
+                return _checked(Body.from_direct(raw, obj.key), start, end, byte_range)
             except FallBack:
                 self._direct_wanted = False  # botocore from here on
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key}
@@ -438,7 +446,31 @@ class S3:
             kwargs["ChecksumMode"] = "ENABLED"
         with object_errors(obj.key):
             response = await self._client.get_object(**kwargs, **self._extra())
-        return Body.from_botocore(response, obj.key)
+        return _checked(Body.from_botocore(response, obj.key), start, end, byte_range)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _checked(body: Body, start: int, end: int, byte_range: str | None) -> Body:
+    """Refuse a body that is not the bytes asked for.
+
+    A server (or proxy) that ignores Range answers 200 with the whole
+    object; written at the range's offset, those bytes would be wrong. The
+    object then starts over as one plain GET.
+    """
+    expected_range = f"bytes {start}-{end - 1}/"
+    wrong = (
+        byte_range is not None and not (body.content_range or "").startswith(expected_range)
+    ) or body.content_length not in (None, end - start)
+    if wrong:
+        body.close()
+        raise RangeIgnored(
+            f"the server answered {body.content_length} bytes "
+            f"({body.content_range or 'no Content-Range'}) to a request for {start}-{end - 1}"
+        )
+    return body
 
 
 def _client_config(options: S3Options) -> AioConfig:

@@ -10,8 +10,9 @@ What can go wrong, and what happens:
 - a transient error or a stream that breaks: retried with capped backoff,
   resuming after the last byte received (``Range``), pinned to the listed
   version with ``If-Match`` so two versions are never spliced together;
-- the object changes in S3 mid-download (412), or the bytes do not match S3's
-  checksum: the object starts over from scratch, once; then it is reported;
+- the object changes in S3 mid-download (412), the bytes do not match S3's
+  checksum, or the server ignores a byte range: the object starts over from
+  scratch as one plain GET, once; then it is reported;
 - anything else: the object is reported failed and the run goes on. Only
   errors that stop every write (disk full, read-only) end the run.
 
@@ -46,7 +47,15 @@ from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whol
 from ._manifest import Manifest, PartialRecord
 from ._models import RemoteObject
 from ._progress import Reporter
-from ._s3 import S3, Body, HeadResult, ObjectChanged, ObjectError, TransientObjectError
+from ._s3 import (
+    S3,
+    Body,
+    HeadResult,
+    ObjectChanged,
+    ObjectError,
+    RangeIgnored,
+    TransientObjectError,
+)
 from ._writer import Writer
 
 MiB = 1 << 20
@@ -187,7 +196,7 @@ class Transfers:
                     await self._fetch_small(job)
                 else:
                     await self._fetch_range(work)
-            except (ObjectChanged, ChecksumMismatch) as exc:
+            except (ObjectChanged, ChecksumMismatch, RangeIgnored) as exc:
                 job.restart = str(exc)
             except ObjectError as exc:
                 job.error = str(exc)

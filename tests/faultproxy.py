@@ -41,6 +41,7 @@ class Fault:
     status_503: bool = False  # answer 503 SlowDown without asking upstream
     throttle: float | None = None  # bytes per second for the body
     before_cut: Callable[[], None] | None = None  # e.g. overwrite the object in S3
+    drop_range: bool = False  # forward without the Range header, as a naive server would
     probability: float = 1.0  # of hitting a matching request (the soak test's dice)
     once_per_path: bool = False  # never hit the same object twice
     applied: int = 0
@@ -149,6 +150,12 @@ class FaultProxy:
                         + _SLOWDOWN_BODY
                     )
                     return
+                if fault is not None and fault.drop_range:
+                    head = b"\r\n".join(
+                        line
+                        for line in head.split(b"\r\n")
+                        if not line.lower().startswith(b"range:")
+                    )
                 self._relay(client, head, body, fault)
         except OSError:
             return

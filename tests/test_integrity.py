@@ -191,3 +191,17 @@ def test_an_object_that_keeps_failing_is_named_and_the_rest_lands(
     assert failure.key == "p/bad"
     assert "3 attempts" in failure.reason
     assert tree_of(tmp_path) == {"p/good": b"good"}
+
+
+@pytest.mark.parametrize("verify", [True, False], ids=["verify", "no-verify"])
+def test_a_server_that_ignores_range_cannot_put_wrong_bytes_on_disk(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path, verify: bool
+) -> None:
+    data = pattern("range", BIG)
+    bucket.put("p/big", data)
+    proxy.add(Fault(key_contains="p/big", drop_range=True, times=1000))
+    result = fetch(proxy.endpoint, bucket, "p", tmp_path, verify=verify)
+    # The ranged answers are refused; the object starts over as one plain GET.
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {"p/big": data}
+    assert any("range" not in s.headers for s in proxy.requests("GET", "p/big"))
