@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ._errors import UsageError
 from ._select import Filters, Shard
@@ -19,6 +20,8 @@ MAX_CONCURRENCY = 512
 # Legacy bucket names allow upper case and underscores, so this only rules
 # out what no bucket name can hold: a slash, whitespace, or nothing at all.
 _BUCKET = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+# botocore's own rule for region names.
+_REGION = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +61,14 @@ class FetchConfig:
             raise UsageError(
                 f"--version-id needs the exact key of one object, not the folder '{self.key}'"
             )
+        if self.endpoint_url is not None:
+            parts = urlsplit(self.endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise UsageError(
+                    f"--endpoint-url '{self.endpoint_url}' is not an http:// or https:// URL"
+                )
+        if self.region is not None and not _REGION.match(self.region):
+            raise UsageError(f"--region '{self.region}' is not a region name (e.g. eu-west-1)")
         if self.request_payer not in (None, "requester"):
             raise UsageError(f"--request-payer must be 'requester', not '{self.request_payer}'")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:

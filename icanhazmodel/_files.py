@@ -93,9 +93,19 @@ class Tree:
             self._known.add(prefix)
         return self.path(parts)
 
-    def forget(self) -> None:
-        """Drop the cache (after something else may have changed the tree)."""
-        self._known = {()}
+    def temp_file(self, relative: str) -> Path | None:
+        """The temp file a manifest record names, if it is one of ours and
+        lies inside the model directory (a record is never trusted further)."""
+        parts = relative.split("/")
+        name = parts[-1]
+        if (
+            relative.startswith("/")
+            or any(p in ("", ".", "..") for p in parts)
+            or not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
+        ):
+            return None
+        path = self.path(tuple(parts))
+        return path if self._inside(path.parent) else None
 
 
 def temp_path(final: Path) -> Path:

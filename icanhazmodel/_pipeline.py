@@ -399,7 +399,11 @@ class Run:
     def _resume(self, job: FileJob, candidates: list[PartialRecord], *, use: bool) -> None:
         """Pick up a temp file an earlier run left; clear away stale ones."""
         for record in sorted(candidates, key=lambda r: -len(r.ranges)):
-            path = self.tree.root / record.tmp_name
+            path = self.tree.temp_file(record.tmp_name)
+            if path is None:  # not a name icanhazmodel would have written: leave it
+                if self.manifest is not None:
+                    self.manifest.drop_partial(record.tmp_name)
+                continue
             wanted = (
                 use
                 and job.partial is None

@@ -545,8 +545,8 @@ async def open_s3(options: S3Options) -> AsyncIterator[S3]:
         credentials = None if options.unsigned else await session.get_credentials()
     except boto_exc.ProfileNotFound as exc:
         raise ProfileNotFound(f"AWS profile '{options.profile}' not found") from exc
-    except ValueError as exc:  # botocore's message for a malformed endpoint URL
-        raise UsageError(f"invalid --endpoint-url '{options.endpoint_url}': {exc}") from exc
+    except ValueError as exc:  # botocore's word on an endpoint URL or region it refuses
+        raise UsageError(f"botocore refused the client settings: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         raise S3Error(f"cannot create the S3 client: {exc}") from exc
     s3 = S3(client, options, credentials)

@@ -241,6 +241,24 @@ def test_missing_key_is_a_usage_error(tmp_path: Path) -> None:
     assert_one_line_error(result, 2, "--model_key")
 
 
+@pytest.mark.parametrize(
+    ("flags", "culprit"),
+    [
+        (["--endpoint-url", "notaurl"], "--endpoint-url"),
+        (["--endpoint-url", "ftp://x"], "--endpoint-url"),
+        (["--region", "not a region!"], "--region"),
+        (["--shard", "5"], "--shard"),
+        (["--include="], "--include"),
+        (["-k", "s3://"], "s3://"),
+        (["--version-id", "v1", "-k", "folder/"], "--version-id"),
+    ],
+)
+def test_bad_values_name_their_option(tmp_path: Path, flags: list[str], culprit: str) -> None:
+    result = run_cli("-b", "bkt", "-k", "key", "-m", str(tmp_path / "m"), *flags)
+    assert_one_line_error(result, 2, culprit)
+    assert not (tmp_path / "m").exists()
+
+
 def test_bad_option_value_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("-b", "bkt", "-k", "p", "-j", "0"), 2, "concurrency")
     assert_one_line_error(run_cli("-b", "bkt/key", "-k", "p"), 2, "bkt/key")
