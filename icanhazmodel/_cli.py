@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -311,6 +312,9 @@ def main(**options: Any) -> None:
         _fail(str(exc), exc.exit_code, {} if json_out else None)
     context = _json_context(config) if json_out else None
     reporter = _choose_reporter(options["progress"], options["quiet"])
+    # SIGTERM (kill, Kubernetes stopping a pod) stops the run like Ctrl-C:
+    # workers cancelled, big temp files kept for the next run, the rest removed.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         result = anyio.run(run, config, reporter)
     except IcanhazmodelError as exc:

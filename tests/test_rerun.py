@@ -192,8 +192,9 @@ def test_a_damaged_range_in_a_resumed_file_is_fetched_again(bucket: Bucket, tmp_
     assert result.bytes_downloaded == len(big)  # no damaged range was trusted
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_stops_fast_and_leaves_only_resumable_temp_files(
-    bucket: Bucket, tmp_path: Path
+    bucket: Bucket, tmp_path: Path, sig: signal.Signals
 ) -> None:
     big = pattern("sigint", 40 * MiB)
     bucket.put("p/big.bin", big)
@@ -203,7 +204,7 @@ def test_ctrl_c_stops_fast_and_leaves_only_resumable_temp_files(
         proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint)
         _wait_for(lambda: _recorded_ranges(tmp_path) >= 1 or proc.poll() is not None)
         sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=10)
         took = time.monotonic() - sent
     assert proc.returncode == 130, stderr
