@@ -34,7 +34,9 @@ def _objects() -> dict[str, bytes]:
 
 
 @pytest.mark.timeout(1800)
-def test_thousands_of_objects_survive_a_flaky_network(bucket: Bucket, tmp_path: Path) -> None:
+def test_thousands_of_objects_survive_a_flaky_network(
+    bucket: Bucket, tmp_path: Path, request_path: str
+) -> None:
     objects = _objects()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda item: bucket.put(*item), objects.items()))
@@ -71,7 +73,7 @@ def test_thousands_of_objects_survive_a_flaky_network(bucket: Bucket, tmp_path: 
         or hashlib.sha256((tmp_path / key).read_bytes()).digest() != hashlib.sha256(data).digest()
     ]
     print(
-        f"\nsoak: {len(objects)} objects, {requests} requests, faults injected: {injected}, "
+        f"\nsoak ({request_path} GETs): {len(objects)} objects, {requests} requests, faults injected: {injected}, "
         f"lost or wrong: {len(lost)}, result: {result.downloaded} downloaded, "
         f"{result.failed} failed in {result.seconds:.1f} s, verified {result.verification}"
     )
