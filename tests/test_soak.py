@@ -73,7 +73,8 @@ def test_thousands_of_objects_survive_a_flaky_network(
         or hashlib.sha256((tmp_path / key).read_bytes()).digest() != hashlib.sha256(data).digest()
     ]
     print(
-        f"\nsoak ({request_path} GETs): {len(objects)} objects, {requests} requests, faults injected: {injected}, "
+        f"\nsoak ({request_path} GETs): {len(objects)} objects, {requests} requests, "
+        f"faults injected: {injected}, "
         f"lost or wrong: {len(lost)}, result: {result.downloaded} downloaded, "
         f"{result.failed} failed in {result.seconds:.1f} s, verified {result.verification}"
     )
