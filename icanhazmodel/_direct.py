@@ -34,6 +34,7 @@ from xml.etree import ElementTree
 import aiohttp
 import yarl
 
+from ._models import ObjectHeaders, encrypted_with_key
 from ._sigv4 import canonical_query, sign
 from ._version import __version__
 
@@ -75,18 +76,20 @@ class DirectBody:
         self._response = response
         headers = response.headers
         length = headers.get("Content-Length")
-        self.content_length = int(length) if length is not None else None
-        self.content_range: str | None = headers.get("Content-Range")
-        self.etag = headers.get("ETag", "").strip('"')
-        self.checksums = {
-            name: value
-            for name in _CHECKSUM_NAMES
-            if (value := headers.get(f"x-amz-checksum-{name.lower()}"))
-        }
-        self.checksum_type: str | None = headers.get("x-amz-checksum-type")
-        sse = headers.get("x-amz-server-side-encryption", "")
-        self.encrypted_with_key = sse.startswith("aws:kms") or bool(
-            headers.get("x-amz-server-side-encryption-customer-algorithm")
+        self.headers = ObjectHeaders(
+            etag=headers.get("ETag", "").strip('"'),
+            checksums={
+                name: value
+                for name in _CHECKSUM_NAMES
+                if (value := headers.get(f"x-amz-checksum-{name.lower()}"))
+            },
+            checksum_type=headers.get("x-amz-checksum-type"),
+            encrypted_with_key=encrypted_with_key(
+                headers.get("x-amz-server-side-encryption"),
+                headers.get("x-amz-server-side-encryption-customer-algorithm"),
+            ),
+            content_length=int(length) if length is not None else None,
+            content_range=headers.get("Content-Range"),
         )
 
     async def read(self, max_bytes: int) -> bytes:

@@ -19,6 +19,23 @@ class RemoteObject:
     version_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectHeaders:
+    """What a GET or HEAD answer says about the object, whichever path sent it."""
+
+    etag: str  # without the surrounding quotes
+    checksums: Mapping[str, str]  # S3's base64 values by algorithm, e.g. {"CRC32": ...}
+    checksum_type: str | None  # FULL_OBJECT or COMPOSITE
+    encrypted_with_key: bool  # SSE-KMS or SSE-C: the ETag is not an MD5
+    content_length: int | None = None
+    content_range: str | None = None
+
+
+def encrypted_with_key(sse: str | None, customer_algorithm: str | None) -> bool:
+    """SSE-KMS and SSE-C objects have ETags that are not the MD5 of their bytes."""
+    return (sse or "").startswith("aws:kms") or bool(customer_algorithm)
+
+
 class Status(enum.StrEnum):
     """What happened (or, in a dry run, would happen) to one object."""
 

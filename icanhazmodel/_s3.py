@@ -25,7 +25,7 @@ from aiobotocore.config import AioConfig
 from botocore import UNSIGNED
 
 from ._checksums import ChecksumMismatch
-from ._direct import DirectBody, DirectError, DirectGets, FallBack, usable_for
+from ._direct import DirectError, DirectGets, FallBack, usable_for
 from ._errors import (
     AccessDenied,
     BucketNotFound,
@@ -35,7 +35,7 @@ from ._errors import (
     S3Error,
     UsageError,
 )
-from ._models import RemoteObject
+from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
 
 CHECKSUM_NAMES = ("CRC64NVME", "CRC32C", "CRC32", "SHA1", "SHA256")
 
@@ -226,86 +226,51 @@ def response_checksums(response: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def _encrypted_with_key(response: Mapping[str, Any]) -> bool:
-    """SSE-KMS and SSE-C objects have ETags that are not the MD5 of their bytes."""
-    sse = str(response.get("ServerSideEncryption", ""))
-    return sse.startswith("aws:kms") or bool(response.get("SSECustomerAlgorithm"))
+def _headers(response: Mapping[str, Any]) -> ObjectHeaders:
+    """The fields icanhazmodel uses from a botocore GetObject/HeadObject answer."""
+    length = response.get("ContentLength")
+    return ObjectHeaders(
+        etag=_strip_quotes(response.get("ETag", "")),
+        checksums=response_checksums(response),
+        checksum_type=response.get("ChecksumType"),
+        encrypted_with_key=encrypted_with_key(
+            response.get("ServerSideEncryption"), response.get("SSECustomerAlgorithm")
+        ),
+        content_length=None if length is None else int(length),
+        content_range=response.get("ContentRange"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class HeadResult:
     obj: RemoteObject
-    checksums: Mapping[str, str]
-    checksum_type: str | None
-    encrypted_with_key: bool
+    headers: ObjectHeaders
 
 
 def _head_result(key: str, response: Mapping[str, Any], version_id: str | None) -> HeadResult:
-    checksums = response_checksums(response)
+    headers = _headers(response)
     obj = RemoteObject(
         key=key,
         size=int(response.get("ContentLength", 0)),
-        etag=_strip_quotes(response.get("ETag", "")),
+        etag=headers.etag,
         last_modified=_posix_time(response.get("LastModified")),
-        checksum_algorithms=tuple(checksums),
+        checksum_algorithms=tuple(headers.checksums),
         version_id=response.get("VersionId") if version_id else None,
     )
-    return HeadResult(obj, checksums, response.get("ChecksumType"), _encrypted_with_key(response))
+    return HeadResult(obj, headers)
 
 
 class Body:
-    """The streaming body of one GET, with the headers that came with it.
+    """The streaming body of one GET, with what its headers said.
 
     Wraps either botocore's body or the direct path's; reads are translated
     to ObjectError subclasses like every other call.
     """
 
-    def __init__(
-        self,
-        stream: Any,
-        key: str,
-        *,
-        content_length: int | None,
-        content_range: str | None,
-        etag: str,
-        checksums: Mapping[str, str],
-        checksum_type: str | None,
-        encrypted_with_key: bool,
-    ) -> None:
+    def __init__(self, stream: Any, key: str, headers: ObjectHeaders) -> None:
         self._stream = stream
         self._key = key
-        self.content_length = content_length
-        self.content_range = content_range
-        self.etag = etag
-        self.checksums = checksums
-        self.checksum_type = checksum_type
-        self.encrypted_with_key = encrypted_with_key
-
-    @classmethod
-    def from_botocore(cls, response: Mapping[str, Any], key: str) -> Body:
-        return cls(
-            response["Body"],
-            key,
-            content_length=_int_or_none(response.get("ContentLength")),
-            content_range=response.get("ContentRange"),
-            etag=_strip_quotes(response.get("ETag", "")),
-            checksums=response_checksums(response),
-            checksum_type=response.get("ChecksumType"),
-            encrypted_with_key=_encrypted_with_key(response),
-        )
-
-    @classmethod
-    def from_direct(cls, body: DirectBody, key: str) -> Body:
-        return cls(
-            body,
-            key,
-            content_length=body.content_length,
-            content_range=body.content_range,
-            etag=body.etag,
-            checksums=body.checksums,
-            checksum_type=body.checksum_type,
-            encrypted_with_key=body.encrypted_with_key,
-        )
+        self.headers = headers
 
     async def read(self, max_bytes: int) -> bytes:
         with object_errors(self._key):
@@ -432,7 +397,7 @@ class S3:
                         version_id=obj.version_id,
                         want_checksum=want_checksum,
                     )
-                return _checked(Body.from_direct(raw, obj.key), start, end, byte_range)
+                return _checked(Body(raw, obj.key, raw.headers), start, end, byte_range)
             except FallBack:
                 self._direct_wanted = False  # botocore from here on
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key}
@@ -446,11 +411,7 @@ class S3:
             kwargs["ChecksumMode"] = "ENABLED"
         with object_errors(obj.key):
             response = await self._client.get_object(**kwargs, **self._extra())
-        return _checked(Body.from_botocore(response, obj.key), start, end, byte_range)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
+        return _checked(Body(response["Body"], obj.key, _headers(response)), start, end, byte_range)
 
 
 def _checked(body: Body, start: int, end: int, byte_range: str | None) -> Body:
@@ -460,15 +421,16 @@ def _checked(body: Body, start: int, end: int, byte_range: str | None) -> Body:
     object; written at the range's offset, those bytes would be wrong. The
     object then starts over as one plain GET.
     """
+    headers = body.headers
     expected_range = f"bytes {start}-{end - 1}/"
     wrong = (
-        byte_range is not None and not (body.content_range or "").startswith(expected_range)
-    ) or body.content_length not in (None, end - start)
+        byte_range is not None and not (headers.content_range or "").startswith(expected_range)
+    ) or headers.content_length not in (None, end - start)
     if wrong:
         body.close()
         raise RangeIgnored(
-            f"the server answered {body.content_length} bytes "
-            f"({body.content_range or 'no Content-Range'}) to a request for {start}-{end - 1}"
+            f"the server answered {headers.content_length} bytes "
+            f"({headers.content_range or 'no Content-Range'}) to a request for {start}-{end - 1}"
         )
     return body
 

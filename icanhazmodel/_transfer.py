@@ -45,12 +45,11 @@ from ._checksums import (
 from ._errors import DestinationError, NotEnoughSpace
 from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whole
 from ._manifest import Manifest, PartialRecord
-from ._models import RemoteObject
+from ._models import ObjectHeaders, RemoteObject
 from ._progress import Reporter
 from ._s3 import (
     S3,
     Body,
-    HeadResult,
     ObjectChanged,
     ObjectError,
     RangeIgnored,
@@ -209,21 +208,20 @@ class Transfers:
 
     # -- small objects: whole in memory -------------------------------------------
 
-    def _expectation(self, source: Body | HeadResult) -> Expectation:
+    def _expectation(self, headers: ObjectHeaders) -> Expectation:
         """What the object's bytes will be checked against (size only with --no-verify)."""
         if not self.verify:
             return SIZE_ONLY
-        etag = source.etag if isinstance(source, Body) else source.obj.etag
         return choose(
-            source.checksums,
-            source.checksum_type,
-            etag,
-            encrypted_with_key=source.encrypted_with_key,
+            headers.checksums,
+            headers.checksum_type,
+            headers.etag,
+            encrypted_with_key=headers.encrypted_with_key,
         )
 
     def _expect(self, job: FileJob, body: Body) -> Expectation:
         if job.expectation is None:
-            job.expectation = self._expectation(body)
+            job.expectation = self._expectation(body.headers)
         return job.expectation
 
     async def _fetch_small(self, job: FileJob) -> None:
@@ -296,7 +294,7 @@ class Transfers:
         head = await self.s3.stat(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
-        job.expectation = self._expectation(head)
+        job.expectation = self._expectation(head.headers)
         algorithm = job.expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
@@ -487,7 +485,7 @@ class Transfers:
             final=job.final,
             part_size=max(obj.size, 1),
             restarts=job.restarts + 1,
-            expectation=self._expectation(head),
+            expectation=self._expectation(head.headers),
         )
         await self.run(Work(fresh, 0, fresh.obj.size))
 
