@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 from ._models import Verification
 
-# CRCs first: they are fast and combine across ranges; then the hashes.
-_PREFERENCE = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
+# Every full-object checksum S3 can hold, in order of preference: CRCs first
+# (fast, and they combine across ranges), then the hashes.
+CHECKSUM_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
 _CRC_WIDTH = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8}
 _LEVEL = {
     "CRC32": Verification.CRC32,
@@ -147,7 +148,7 @@ def choose(
     SSE-C objects (*encrypted_with_key*), whose ETags are opaque.
     """
     if checksum_type != "COMPOSITE":
-        for algorithm in _PREFERENCE:
+        for algorithm in CHECKSUM_ALGORITHMS:
             value = checksums.get(algorithm)
             if value and "-" not in value:
                 try:

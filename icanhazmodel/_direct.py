@@ -34,6 +34,7 @@ from xml.etree import ElementTree
 import aiohttp
 import yarl
 
+from ._checksums import CHECKSUM_ALGORITHMS
 from ._models import ObjectHeaders, encrypted_with_key
 from ._sigv4 import canonical_query, sign
 from ._version import __version__
@@ -43,7 +44,6 @@ USER_AGENT = f"icanhazmodel/{__version__} (direct GET)"
 # Per-connection read buffer (aiohttp's default). Larger buffers made no
 # measurable difference to speed and cost memory per connection.
 READ_BUFSIZE = 64 * 1024
-_CHECKSUM_NAMES = ("CRC64NVME", "CRC32C", "CRC32", "SHA1", "SHA256")
 
 
 class FallBack(Exception):
@@ -80,7 +80,7 @@ class DirectBody:
             etag=headers.get("ETag", "").strip('"'),
             checksums={
                 name: value
-                for name in _CHECKSUM_NAMES
+                for name in CHECKSUM_ALGORITHMS
                 if (value := headers.get(f"x-amz-checksum-{name.lower()}"))
             },
             checksum_type=headers.get("x-amz-checksum-type"),

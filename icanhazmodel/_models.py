@@ -44,7 +44,6 @@ class Status(enum.StrEnum):
     REFUSED = "refused"  # cannot be mirrored safely; never requested
     FAILED = "failed"
     LOCALLY_MODIFIED = "locally-modified"  # kept: edited since icanhazmodel wrote it
-    WOULD_DOWNLOAD = "would-download"
 
 
 class Action(enum.StrEnum):
@@ -99,7 +98,7 @@ class Verification(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ObjectReport:
-    """One object that did not simply land: refused, failed, or planned."""
+    """One object that did not land: refused, failed, or kept as edited locally."""
 
     key: str
     status: Status

@@ -24,7 +24,7 @@ import botocore.exceptions as boto_exc
 from aiobotocore.config import AioConfig
 from botocore import UNSIGNED
 
-from ._checksums import ChecksumMismatch
+from ._checksums import CHECKSUM_ALGORITHMS, ChecksumMismatch
 from ._direct import DirectError, DirectGets, FallBack, usable_for
 from ._errors import (
     AccessDenied,
@@ -36,8 +36,6 @@ from ._errors import (
     UsageError,
 )
 from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
-
-CHECKSUM_NAMES = ("CRC64NVME", "CRC32C", "CRC32", "SHA1", "SHA256")
 
 _NO_CREDENTIALS_HINT = (
     "pass --profile, set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -219,7 +217,7 @@ def _listed_object(item: Mapping[str, Any]) -> RemoteObject:
 def response_checksums(response: Mapping[str, Any]) -> dict[str, str]:
     """The base64 checksums S3 sent with a GetObject or HeadObject response."""
     found = {}
-    for name in CHECKSUM_NAMES:
+    for name in CHECKSUM_ALGORITHMS:
         value = response.get(f"Checksum{name}")
         if value:
             found[name] = str(value)
@@ -317,10 +315,6 @@ class S3:
                     )
                 self._direct_wanted = self._direct is not None
             return self._direct
-
-    @property
-    def uses_direct_gets(self) -> bool:
-        return self._direct is not None
 
     def _extra(self) -> dict[str, str]:
         if self._options.request_payer:
