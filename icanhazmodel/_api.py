@@ -5,17 +5,19 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from anyio.to_thread import run_sync
 
 from ._config import DEFAULT_CONCURRENCY, FetchConfig
 from ._errors import DestinationError
-from ._files import Tree, prepare_model_dir
+from ._files import Tree, check_model_dir
+from ._limits import fit_open_files
 from ._manifest import Manifest
 from ._models import FetchResult, Plan
 from ._pipeline import Run
-from ._progress import NullReporter, Reporter, TqdmReporter
+from ._progress import Notes, NullReporter, Reporter, TqdmReporter
 from ._s3 import S3Options, open_s3
 from ._select import Filters, Shard, parse_shard
 
@@ -135,8 +137,15 @@ def _reporter(progress: bool | Reporter) -> Reporter:
 
 
 async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
-    """Run one fetch described by *config*, reporting to *reporter*."""
-    root = await run_sync(prepare_model_dir, config.dest, not config.dry_run)
+    """Run one fetch described by *config*, reporting to *reporter*.
+
+    Nothing is created on disk until the first file or folder needs it.
+    """
+    root = await run_sync(check_model_dir, config.dest)
+    concurrency, note = fit_open_files(config.concurrency)
+    if note:
+        reporter.message(note)
+    config = replace(config, concurrency=concurrency)
     options = S3Options(
         bucket=config.bucket,
         profile=config.profile,
@@ -150,17 +159,30 @@ async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
         unsigned=config.unsigned,
         request_payer=config.request_payer,
     )
-    manifest = await run_sync(_open_manifest, root, config.dry_run)
+    notes = Notes()
+    tree = Tree(root)
     try:
-        async with open_s3(options) as s3:
-            return await Run(config, s3, Tree(root), manifest, reporter).execute()
+        manifest = await run_sync(_open_manifest, tree, config.dry_run, notes)
+        tree.keep_temp = manifest.partial_names
+        try:
+            async with open_s3(options) as s3:
+                result = await Run(config, s3, tree, manifest, reporter, notes).execute()
+        finally:
+            # Synchronous: also runs when the run is cancelled (Ctrl-C). It
+            # never raises, so it cannot hide the error that ended the run.
+            manifest.close()
+            notes.say(reporter)
+        if manifest.write_error:
+            result = replace(result, manifest_error=manifest.write_error)
+        return result
     finally:
-        # Synchronous: also runs when the run is cancelled (Ctrl-C).
-        manifest.close()
+        tree.close()
 
 
-def _open_manifest(root: Path, read_only: bool) -> Manifest:
+def _open_manifest(tree: Tree, read_only: bool, notes: Notes) -> Manifest:
     try:
-        return Manifest(root, read_only=read_only)
+        return Manifest(tree, read_only=read_only, notice=notes.add)
     except (OSError, sqlite3.Error) as exc:
-        raise DestinationError(f"cannot keep records under '{root}': {exc}") from exc
+        if isinstance(exc, DestinationError):
+            raise
+        raise DestinationError(f"cannot keep records under '{tree.root}': {exc}") from exc

@@ -62,11 +62,7 @@ class FetchConfig:
                 f"--version-id needs the exact key of one object, not the folder '{self.key}'"
             )
         if self.endpoint_url is not None:
-            parts = urlsplit(self.endpoint_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise UsageError(
-                    f"--endpoint-url '{self.endpoint_url}' is not an http:// or https:// URL"
-                )
+            _check_endpoint(self.endpoint_url)
         if self.region is not None and not _REGION.match(self.region):
             raise UsageError(f"--region '{self.region}' is not a region name (e.g. eu-west-1)")
         if self.request_payer not in (None, "requester"):
@@ -79,6 +75,18 @@ class FetchConfig:
             raise UsageError(f"--retries must be 0 or more, not {self.retries}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be positive, not {self.stall_timeout}")
+
+
+def _check_endpoint(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError as exc:
+        raise UsageError(f"--endpoint-url '{url}' is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--endpoint-url '{url}' is not an http:// or https:// URL")
+    if parts.port == 0:
+        raise UsageError(f"--endpoint-url '{url}' has port 0")
 
 
 def split_s3_url(text: str) -> tuple[str, str] | None:

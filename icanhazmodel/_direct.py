@@ -174,7 +174,7 @@ class DirectGets:
         return cls(
             session,
             f"{parts.scheme}://{parts.netloc}",
-            parts.netloc,
+            host_header(parts.scheme, parts.netloc),
             base_path,
             region,
             credentials,
@@ -254,6 +254,15 @@ _NOT_OURS = {
     "SignatureDoesNotMatch",
     "InvalidAccessKeyId",
 }
+
+
+def host_header(scheme: str, netloc: str) -> str:
+    """The Host header as aiohttp sends it (and botocore signs it): without
+    the scheme's default port, so 'http://h:80' is signed as 'h'."""
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and netloc.endswith(default):
+        return netloc[: -len(default)]
+    return netloc
 
 
 def _proxied(scheme: str, host: str) -> bool:

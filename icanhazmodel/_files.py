@@ -1,5 +1,13 @@
 """Writing under the model directory: directories, temp files, atomic landing.
 
+Nothing here resolves a path twice. Each directory is reached from the model
+directory one component at a time, opened with ``O_DIRECTORY|O_NOFOLLOW``
+relative to its parent's file descriptor, and every create, open, ``utime``,
+rename and unlink goes through a directory fd (``dir_fd=``) or the file's own
+fd. A directory swapped for a symlink mid-run, or a symlink planted at a
+temp file's name, therefore cannot send a byte outside the model directory:
+the open fails instead of following the link.
+
 Every function here is synchronous and blocking; the pipeline calls them in
 worker threads. Each file is assembled in a hidden temp file beside its
 target and renamed into place only when complete, so a final path only ever
@@ -9,10 +17,14 @@ holds a whole, checked file (or whatever was there before).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ._errors import DestinationError
@@ -20,6 +32,16 @@ from ._errors import DestinationError
 PARTIAL_SUFFIX = ".icanhazmodel-partial"
 _FILE_MODE = 0o666  # narrowed by the umask, as for any new file
 _NAME_MAX = 255
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted at a temp file's name must not hang the run.
+_EXISTING_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_PROBE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directory fds kept open between calls. Listings come in key order, so a
+# few dozen cover the folders in use; the rest are reopened when needed.
+DIR_CACHE_SIZE = 64
+# Directories already swept for stale temp files, remembered per run.
+_SWEPT_MEMORY = 4096
 
 
 class PathConflict(OSError):
@@ -27,76 +49,154 @@ class PathConflict(OSError):
 
 
 class EscapesModelDir(OSError):
-    """The path resolves outside the model directory (through a symlink)."""
+    """A symlink (or something that is not a plain directory) stands on the path."""
 
 
-def prepare_model_dir(path: str | os.PathLike[str], create: bool = True) -> Path:
-    """Create (if asked) and resolve the model directory, checking it is writable.
+class UnusableTemp(OSError):
+    """A temp file named by a manifest record that this run will not touch."""
 
-    Without *create* (a dry run) nothing is made: the path is only resolved.
+
+def check_model_dir(path: str | os.PathLike[str]) -> Path:
+    """Resolve the model directory and check it can be made and written.
+
+    Creates nothing: the directory is made when the first file needs it, so a
+    run that fails before (bad credentials, no such bucket) leaves no trace.
     """
     model_dir = Path(path)
     try:
-        if create:
-            model_dir.mkdir(parents=True, exist_ok=True)
-        resolved = model_dir.resolve(strict=create)
-    except FileExistsError as exc:
-        raise DestinationError(f"model_dir '{model_dir}' exists and is not a directory") from exc
-    except OSError as exc:
-        raise DestinationError(f"cannot create model_dir '{model_dir}': {exc.strerror}") from exc
-    if resolved.exists() and not resolved.is_dir():
-        raise DestinationError(f"model_dir '{model_dir}' exists and is not a directory")
-    if create and not os.access(resolved, os.W_OK | os.X_OK):
-        raise DestinationError(f"model_dir '{model_dir}' is not writable")
+        resolved = model_dir.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise DestinationError(f"cannot use model_dir '{model_dir}': {exc}") from exc
+    existing = resolved
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail on it
+            raise DestinationError(f"model_dir '{model_dir}' is a broken symlink")
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == resolved:
+            raise DestinationError(f"model_dir '{model_dir}' exists and is not a directory")
+        raise DestinationError(
+            f"cannot create model_dir '{model_dir}': '{existing}' is not a directory"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == resolved else f"cannot be created in '{existing}'"
+        raise DestinationError(f"model_dir '{model_dir}' {what}")
     return resolved
 
 
-class Tree:
-    """Makes directories under one root, never following a path out of it.
+def _open_child(parent: int, name: str, shown: Path, *, create: bool) -> int:
+    """Open directory *name* inside the directory *parent*, never through a link."""
+    for _ in range(3):
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o777, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            # Linux says ENOTDIR for a symlink opened with O_DIRECTORY|O_NOFOLLOW.
+            if exc.errno == errno.ELOOP or stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+                raise EscapesModelDir(
+                    f"'{shown}' is a symlink: icanhazmodel never follows links inside "
+                    "the model directory (one could lead out of it)"
+                ) from None
+            raise PathConflict(f"'{shown}' is a file where a directory must go") from None
+    raise FileNotFoundError(errno.ENOENT, "directory keeps vanishing", str(shown))
 
-    Directories already checked are remembered, so a run of many files in
-    few folders pays for each folder once.
+
+class Tree:
+    """The model directory, reached only through directory file descriptors.
+
+    The root is created on first use. Directory fds are cached (bounded, LRU)
+    and every caller gets its own duplicate, so evicting one never closes a
+    descriptor another thread is using.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._root_text = str(root)
-        self._known: set[tuple[str, ...]] = {()}
+        self._lock = threading.Lock()
+        self._root_fd = -1
+        self._cache: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._swept: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        # Temp files a manifest still means to resume: never swept.
+        self.keep_temp: Callable[[], set[str]] = set
 
     def path(self, parts: tuple[str, ...]) -> Path:
         return self.root.joinpath(*parts)
 
-    def _inside(self, path: Path) -> bool:
-        real = os.path.realpath(path)
-        return real == self._root_text or real.startswith(self._root_text + os.sep)
+    def _open_root(self, create: bool) -> int:
+        if self._root_fd < 0:
+            try:
+                if create:
+                    self.root.mkdir(parents=True, exist_ok=True)
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if create:
+                    raise DestinationError(f"cannot create model_dir '{self.root}'") from None
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise  # the pipeline's own word on these
+                raise DestinationError(
+                    f"cannot create model_dir '{self.root}': {exc.strerror}"
+                ) from exc
+        return self._root_fd
+
+    def _walk(self, parts: tuple[str, ...], create: bool) -> int:
+        """The cached fd of root/parts (caller holds the lock; do not close it)."""
+        fd = self._open_root(create)
+        depth = len(parts)
+        while depth > 0 and parts[:depth] not in self._cache:
+            depth -= 1
+        if depth:
+            fd = self._cache[parts[:depth]]
+            self._cache.move_to_end(parts[:depth])
+        for end in range(depth + 1, len(parts) + 1):
+            prefix = parts[:end]
+            fd = _open_child(fd, prefix[-1], self.path(prefix), create=create)
+            self._cache[prefix] = fd
+            if len(self._cache) > DIR_CACHE_SIZE:
+                _, old = self._cache.popitem(last=False)
+                os.close(old)
+        return fd
+
+    def directory(self, parts: tuple[str, ...], *, create: bool = True) -> int:
+        """A new fd for root/parts, made if *create*; the caller closes it."""
+        with self._lock:
+            return os.dup(self._walk(parts, create))
+
+    @contextlib.contextmanager
+    def opened(self, parts: tuple[str, ...], *, create: bool = True) -> Iterator[int]:
+        fd = self.directory(parts, create=create)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def ensure_dir(self, parts: tuple[str, ...]) -> Path:
         """Make root/parts a directory, one checked component at a time."""
-        for depth in range(1, len(parts) + 1):
-            prefix = parts[:depth]
-            if prefix in self._known:
-                continue
-            path = self.path(prefix)
-            try:
-                os.mkdir(path)
-            except FileExistsError:
-                if os.path.islink(path) and not self._inside(path):
-                    raise EscapesModelDir(
-                        f"'{path}' is a symlink leading out of the model directory"
-                    ) from None
-                if not os.path.isdir(path):
-                    raise PathConflict(f"'{path}' is a file where a directory must go") from None
-            except NotADirectoryError:
-                raise PathConflict(
-                    f"a file in '{self.path(parts)}' stands where a directory must go"
-                ) from None
-            self._known.add(prefix)
+        with self._lock:
+            self._walk(parts, True)
         return self.path(parts)
 
-    def temp_file(self, relative: str) -> Path | None:
-        """The temp file a manifest record names, if it is one of ours and
-        lies inside the model directory (a record is never trusted further)."""
-        parts = relative.split("/")
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._cache.values():
+                os.close(fd)
+            self._cache.clear()
+            if self._root_fd >= 0:
+                os.close(self._root_fd)
+                self._root_fd = -1
+
+    # -- temp files ---------------------------------------------------------------
+
+    def temp_parts(self, relative: str) -> tuple[str, ...] | None:
+        """The temp file a manifest record names, if it is a name icanhazmodel
+        would have written (a record is never trusted further)."""
+        parts = tuple(relative.split("/"))
         name = parts[-1]
         if (
             relative.startswith("/")
@@ -104,21 +204,72 @@ class Tree:
             or not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
         ):
             return None
-        path = self.path(tuple(parts))
-        return path if self._inside(path.parent) else None
+        return parts
+
+    def sweep(self, dir_parts: tuple[str, ...], dir_fd: int) -> None:
+        """Remove stale temp files (from a run killed mid-write) in one directory.
+
+        Stale: ours by name, owned by this user, a plain file with one link,
+        not locked by a live run, and not kept by the manifest for resuming.
+        Once per directory per run.
+        """
+        with self._lock:
+            if dir_parts in self._swept:
+                return
+            self._swept[dir_parts] = None
+            if len(self._swept) > _SWEPT_MEMORY:
+                self._swept.popitem(last=False)
+        keep: set[str] | None = None
+        with os.scandir(dir_fd) as entries:
+            names = [
+                e.name
+                for e in entries
+                if e.name.startswith(".")
+                and e.name.endswith(PARTIAL_SUFFIX)
+                and e.is_file(follow_symlinks=False)
+            ]
+        for name in names:
+            if keep is None:
+                keep = self.keep_temp()
+            if "/".join((*dir_parts, name)) not in keep:
+                with contextlib.suppress(OSError):
+                    remove_unlocked(dir_fd, name, own_only=True)
+
+
+def temp_name(final_name: str) -> str:
+    """A unique hidden name beside *final_name*, within the 255-byte name limit."""
+    token = secrets.token_hex(6)
+    room = _NAME_MAX - len(PARTIAL_SUFFIX) - len(token) - 3
+    stem = final_name.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return f".{stem}.{token}{PARTIAL_SUFFIX}"
 
 
 def temp_path(final: Path) -> Path:
-    """A unique hidden name beside *final*, within the 255-byte name limit."""
-    token = secrets.token_hex(6)
-    room = _NAME_MAX - len(PARTIAL_SUFFIX) - len(token) - 3
-    stem = final.name.encode("utf-8")[:room].decode("utf-8", "ignore")
-    return final.with_name(f".{stem}.{token}{PARTIAL_SUFFIX}")
+    return final.with_name(temp_name(final.name))
 
 
-def _open_new(path: Path) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    return os.open(path, flags, _FILE_MODE)
+def _create_locked(dir_fd: int, final_name: str) -> tuple[int, str]:
+    """Create and lock a new temp file beside *final_name*.
+
+    Locked at once, so a sweep by another run never removes it; should a
+    sweep slip in between create and lock, the unlinked file is noticed
+    (no links left) and another name is used.
+    """
+    while True:
+        name = temp_name(final_name)
+        fd = os.open(name, _NEW_FLAGS, _FILE_MODE, dir_fd=dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_nlink > 0:
+                return fd, name
+        except BlockingIOError:
+            pass
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+            raise
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -129,41 +280,56 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += written
 
 
-def land(tmp: Path, final: Path, mtime: float) -> os.stat_result:
-    """Give *tmp* the object's mtime and rename it over *final* atomically.
-
-    Returns the landed file's stat, as recorded in the manifest.
-    """
-    os.utime(tmp, (mtime, mtime))
-    landed = os.stat(tmp)
+def _land(fd: int, dir_fd: int, tmp: str, final: str, mtime: float, shown: Path) -> os.stat_result:
+    """Give the open temp file the object's mtime and rename it over *final*."""
+    os.utime(fd, (mtime, mtime))
+    landed = os.fstat(fd)
     try:
-        os.replace(tmp, final)
+        os.replace(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except IsADirectoryError:
-        raise PathConflict(f"'{final}' is a directory where a file must go") from None
+        raise PathConflict(f"'{shown}' is a directory where a file must go") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise PathConflict(f"'{shown}' is a directory where a file must go") from None
+        raise
     return landed
 
 
-def remove_quietly(path: Path) -> None:
+def _unlink_quietly(dir_fd: int, name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
 
 
-def write_whole(final: Path, chunks: list[bytes], mtime: float) -> os.stat_result:
+def write_whole(
+    tree: Tree, parts: tuple[str, ...], chunks: list[bytes], mtime: float
+) -> os.stat_result:
     """Write a small object held in memory: temp file, then atomic rename."""
-    tmp = temp_path(final)
-    fd = _open_new(tmp)
-    try:
+    with tree.opened(parts[:-1]) as dir_fd:
+        tree.sweep(parts[:-1], dir_fd)
+        fd, tmp = _create_locked(dir_fd, parts[-1])
         try:
-            offset = 0
-            for chunk in chunks:
-                _write_all(fd, chunk, offset)
-                offset += len(chunk)
-        finally:
-            os.close(fd)
-        return land(tmp, final, mtime)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
+            try:
+                offset = 0
+                for chunk in chunks:
+                    _write_all(fd, chunk, offset)
+                    offset += len(chunk)
+                return _land(fd, dir_fd, tmp, parts[-1], mtime, tree.path(parts))
+            finally:
+                os.close(fd)
+        except BaseException:
+            _unlink_quietly(dir_fd, tmp)
+            raise
+
+
+def _check_adoptable(fd: int, shown: Path) -> None:
+    """A temp file to resume must be a plain file of ours with no other links."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnusableTemp(errno.EINVAL, "not a regular file", str(shown))
+    if st.st_nlink != 1:
+        raise UnusableTemp(errno.EMLINK, "it has other hard links", str(shown))
+    if st.st_uid != os.geteuid():
+        raise UnusableTemp(errno.EPERM, "it belongs to another user", str(shown))
 
 
 class PartialFile:
@@ -171,30 +337,48 @@ class PartialFile:
 
     The file is locked (flock) while open, so a second run sharing the model
     directory never resumes into a file this run is still writing; the lock
-    dies with the process, so after a crash the file can be resumed.
+    dies with the process, so after a crash the file can be resumed. It
+    holds its directory's fd, so landing never looks the path up again.
     """
 
-    def __init__(self, final: Path, size: int, *, resume: Path | None = None) -> None:
-        self.final = final
+    def __init__(
+        self, tree: Tree, parts: tuple[str, ...], size: int, *, resume: str | None = None
+    ) -> None:
+        self.final = tree.path(parts)
         self.size = size
-        self.tmp = resume if resume is not None else temp_path(final)
-        if resume is None:
-            self._fd = _open_new(self.tmp)
-        else:
-            self._fd = os.open(self.tmp, os.O_RDWR | os.O_CLOEXEC)
+        self._name = parts[-1]
+        self._dir_fd = tree.directory(parts[:-1])
+        self._fd = -1
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if resume is None:
+                tree.sweep(parts[:-1], self._dir_fd)
+                self._fd, self.tmp_name = _create_locked(self._dir_fd, self._name)
                 # The full length up front, so ranges can land in any order.
                 os.ftruncate(self._fd, size)
-            elif os.fstat(self._fd).st_size != size:
-                raise ValueError(f"'{self.tmp}' has the wrong length to resume")
+            else:
+                self.tmp_name = resume
+                self._adopt(resume)
         except BaseException:
-            os.close(self._fd)
-            self._fd = -1
-            if resume is None:
-                remove_quietly(self.tmp)
+            if resume is None and self._fd >= 0:
+                _unlink_quietly(self._dir_fd, self.tmp_name)
+            self._close()
+            os.close(self._dir_fd)
             raise
+        self.tmp = self.final.with_name(self.tmp_name)
+
+    def _adopt(self, name: str) -> None:
+        shown = self.final.with_name(name)
+        try:
+            self._fd = os.open(name, _EXISTING_FLAGS, dir_fd=self._dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnusableTemp(errno.ELOOP, "it is a symlink", str(shown)) from None
+            raise
+        _check_adoptable(self._fd, shown)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: busy
+        os.set_blocking(self._fd, True)
+        if os.fstat(self._fd).st_size != self.size:
+            raise UnusableTemp(errno.EINVAL, "it has the wrong length to resume", str(shown))
 
     def write(self, offset: int, chunks: list[bytes]) -> None:
         """Write *chunks* back to back from *offset*, in one system call if it can."""
@@ -217,36 +401,75 @@ class PartialFile:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
+    def _release_dir(self) -> None:
+        if self._dir_fd >= 0:
+            fd, self._dir_fd = self._dir_fd, -1
+            os.close(fd)
+
     def commit(self, mtime: float) -> os.stat_result:
-        self._close()
         try:
-            return land(self.tmp, self.final, mtime)
+            return _land(self._fd, self._dir_fd, self.tmp_name, self._name, mtime, self.final)
         except BaseException:
-            remove_quietly(self.tmp)
+            _unlink_quietly(self._dir_fd, self.tmp_name)
             raise
+        finally:
+            self._close()
+            self._release_dir()
 
     def keep(self) -> None:
         """Close, leaving the file for a later run to resume."""
         self._close()
+        self._release_dir()
 
     def discard(self) -> None:
         self._close()
-        remove_quietly(self.tmp)
+        if self._dir_fd >= 0:
+            _unlink_quietly(self._dir_fd, self.tmp_name)
+        self._release_dir()
 
 
-def try_remove_unlocked(path: Path) -> bool:
-    """Remove a temp file unless a live run holds its lock."""
+def remove_unlocked(dir_fd: int, name: str, *, own_only: bool = False) -> bool:
+    """Remove temp file *name* unless a live run holds its lock.
+
+    A symlink at that name is removed as a link (its target is never
+    touched). Anything else that is not a plain file raises ``UnusableTemp``.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
     except FileNotFoundError:
         return True
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        _unlink_quietly(dir_fd, name)  # a planted symlink: drop the link itself
+        return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return False
-    try:
-        remove_quietly(path)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnusableTemp(errno.EISDIR, "not a regular file: left alone", name)
+        if own_only and st.st_uid != os.geteuid():
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        _unlink_quietly(dir_fd, name)
     finally:
         os.close(fd)
     return True
+
+
+def try_remove_unlocked(tree: Tree, parts: tuple[str, ...]) -> bool:
+    """Remove the temp file at root/parts unless a live run holds its lock."""
+    try:
+        dir_fd = tree.directory(parts[:-1], create=False)
+    except FileNotFoundError:
+        return True
+    try:
+        return remove_unlocked(dir_fd, parts[-1])
+    except UnusableTemp as exc:
+        raise UnusableTemp(exc.errno, exc.strerror, str(tree.path(parts))) from None
+    finally:
+        os.close(dir_fd)

@@ -27,8 +27,14 @@ def _bad_character(segment: str) -> str | None:
             return "contains a backslash"
         # Cc covers NUL, C0 controls, DEL and C1 controls: names with these
         # break terminals and scripts, and NUL cannot be in a path at all.
-        if unicodedata.category(char) == "Cc":
+        category = unicodedata.category(char)
+        if category == "Cc":
             return f"contains the control character {char!r}"
+        # Cf: bidi overrides (U+202E shows 'exe.txt' for 'txt.exe'), zero-width
+        # characters (two names that look the same), the BOM; macOS ignores
+        # some of them when comparing names.
+        if category == "Cf":
+            return f"contains the invisible formatting character U+{ord(char):04X}"
     return None
 
 
@@ -61,7 +67,8 @@ def key_parts(key: str, *, is_dir_marker: bool = False) -> tuple[str, ...]:
     parts = tuple(body.split("/"))
     for segment in parts:
         _check_segment(segment)
-    if parts[0] == META_DIRNAME:
+    # casefold: on a case-insensitive filesystem '.ICANHAZMODEL' is the same folder.
+    if parts[0].casefold() == META_DIRNAME:
         raise RefusedKey(f"maps onto {META_DIRNAME}/, where icanhazmodel keeps its records")
     return parts
 

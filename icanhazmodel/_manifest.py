@@ -18,14 +18,20 @@ those files are fetched again. All methods block: call them from a thread.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import sqlite3
+import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+from ._errors import DestinationError
+from ._files import Tree
 from ._keys import META_DIRNAME
 
 MANIFEST_NAME = "manifest.sqlite3"
@@ -59,6 +65,12 @@ CREATE TABLE IF NOT EXISTS ranges (
 _U64 = 1 << 64
 # SQLite caps the number of host parameters in one statement.
 _BATCH = 500
+# SQLite's unix VFS refuses longer paths (512 bytes, with room for "-wal").
+_SQLITE_PATH_MAX = 500
+# How often an in-memory manifest (a path too long for SQLite) is written back.
+_PERSIST_SECONDS = 30.0
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +103,7 @@ def _int(value: object) -> int:
     return value
 
 
-def _set_up(db: sqlite3.Connection) -> None:
+def _set_up(db: sqlite3.Connection, *, wal: bool = True) -> None:
     """WAL mode and the tables, tolerating another run doing the same.
 
     Switching to WAL needs a moment alone with the file, and SQLite answers
@@ -100,7 +112,7 @@ def _set_up(db: sqlite3.Connection) -> None:
     """
     for attempt in range(100):
         try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            if wal and db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -115,43 +127,232 @@ def manifest_path(root: Path) -> Path:
     return root / META_DIRNAME / MANIFEST_NAME
 
 
-class Manifest:
-    """One run's connection to the manifest; safe to call from any thread."""
+def _damaged(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file itself is broken."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (11, 26) or type(exc) is sqlite3.DatabaseError
 
-    def __init__(self, root: Path, *, read_only: bool = False) -> None:
-        self.root = root
+
+def _ignore(text: str) -> None:
+    pass
+
+
+class Manifest:
+    """One run's connection to the manifest; safe to call from any thread.
+
+    Nothing is created until there is a record to write, so a run that
+    fails early leaves no manifest behind. The manifest's folder is reached
+    through the tree's directory fds (never through a symlink), and SQLite
+    is pointed at it through ``/proc/self/fd`` where that exists. Where the
+    path is too long for SQLite (512 bytes), the manifest is kept in memory
+    and written back whole, atomically, now and then and at the end.
+
+    Writing never raises: a failure is kept in :attr:`write_error`, the
+    records stay buffered, and the next flush tries again.
+    """
+
+    def __init__(
+        self, tree: Tree, *, read_only: bool = False, notice: Callable[[str], None] = _ignore
+    ) -> None:
+        self.root = tree.root
+        self._tree = tree
+        self._read_only = read_only
+        self._notice = notice
         self._lock = threading.Lock()
         self._pending_files: list[FileRecord] = []
         self._pending_ranges: list[tuple[PartialRecord, int, int, int]] = []
         self._pending_drops: list[str] = []
-        path = manifest_path(root)
-        self._db: sqlite3.Connection | None
-        if read_only:
-            if not path.exists():
-                self._db = None
-                return
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self._db: sqlite3.Connection | None = None
+        self._meta_fd = -1
+        self._in_memory = False
+        self._persisted_at = 0.0
+        self.write_error: str | None = None
+        self.path = manifest_path(tree.root)
+        with self._lock:
+            self._connect(create=False)
+
+    # -- opening ------------------------------------------------------------------
+
+    def _open_meta_dir(self, create: bool) -> bool:
+        if self._meta_fd >= 0:
+            return True
+        try:
+            self._meta_fd = self._tree.directory((META_DIRNAME,), create=create)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise DestinationError(f"cannot keep records in '{self.path.parent}': {exc}") from exc
+        return True
+
+    def _sqlite_name(self) -> str:
+        if os.path.isdir(f"/proc/self/fd/{self._meta_fd}"):
+            return f"/proc/self/fd/{self._meta_fd}/{MANIFEST_NAME}"
+        return str(self.path)
+
+    def _connect(self, *, create: bool) -> sqlite3.Connection | None:
+        """Open the manifest (creating it if *create*); None if there is none yet."""
+        if self._db is not None:
+            return self._db
+        if not self._open_meta_dir(create):
+            return None
+        try:
+            st = os.lstat(MANIFEST_NAME, dir_fd=self._meta_fd)
+        except FileNotFoundError:
+            if not create:
+                return None
         else:
-            path.parent.mkdir(exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            _set_up(self._db)
-        self._db.execute("PRAGMA busy_timeout=30000")
+            if not stat.S_ISREG(st.st_mode):
+                raise DestinationError(
+                    f"'{self.path}' is not a regular file (a symlink?): remove it and run again"
+                )
+        try:
+            self._db = self._open_db()
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise DestinationError(f"cannot open the manifest '{self.path}': {exc}") from exc
+            self._set_aside(exc)
+            self._db = self._open_db()
+        return self._db
+
+    def _open_db(self) -> sqlite3.Connection:
+        name = self._sqlite_name()
+        if self._read_only:
+            wal = self.path.with_name(MANIFEST_NAME + "-wal")
+            # immutable: no lock, no -shm/-wal files made. Only when there is
+            # no journal to read: a crashed run's WAL still holds records.
+            mode = "mode=ro" if _nonempty(self._meta_fd, wal.name) else "immutable=1"
+            try:
+                db = sqlite3.connect(
+                    f"file:{quote(name)}?{mode}", uri=True, check_same_thread=False
+                )
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                if len(str(self.path).encode()) < _SQLITE_PATH_MAX:
+                    raise
+                db = self._load_into_memory()
+        else:
+            try:
+                db = sqlite3.connect(name, check_same_thread=False, timeout=30)
+                _set_up(db)
+            except sqlite3.OperationalError as exc:
+                if "unable to open" not in str(exc) or len(str(self.path).encode()) < (
+                    _SQLITE_PATH_MAX
+                ):
+                    raise
+                db = self._load_into_memory()
+                _set_up(db, wal=False)
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    def _load_into_memory(self) -> sqlite3.Connection:
+        """The manifest as an in-memory copy, for paths too long for SQLite."""
+        self._in_memory = True
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        try:
+            fd = os.open(
+                MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._meta_fd
+            )
+        except FileNotFoundError:
+            return db
+        with os.fdopen(fd, "rb") as file:
+            image = bytearray(file.read())
+        if len(image) >= 20 and image[18:20] == b"\x02\x02":
+            image[18:20] = b"\x01\x01"  # WAL mode cannot be used in memory
+        if image:
+            db.deserialize(bytes(image))
+        return db
+
+    def _persist(self) -> None:
+        """Write the in-memory copy back: temp file, then atomic rename."""
+        assert self._db is not None
+        image = self._db.serialize()
+        tmp = f".{MANIFEST_NAME}.{os.getpid()}.tmp"
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o666,
+            dir_fd=self._meta_fd,
+        )
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(image)
+            os.replace(tmp, MANIFEST_NAME, src_dir_fd=self._meta_fd, dst_dir_fd=self._meta_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self._meta_fd)
+            raise
+        self._persisted_at = time.monotonic()
+
+    def _set_aside(self, exc: sqlite3.Error) -> None:
+        """Move a damaged manifest out of the way so a fresh one can start."""
+        if self._read_only:
+            raise DestinationError(
+                f"the manifest '{self.path}' is damaged ({exc}): a normal run sets it aside "
+                "and starts a fresh one, or delete it"
+            ) from exc
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = f"{MANIFEST_NAME}.damaged-{stamp}"
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(
+                    MANIFEST_NAME + suffix,
+                    aside + suffix,
+                    src_dir_fd=self._meta_fd,
+                    dst_dir_fd=self._meta_fd,
+                )
+        self._notice(
+            f"note: the manifest was damaged ({exc}); set aside as "
+            f"'{self.path.with_name(aside)}', starting a fresh one: files on disk are "
+            "checked against S3 again"
+        )
 
     # -- reading ----------------------------------------------------------------
 
     def _select(self, sql: str, keys: Sequence[str]) -> list[tuple[object, ...]]:
-        if self._db is None or not keys:
+        if not keys:
+            return []
+        with self._lock:
+            for attempt in range(2):
+                try:
+                    return self._select_locked(sql, keys)
+                except sqlite3.OperationalError as exc:
+                    if "no such table" in str(exc):
+                        return []  # a read-only look at a manifest without our tables
+                    raise DestinationError(
+                        f"cannot read the manifest '{self.path}': {exc}"
+                    ) from exc
+                except sqlite3.DatabaseError as exc:
+                    if not _damaged(exc) or attempt:
+                        raise DestinationError(
+                            f"cannot read the manifest '{self.path}': {exc}"
+                        ) from exc
+                    self._set_aside(exc)
+                    self._connect(create=False)
+        return []
+
+    def _select_locked(self, sql: str, keys: Sequence[str]) -> list[tuple[object, ...]]:
+        if self._db is None:
             return []
         rows: list[tuple[object, ...]] = []
-        with self._lock:
-            for i in range(0, len(keys), _BATCH):
-                chunk = keys[i : i + _BATCH]
-                marks = ",".join("?" * len(chunk))
-                try:
-                    rows += self._db.execute(sql.format(marks=marks), chunk).fetchall()
-                except sqlite3.OperationalError:
-                    return []  # a read-only look at a manifest without our tables
+        for i in range(0, len(keys), _BATCH):
+            chunk = keys[i : i + _BATCH]
+            marks = ",".join("?" * len(chunk))
+            rows += self._db.execute(sql.format(marks=marks), chunk).fetchall()
         return rows
+
+    def partial_names(self) -> set[str]:
+        """Every temp file the manifest means to resume (relative paths)."""
+        with self._lock:
+            if self._db is None:
+                return set()
+            try:
+                return {str(r[0]) for r in self._db.execute("SELECT tmp_name FROM partials")}
+            except sqlite3.Error:
+                return set()
 
     def files(self, keys: Sequence[str]) -> dict[str, FileRecord]:
         rows = self._select(
@@ -218,15 +419,50 @@ class Manifest:
         return len(self._pending_files) + len(self._pending_ranges) + len(self._pending_drops)
 
     def flush(self) -> None:
-        """Commit everything buffered so far in one transaction."""
+        """Commit everything buffered so far in one transaction.
+
+        Never raises: on failure the records stay buffered for the next try
+        and :attr:`write_error` says why.
+        """
         with self._lock:
             files, self._pending_files = self._pending_files, []
             ranges, self._pending_ranges = self._pending_ranges, []
             drops, self._pending_drops = self._pending_drops, []
-            if self._db is None or not (files or ranges or drops):
+            if self._read_only or not (files or ranges or drops):
                 return
-            with self._db:
-                self._write(self._db, files, ranges, drops)
+            try:
+                self._commit(files, ranges, drops)
+            except (sqlite3.Error, OSError) as exc:
+                self._pending_files[:0] = files
+                self._pending_ranges[:0] = ranges
+                self._pending_drops[:0] = drops
+                first = self.write_error is None
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                self.write_error = f"cannot update the manifest '{self.path}': {reason}"
+                if first:
+                    self._notice(f"warning: {self.write_error}; trying again later")
+                return
+            self.write_error = None
+
+    def _commit(
+        self,
+        files: list[FileRecord],
+        ranges: list[tuple[PartialRecord, int, int, int]],
+        drops: list[str],
+    ) -> None:
+        for attempt in range(2):
+            db = self._connect(create=True)
+            assert db is not None
+            try:
+                with db:
+                    self._write(db, files, ranges, drops)
+                break
+            except sqlite3.DatabaseError as exc:
+                if not _damaged(exc) or attempt:
+                    raise
+                self._set_aside(exc)
+        if self._in_memory and time.monotonic() - self._persisted_at > _PERSIST_SECONDS:
+            self._persist()
 
     @staticmethod
     def _write(
@@ -272,9 +508,28 @@ class Manifest:
             db.execute("DELETE FROM partials WHERE tmp_name = ?", (tmp_name,))
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
+        """Flush (once more) and close; never raises (see :attr:`write_error`)."""
+        self.flush()
+        with self._lock:
             if self._db is not None:
-                self._db.close()
+                if self._in_memory and not self._read_only and self.write_error is None:
+                    self._persisted_at = 0.0
+                    try:
+                        self._persist()
+                    except OSError as exc:
+                        self.write_error = (
+                            f"cannot update the manifest '{self.path}': {exc.strerror or exc}"
+                        )
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
                 self._db = None
+            if self._meta_fd >= 0:
+                os.close(self._meta_fd)
+                self._meta_fd = -1
+
+
+def _nonempty(dir_fd: int, name: str) -> bool:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size > 0
+    except OSError:
+        return False

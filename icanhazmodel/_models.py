@@ -127,11 +127,18 @@ class FetchResult:
     excluded: int = 0  # left out by --include/--exclude
     other_shards: int = 0  # left to the other --shard processes
     plan: Plan | None = None  # set by a dry run
+    kept_local: int = 0  # edited on disk since icanhazmodel wrote them: kept
+    manifest_error: str | None = None  # records of this run could not be saved
 
     @property
     def ok(self) -> bool:
-        """True when every listed object is on disk and correct."""
-        return self.refused == 0 and self.failed == 0
+        """True when every listed object is on disk and correct, and recorded."""
+        return (
+            self.refused == 0
+            and self.failed == 0
+            and self.kept_local == 0
+            and self.manifest_error is None
+        )
 
     @property
     def failures(self) -> tuple[ObjectReport, ...]:

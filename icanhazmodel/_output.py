@@ -33,6 +33,7 @@ def summary_line(result: FetchResult) -> str:
     for count, what in (
         (result.refused, "refused"),
         (result.failed, "failed"),
+        (result.kept_local, "kept as edited locally"),
         (result.excluded, "excluded by filters"),
         (result.other_shards, "left to other shards"),
     ):
@@ -47,7 +48,13 @@ def verification_line(result: FetchResult) -> str:
 
 
 def problem_lines(result: FetchResult) -> list[str]:
-    return [f"  {p.status.value}: {p.key!r}: {p.reason}" for p in result.problems]
+    lines = [f"  {p.status.value}: {p.key!r}: {p.reason}" for p in result.problems]
+    if result.manifest_error:
+        lines.append(
+            f"icanhazmodel: error: {result.manifest_error} (the files above landed and were "
+            "checked; a later run checks them against S3 again)"
+        )
+    return lines
 
 
 def plan_lines(plan: Plan) -> list[str]:
@@ -91,6 +98,8 @@ def result_document(result: FetchResult, **context: Any) -> dict[str, Any]:
         "skipped": result.skipped,
         "refused": result.refused,
         "failed": result.failed,
+        "kept_local": result.kept_local,
+        "manifest_error": result.manifest_error,
         "excluded": result.excluded,
         "other_shards": result.other_shards,
         "bytes_downloaded": result.bytes_downloaded,

@@ -37,9 +37,10 @@ from ._models import (
     RemoteObject,
     Status,
 )
+from ._output import human_size
 from ._plan import ConflictTracker, LocalFile, byte_ranges, decide, part_size_for
-from ._progress import Reporter
-from ._s3 import S3
+from ._progress import Notes, Reporter
+from ._s3 import S3, etag_problem
 from ._select import relative_key
 from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error
 from ._writer import Writer
@@ -48,8 +49,20 @@ MANIFEST_FLUSH_SECONDS = 1.0
 _EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
 
 
-def _human(nbytes: int) -> str:
-    return f"{nbytes / (1 << 30):.2f} GiB" if nbytes >= 1 << 30 else f"{nbytes / (1 << 20):.1f} MiB"
+def _sizes_apart(needed: int, free: int) -> tuple[str, str]:
+    """Two sizes in words that never read the same when they differ."""
+    shown = human_size(needed), human_size(free)
+    if shown[0] == shown[1]:
+        return f"{needed:,} bytes", f"{free:,} bytes"
+    return shown
+
+
+def _conflict_reason(parts: tuple[str, ...], clash: str) -> str:
+    if clash.endswith("/"):
+        return f"its path is a folder already, holding the keys under '{clash}'"
+    if clash == "/".join(parts):
+        return f"the folder it names is already the file of key '{clash}'"
+    return f"'{clash}' is already the file of key '{clash}', so it cannot also be a folder"
 
 
 def free_bytes(root: Path) -> int | None:
@@ -74,6 +87,7 @@ class Tally:
     skipped: int = 0
     refused: int = 0
     failed: int = 0
+    kept_local: int = 0
     bytes_downloaded: int = 0
     verification: Counter[str] = field(default_factory=Counter)
     problems: list[ObjectReport] = field(default_factory=list)
@@ -91,6 +105,7 @@ class Tally:
             problems=tuple(self.problems),
             excluded=self.excluded,
             other_shards=self.other_shards,
+            kept_local=self.kept_local,
         )
 
 
@@ -140,8 +155,10 @@ class Run:
         tree: Tree,
         manifest: Manifest | None,
         reporter: Reporter,
+        notes: Notes | None = None,
     ) -> None:
         self.config = config
+        self.notes = notes or Notes()
         self.s3 = s3
         self.tree = tree
         self.manifest = manifest
@@ -225,6 +242,7 @@ class Run:
             await anyio.sleep(MANIFEST_FLUSH_SECONDS)
             if manifest.pending():
                 await run_sync(manifest.flush)
+            self.notes.say(self.reporter)
 
     async def _work(self, receive: ObjectReceiveStream[Work]) -> None:
         async with receive:
@@ -275,6 +293,7 @@ class Run:
         if not jobs:
             return
         actions = await run_sync(self._inspect, jobs)
+        self.notes.say(self.reporter)
         downloads = []
         for job, action in zip(jobs, actions, strict=True):
             if action is Action.DOWNLOAD:
@@ -303,9 +322,10 @@ class Run:
             and not self.config.ignore_space
             and not self.config.dry_run
         ):
+            needed, free = _sizes_apart(self._bytes_needed, self._free_bytes)
             raise NotEnoughSpace(
-                f"the objects listed so far need {_human(self._bytes_needed)} but only "
-                f"{_human(self._free_bytes)} is free under '{self.tree.root}': free some space, "
+                f"the objects listed so far need {needed} but only "
+                f"{free} is free under '{self.tree.root}': free some space, "
                 "or pass --ignore-space to try anyway"
             )
 
@@ -341,11 +361,7 @@ class Run:
                     self.tally.other_shards += 1
                     return None
                 return parts
-            reason = (
-                f"its path is also the file of key '{clash}'"
-                if is_dir
-                else f"its path is also the directory of key '{clash}/...'"
-            )
+            reason = _conflict_reason(parts, clash)
         if owned:
             self._report(obj, Status.REFUSED, reason)
             self._planned(obj, self.tree.root, Action.REFUSED, reason)
@@ -356,6 +372,11 @@ class Run:
     def _job_for(self, obj: RemoteObject, owned: bool) -> FileJob | None:
         parts = self._safe_parts(obj, owned, is_dir=False)
         if parts is None:
+            return None
+        if problem := etag_problem(obj.etag):
+            # Fails alone, before any request: it would break every GET of it.
+            self._report(obj, Status.FAILED, problem, self.tree.path(parts))
+            self._planned(obj, self.tree.path(parts), Action.REFUSED, problem)
             return None
         part_size = (
             part_size_for(obj.size, self.config.concurrency)
@@ -399,30 +420,40 @@ class Run:
     def _resume(self, job: FileJob, candidates: list[PartialRecord], *, use: bool) -> None:
         """Pick up a temp file an earlier run left; clear away stale ones."""
         for record in sorted(candidates, key=lambda r: -len(r.ranges)):
-            path = self.tree.temp_file(record.tmp_name)
-            if path is None:  # not a name icanhazmodel would have written: leave it
-                if self.manifest is not None:
-                    self.manifest.drop_partial(record.tmp_name)
-                continue
+            parts = self.tree.temp_parts(record.tmp_name)
             wanted = (
-                use
+                parts is not None
+                and parts[:-1] == job.parts[:-1]  # beside its file, or not ours
+                and use
                 and job.partial is None
                 and job.obj.size > SMALL_OBJECT
                 and record.part_size < job.obj.size
                 and (record.etag, record.size) == (job.obj.etag, job.obj.size)
             )
-            if wanted and self._try_adopt(job, record, path) != "unusable":
+            if wanted and self._try_adopt(job, record) != "unusable":
                 continue
-            if try_remove_unlocked(path) and self.manifest is not None:
+            if parts is not None and not self._remove_stale(parts):
+                continue  # locked by a live run: its record stays
+            if self.manifest is not None:
                 self.manifest.drop_partial(record.tmp_name)
 
-    def _try_adopt(self, job: FileJob, record: PartialRecord, path: Path) -> str:
-        """Reopen *path* and keep the ranges whose CRC still checks out."""
+    def _remove_stale(self, parts: tuple[str, ...]) -> bool:
+        """Remove a temp file no run will resume; False while a live run holds it."""
         try:
-            partial = PartialFile(job.final, job.obj.size, resume=path)
+            return try_remove_unlocked(self.tree, parts)
+        except OSError as exc:  # not ours to remove: say so, and forget it
+            self.notes.add(f"note: leaving {describe_os_error(exc)}")
+            return True
+
+    def _try_adopt(self, job: FileJob, record: PartialRecord) -> str:
+        """Reopen the recorded temp file and keep the ranges whose CRC still checks out."""
+        name = record.tmp_name.rsplit("/", 1)[-1]
+        try:
+            partial = PartialFile(self.tree, job.parts, job.obj.size, resume=name)
         except BlockingIOError:
             return "busy"  # another run is writing it right now
-        except (OSError, ValueError):
+        except OSError as exc:
+            self.notes.add(f"not resuming {job.obj.key!r}: {describe_os_error(exc)}")
             return "unusable"
         good = [r for r in record.ranges if _range_intact(partial, record.crc_algorithm, *r)]
         if not good:
@@ -443,6 +474,8 @@ class Run:
     ) -> None:
         if status is Status.REFUSED:
             self.tally.refused += 1
+        elif status is Status.LOCALLY_MODIFIED:
+            self.tally.kept_local += 1
         else:
             self.tally.failed += 1
         where = os.fspath(path) if path is not None else None

@@ -43,52 +43,65 @@ class ConflictTracker:
     """Spots keys that need one path to be both a file and a directory.
 
     S3 lists keys in sorted order, so every key under 'a/' arrives after the
-    file key 'a', in one contiguous run. The file keys whose run may still
-    come form a stack of nested ranges; a file key is dropped once the
-    listing has passed its run, which keeps memory small however long the
-    listing. Directory paths are remembered too (there are far fewer of them
-    than files) so that an unsorted listing still has file-after-directory
-    conflicts caught; anything this misses is caught by the filesystem.
+    file key 'a', in one contiguous run. The paths (files and folders) whose
+    run may still come form a stack of nested ranges; a path is dropped once
+    the listing has passed its run, so memory stays small however long or
+    wide the listing: a few entries per level of the deepest key. A listing
+    out of order still has file-after-folder conflicts caught while the
+    folder is on the stack; anything this misses is caught by the filesystem.
     """
 
+    # Only an unsorted listing can pile up this many open paths.
+    MAX_OPEN = 10_000
+
     def __init__(self) -> None:
-        self._open_files: list[str] = []
-        self._open_set: set[str] = set()
-        self._dirs: set[str] = set()
+        self._open: list[str] = []
+        self._is_dir: dict[str, bool] = {}
 
     def _drop_passed(self, path: str) -> None:
-        while self._open_files:
-            top = self._open_files[-1]
+        while self._open:
+            top = self._open[-1]
             if path <= top + "/" or path.startswith(top + "/"):
                 return
-            self._open_files.pop()
-            self._open_set.discard(top)
+            self._open.pop()
+            del self._is_dir[top]
 
-    def _file_ancestor(self, parts: tuple[str, ...]) -> str | None:
-        for depth in range(1, len(parts)):
-            ancestor = "/".join(parts[:depth])
-            if ancestor in self._open_set:
-                return ancestor
-        return None
+    def _push(self, path: str, *, is_dir: bool) -> None:
+        self._open.append(path)
+        self._is_dir[path] = is_dir
+        if len(self._open) > self.MAX_OPEN:
+            forgotten, self._open = (
+                self._open[: self.MAX_OPEN // 2],
+                self._open[self.MAX_OPEN // 2 :],
+            )
+            for old in forgotten:
+                self._is_dir.pop(old, None)
+
+    def __len__(self) -> int:
+        return len(self._open)
 
     def add(self, parts: tuple[str, ...], *, is_dir: bool) -> str | None:
         """Record one key's path; return the key it conflicts with, if any.
 
         *parts* is the key's path split on '/', without a directory marker's
-        trailing slash. A conflicting key is not recorded.
+        trailing slash. The answer is a file key ('a'), or a folder ('a/')
+        that other keys already use. A conflicting key is not recorded.
         """
         path = "/".join(parts)
         self._drop_passed(path)
-        taken_by_file = self._file_ancestor((*parts, "") if is_dir else parts)
-        if taken_by_file is not None:
-            return taken_by_file
-        if not is_dir and path in self._dirs:
+        folders = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+        if is_dir:
+            folders.append(path)
+        for folder in folders:
+            if self._is_dir.get(folder) is False:
+                return folder
+        if not is_dir and self._is_dir.get(path):
             return path + "/"
-        for depth in range(1, len(parts) + (1 if is_dir else 0)):
-            self._dirs.add("/".join(parts[:depth]))
+        for folder in folders:
+            if folder not in self._is_dir:
+                self._push(folder, is_dir=True)
         if not is_dir:
-            self._open_files.append(path)
-            self._open_set.add(path)
+            self._push(path, is_dir=False)
         return None
 
 

@@ -7,6 +7,7 @@ implementation keeps them cheap and lets the display refresh at its own pace.
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,24 @@ class Reporter(Protocol):
 
     def close(self) -> None:
         """The run is over."""
+
+
+class Notes:
+    """Messages raised in worker threads, told to a reporter on the event loop.
+
+    Reporters are called from the event loop only; code running in a thread
+    (the manifest, the file layer) leaves its messages here instead.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[str] = collections.deque()
+
+    def add(self, text: str) -> None:
+        self._items.append(text)  # deque.append is atomic: safe from any thread
+
+    def say(self, reporter: Reporter) -> None:
+        while self._items:
+            reporter.message(self._items.popleft())
 
 
 class NullReporter:

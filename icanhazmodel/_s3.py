@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -120,6 +121,10 @@ def _raise_run_error(exc: BaseException, bucket: str, what: str) -> NoReturn:
     """Translate an exception that stops the whole run."""
     if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
         raise CredentialsError(f"no AWS credentials found: {_NO_CREDENTIALS_HINT}") from exc
+    if isinstance(exc, boto_exc.CredentialRetrievalError):
+        raise CredentialsError(f"cannot get AWS credentials: {exc}") from exc
+    if isinstance(exc, boto_exc.ConfigParseError):
+        raise UsageError(f"cannot read the AWS config file '{_config_file()}': {exc}") from exc
     if isinstance(exc, boto_exc.ClientError):
         code, status = _error_code(exc)
         if code == "NoSuchBucket":
@@ -161,6 +166,12 @@ def object_errors(key: str) -> Iterator[None]:
         raise
     except (boto_exc.ClientError, DirectError) as exc:
         code, status = _error_code(exc)
+        if code in _CREDENTIAL_CODES:
+            # Every later request would be refused too: stop once, not per object.
+            raise CredentialsError(
+                f"S3 rejected the credentials ({code}) while downloading '{key}': "
+                "they may have expired; check the profile or keys and run again"
+            ) from exc
         if status == 412 or code == "PreconditionFailed":
             raise ObjectChanged(f"'{key}' changed in S3 during the download") from exc
         if status == 404 or code in ("NoSuchKey", "404"):
@@ -174,8 +185,29 @@ def object_errors(key: str) -> Iterator[None]:
         raise ChecksumMismatch(f"checksum mismatch: {exc}") from exc
     except _TRANSIENT_EXCEPTIONS as exc:
         raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
+    except boto_exc.CredentialRetrievalError as exc:
+        raise CredentialsError(f"cannot refresh the AWS credentials: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         raise ObjectError(str(exc)) from exc
+
+
+def not_s3(what: str) -> S3Error:
+    """The endpoint answered like a web server, not like S3 (no ETag)."""
+    return S3Error(
+        f"the endpoint answered {what} without an ETag, so it is not S3: check "
+        "--endpoint-url (host and port) and any proxy or captive portal in the way"
+    )
+
+
+# An ETag is sent back in If-Match: only characters a header value may hold.
+_ETAG_CHARS = re.compile(r"^[\x21\x23-\x7e]*$")
+
+
+def etag_problem(etag: str) -> str | None:
+    """Why an ETag cannot be used to pin a download, or None if it can."""
+    if _ETAG_CHARS.match(etag):
+        return None
+    return f"S3 gave it the ETag {etag!r}, which cannot be sent back in a request header"
 
 
 # -- the client ---------------------------------------------------------------
@@ -290,6 +322,7 @@ class S3:
         self._direct: DirectGets | None = None
         self._direct_wanted = usable_for(options.bucket, client.meta.config)
         self._direct_lock = anyio.Lock()
+        self._denied_head: str | None = None  # a key whose HEAD got 403
 
     async def aclose(self) -> None:
         if self._direct is not None:
@@ -333,10 +366,14 @@ class S3:
             # 403 is what S3 answers for a missing key when the caller may not
             # list the bucket; the listing that follows gives the real verdict.
             if status in (403, 404) or code in ("NoSuchKey", "NotFound"):
+                if status == 403 or code == "AccessDenied":
+                    self._denied_head = key
                 return None
             _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
         except boto_exc.BotoCoreError as exc:
             _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
+        if not response.get("ETag"):
+            raise not_s3(f"HEAD s3://{self.bucket}/{key}")
         return _head_result(key, response, version_id)
 
     async def stat(self, obj: RemoteObject) -> HeadResult:
@@ -346,6 +383,8 @@ class S3:
             kwargs["VersionId"] = obj.version_id
         with object_errors(obj.key):
             response = await self._client.head_object(**kwargs, **self._extra())
+        if not response.get("ETag"):
+            raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
         return _head_result(obj.key, response, obj.version_id)
 
     async def list_pages(self, prefix: str) -> AsyncIterator[list[RemoteObject]]:
@@ -353,6 +392,8 @@ class S3:
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, **self._extra())
         what = f"listing s3://{self.bucket}/{prefix}"
+        if self._denied_head is not None and prefix == self._denied_head + "/":
+            what = f"looking up s3://{self.bucket}/{self._denied_head}"
         iterator = pages.__aiter__()
         while True:
             with run_errors(self.bucket, what):
@@ -391,7 +432,7 @@ class S3:
                         version_id=obj.version_id,
                         want_checksum=want_checksum,
                     )
-                return _checked(Body(raw, obj.key, raw.headers), start, end, byte_range)
+                return _checked(Body(raw, obj.key, raw.headers), obj, start, end, byte_range)
             except FallBack:
                 self._direct_wanted = False  # botocore from here on
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key}
@@ -405,17 +446,28 @@ class S3:
             kwargs["ChecksumMode"] = "ENABLED"
         with object_errors(obj.key):
             response = await self._client.get_object(**kwargs, **self._extra())
-        return _checked(Body(response["Body"], obj.key, _headers(response)), start, end, byte_range)
+        return _checked(
+            Body(response["Body"], obj.key, _headers(response)), obj, start, end, byte_range
+        )
 
 
-def _checked(body: Body, start: int, end: int, byte_range: str | None) -> Body:
+def _checked(body: Body, obj: RemoteObject, start: int, end: int, byte_range: str | None) -> Body:
     """Refuse a body that is not the bytes asked for.
 
     A server (or proxy) that ignores Range answers 200 with the whole
     object; written at the range's offset, those bytes would be wrong. The
-    object then starts over as one plain GET.
+    object then starts over as one plain GET. An answer without an ETag is
+    not from S3 at all (a captive portal, the wrong port): that stops the
+    run. One with another ETag than listed is another version (a store that
+    ignores If-Match): that starts the object over.
     """
     headers = body.headers
+    if not headers.etag:
+        body.close()
+        raise not_s3(f"GET s3://.../{obj.key}")
+    if obj.etag and headers.etag != obj.etag:
+        body.close()
+        raise ObjectChanged(f"'{obj.key}' changed in S3 since it was listed (another ETag)")
     expected_range = f"bytes {start}-{end - 1}/"
     wrong = (
         byte_range is not None and not (headers.content_range or "").startswith(expected_range)
@@ -463,9 +515,21 @@ def _verify_tls(endpoint_url: str | None, session: aioboto3.Session) -> bool | s
         return False
     try:
         bundle = session._session.get_config_variable("ca_bundle")
+    except boto_exc.ConfigParseError:
+        raise
     except Exception:  # a private attribute: be ready for it to move
-        bundle = None
+        bundle = os.environ.get("AWS_CA_BUNDLE")
+    if bundle and not os.path.isfile(bundle):
+        source = (
+            "AWS_CA_BUNDLE" if os.environ.get("AWS_CA_BUNDLE") else "ca_bundle in the AWS config"
+        )
+        raise UsageError(f"{source} names '{bundle}', which is not a file")
     return str(bundle) if bundle else None
+
+
+def _profile_words(options: S3Options) -> str:
+    profile = options.profile or os.environ.get("AWS_PROFILE")
+    return f" for profile '{profile}'" if profile else ""
 
 
 def _session(options: S3Options) -> aioboto3.Session:
@@ -484,11 +548,18 @@ def _session(options: S3Options) -> aioboto3.Session:
     return session
 
 
+def _config_file() -> str:
+    return os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"
+
+
 @contextlib.asynccontextmanager
 async def open_s3(options: S3Options) -> AsyncIterator[S3]:
     """Open the run's single S3 client."""
-    session = _session(options)
-    options = replace(options, verify=_verify_tls(options.endpoint_url, session))
+    try:
+        session = _session(options)
+        options = replace(options, verify=_verify_tls(options.endpoint_url, session))
+    except boto_exc.ConfigParseError as exc:
+        raise UsageError(f"cannot read the AWS config file '{_config_file()}': {exc}") from exc
     try:
         client_cm = session.client(
             "s3",
@@ -503,6 +574,10 @@ async def open_s3(options: S3Options) -> AsyncIterator[S3]:
         raise ProfileNotFound(f"AWS profile '{options.profile}' not found") from exc
     except ValueError as exc:  # botocore's word on an endpoint URL or region it refuses
         raise UsageError(f"botocore refused the client settings: {exc}") from exc
+    except boto_exc.ConfigParseError as exc:
+        raise UsageError(f"cannot read the AWS config file '{_config_file()}': {exc}") from exc
+    except boto_exc.CredentialRetrievalError as exc:
+        raise CredentialsError(f"cannot get credentials{_profile_words(options)}: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         raise S3Error(f"cannot create the S3 client: {exc}") from exc
     s3 = S3(client, options, credentials)

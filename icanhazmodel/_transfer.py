@@ -42,7 +42,7 @@ from ._checksums import (
     crc_of_ranges,
     is_crc,
 )
-from ._errors import DestinationError, NotEnoughSpace
+from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
 from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whole
 from ._manifest import Manifest, PartialRecord
 from ._models import ObjectHeaders, RemoteObject
@@ -54,6 +54,7 @@ from ._s3 import (
     ObjectError,
     RangeIgnored,
     TransientObjectError,
+    etag_problem,
 )
 from ._writer import Writer
 
@@ -128,7 +129,7 @@ class Outcomes(Protocol):
 
 
 def describe_os_error(exc: OSError) -> str:
-    if isinstance(exc, PathConflict | EscapesModelDir):
+    if isinstance(exc, IcanhazmodelError | PathConflict | EscapesModelDir):
         return str(exc)
     where = f" ({exc.filename})" if exc.filename else ""
     return f"{exc.strerror or exc}{where}"
@@ -174,6 +175,8 @@ class Transfers:
 
     def check_fatal(self, exc: OSError) -> None:
         """Stop the run on errors that every further write would hit too."""
+        if isinstance(exc, IcanhazmodelError):  # e.g. model_dir cannot be created
+            raise exc
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             where = f" (writing '{exc.filename}')" if exc.filename else ""
             raise NotEnoughSpace(
@@ -267,8 +270,7 @@ class Transfers:
                 digest.update(chunk)
             if digest.value() != expectation.expected:
                 raise ChecksumMismatch(expectation.describe(digest.value()))
-        self.tree.ensure_dir(job.parts[:-1])
-        return write_whole(job.final, chunks, job.obj.last_modified)
+        return write_whole(self.tree, job.parts, chunks, job.obj.last_modified)
 
     # -- larger objects: ranges streamed into a temp file -------------------------
 
@@ -304,8 +306,7 @@ class Transfers:
     def _create_partial(self, job: FileJob) -> None:
         # Registered here, in the writer thread, so a run cancelled meanwhile
         # still knows about the file and cleans it up.
-        self.tree.ensure_dir(job.parts[:-1])
-        partial = PartialFile(job.final, job.obj.size)
+        partial = PartialFile(self.tree, job.parts, job.obj.size)
         job.partial = partial
         self.open_jobs.add(job)
         if job.multi_range:
@@ -370,6 +371,7 @@ class Transfers:
             expectation = self._expect(job, body)
             job.digest = Digest(expectation.algorithm)
         digest = range_digest if job.multi_range else job.digest
+        asked = end - cursor.offset
         batch: list[bytes] = []
         batched = 0
         try:
@@ -384,6 +386,13 @@ class Transfers:
                 if batched >= WRITE_BATCH:
                     await self._write(job, partial, cursor, batch, digest)
                     batch, batched = [], 0
+            if await body.read(1):
+                # Read to the end: a body longer than asked for is another
+                # version (a store that ignores If-Match), never cut to fit.
+                raise ObjectChanged(
+                    f"'{job.obj.key}' sent more than the {asked} bytes asked for: "
+                    "it changed in S3 during the download"
+                )
         except TransientObjectError:
             if batch:
                 await self._write(job, partial, cursor, batch, digest)
@@ -472,6 +481,9 @@ class Transfers:
             self.outcomes.failed(job, f"{job.restart}; then {exc}")
             return
         obj = head.obj
+        if problem := etag_problem(obj.etag):
+            self.outcomes.failed(job, f"{job.restart}; then {problem}")
+            return
         fresh = FileJob(
             obj=RemoteObject(
                 key=job.obj.key,

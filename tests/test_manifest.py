@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from icanhazmodel._files import Tree
 from icanhazmodel._manifest import FileRecord, Manifest, PartialRecord
 from icanhazmodel._models import RemoteObject
 from icanhazmodel._plan import Action, LocalFile, decide
 
 
+def open_manifest(root: Path, *, read_only: bool = False) -> Manifest:
+    return Manifest(Tree(root), read_only=read_only)
+
+
 def test_records_round_trip(tmp_path: Path) -> None:
-    manifest = Manifest(tmp_path)
+    manifest = open_manifest(tmp_path)
     record = FileRecord("a/b", 10, "etag", None, "crc32", 10, 123456789)
     manifest.add_file(record)
     partial = PartialRecord(".b.x.icanhazmodel-partial", "a/c", "e2", 100, 40, "CRC64NVME")
@@ -18,7 +23,7 @@ def test_records_round_trip(tmp_path: Path) -> None:
     manifest.add_range(partial, 40, 80, 5)
     manifest.close()
 
-    reopened = Manifest(tmp_path, read_only=True)
+    reopened = open_manifest(tmp_path, read_only=True)
     assert reopened.files(["a/b", "nope"]) == {"a/b": record}
     [found] = reopened.partials(["a/c"])["a/c"]
     assert found.ranges == ((0, 40, (1 << 64) - 1), (40, 80, 5))
@@ -26,7 +31,7 @@ def test_records_round_trip(tmp_path: Path) -> None:
 
 
 def test_dropping_a_partial_forgets_its_ranges(tmp_path: Path) -> None:
-    manifest = Manifest(tmp_path)
+    manifest = open_manifest(tmp_path)
     partial = PartialRecord("t", "k", "e", 100, 40, "CRC32")
     manifest.add_range(partial, 0, 40, 1)
     manifest.flush()
@@ -37,7 +42,7 @@ def test_dropping_a_partial_forgets_its_ranges(tmp_path: Path) -> None:
 
 
 def test_a_read_only_look_at_a_missing_manifest_creates_nothing(tmp_path: Path) -> None:
-    manifest = Manifest(tmp_path, read_only=True)
+    manifest = open_manifest(tmp_path, read_only=True)
     assert manifest.files(["x"]) == {}
     manifest.close()
     assert list(tmp_path.iterdir()) == []
