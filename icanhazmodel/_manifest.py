@@ -283,6 +283,12 @@ class Manifest:
             raise
         self._persisted_at = time.monotonic()
 
+    def _drop_connection(self) -> None:
+        if self._db is not None and not self._in_memory:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
     def _set_aside(self, exc: sqlite3.Error) -> None:
         """Move a damaged manifest out of the way so a fresh one can start."""
         if self._read_only:
@@ -433,6 +439,7 @@ class Manifest:
             try:
                 self._commit(files, ranges, drops)
             except (sqlite3.Error, OSError) as exc:
+                self._drop_connection()  # the next try opens it afresh (writable again?)
                 self._pending_files[:0] = files
                 self._pending_ranges[:0] = ranges
                 self._pending_drops[:0] = drops

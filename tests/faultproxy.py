@@ -73,12 +73,12 @@ class FaultProxy:
     upstream: tuple[str, int]
     faults: list[Fault] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
-    port: int = 0
+    port: int = 0  # to listen on; 0 picks a free one
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._dice = random.Random(1234)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", self.port))
         self.port = self._listener.getsockname()[1]
         self._closed = False
         threading.Thread(target=self._accept_loop, daemon=True).start()
