@@ -152,7 +152,7 @@ class Tool:
     argv: tuple[str, ...]  # with {endpoint}, {prefix}, {dest} to fill in
 
 
-def tools(venv: Path, bench_venv: Path) -> list[Tool]:
+def tools(venv: Path, bench_venv: Path, baseline: Path | None = None) -> list[Tool]:
     ours = str(venv / "bin" / "icanhazmodel")
     common = (
         "-q",
@@ -166,9 +166,15 @@ def tools(venv: Path, bench_venv: Path) -> list[Tool]:
         "--endpoint-url",
         "{endpoint}",
     )
+    before = (
+        [Tool("icanhazmodel (baseline)", (str(baseline / "bin" / "icanhazmodel"), *common))]
+        if baseline is not None
+        else []
+    )
     return [
         Tool("icanhazmodel", (ours, *common)),
         Tool("icanhazmodel --no-verify", (ours, *common, "--no-verify")),
+        *before,
         Tool(
             "aws s3 cp --recursive",
             (
@@ -323,6 +329,13 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("--bench-venv", type=Path, default=ROOT / ".venv-bench")
     parser.add_argument(
+        "--baseline-venv",
+        type=Path,
+        default=None,
+        help="a venv with another icanhazmodel installed (an earlier commit), run alongside "
+        "as 'icanhazmodel (baseline)' for before/after figures from the same run",
+    )
+    parser.add_argument(
         "--drop-caches",
         action="store_true",
         help="before every run, sync and drop the kernel's caches (root only): on some VMs "
@@ -336,7 +349,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    all_tools = tools(args.venv, args.bench_venv)
+    all_tools = tools(args.venv, args.bench_venv, args.baseline_venv)
     if args.tools:
         wanted = {t.strip() for t in args.tools.split(",")}
         all_tools = [t for t in all_tools if t.name in wanted or t.name.split()[0] in wanted]
