@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-
-from anyio.to_thread import run_sync
+from typing import TYPE_CHECKING
 
 from ._config import DEFAULT_CONCURRENCY, FetchConfig
 from ._errors import DestinationError
-from ._files import Tree, check_model_dir
-from ._limits import fit_open_files
-from ._manifest import Manifest
 from ._models import FetchResult, Plan
-from ._pipeline import Run
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
-from ._s3 import S3Options, open_s3
 from ._select import Filters, Shard, parse_shard
+
+if TYPE_CHECKING:
+    from ._files import Tree
+    from ._manifest import Manifest
 
 
 async def fetch(
@@ -141,6 +138,16 @@ async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
 
     Nothing is created on disk until the first file or folder needs it.
     """
+    # Imported here, not at the top: aioboto3 and botocore take most of a
+    # second to import, which `import icanhazmodel`, `--help` and
+    # `--version` should not pay.
+    from anyio.to_thread import run_sync
+
+    from ._files import Tree, check_model_dir
+    from ._limits import fit_open_files
+    from ._pipeline import Run
+    from ._s3 import S3Options, open_s3
+
     root = await run_sync(check_model_dir, config.dest)
     concurrency, note = fit_open_files(config.concurrency)
     if note:
@@ -180,6 +187,10 @@ async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
 
 
 def _open_manifest(tree: Tree, read_only: bool, notes: Notes) -> Manifest:
+    import sqlite3
+
+    from ._manifest import Manifest
+
     try:
         return Manifest(tree, read_only=read_only, notice=notes.add)
     except (OSError, sqlite3.Error) as exc:

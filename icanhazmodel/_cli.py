@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import anyio
 import click
 
 from ._api import run
@@ -315,6 +314,8 @@ def main(**options: Any) -> None:
     # SIGTERM (kill, Kubernetes stopping a pod) stops the run like Ctrl-C:
     # workers cancelled, big temp files kept for the next run, the rest removed.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    import anyio  # here, not at the top: --help and --version need none of the run's imports
+
     try:
         result = anyio.run(run, config, reporter)
     except IcanhazmodelError as exc:
