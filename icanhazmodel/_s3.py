@@ -464,7 +464,7 @@ def _checked(body: Body, obj: RemoteObject, start: int, end: int, byte_range: st
     headers = body.headers
     if not headers.etag:
         body.close()
-        raise not_s3(f"GET s3://.../{obj.key}")
+        raise not_s3(f"the GET of '{obj.key}'")
     if obj.etag and headers.etag != obj.etag:
         body.close()
         raise ObjectChanged(f"'{obj.key}' changed in S3 since it was listed (another ETag)")

@@ -166,3 +166,15 @@ def test_python_dash_m_runs_the_same_cli() -> None:
     )
     assert proc.returncode == 0
     assert icanhazmodel.__version__ in proc.stdout
+
+
+def test_help_and_version_load_none_of_the_run_s_imports() -> None:
+    """--help and --version (and `import icanhazmodel`) must start fast: the
+    S3 client stack is imported only when a run starts."""
+    code = (
+        "import sys, icanhazmodel, icanhazmodel._cli; "
+        "heavy = sorted(m for m in ('aioboto3', 'botocore', 'aiohttp', 'anyio') "
+        "if m in sys.modules); print(heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
