@@ -448,7 +448,7 @@ def remove_unlocked(dir_fd: int, name: str, *, own_only: bool = False) -> bool:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnusableTemp(errno.EISDIR, "not a regular file: left alone", name)
+            raise UnusableTemp(errno.EISDIR, "it is not a plain file", name)
         if own_only and st.st_uid != os.geteuid():
             return False
         try:

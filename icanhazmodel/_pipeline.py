@@ -442,7 +442,8 @@ class Run:
         try:
             return try_remove_unlocked(self.tree, parts)
         except OSError as exc:  # not ours to remove: say so, and forget it
-            self.notes.add(f"note: leaving {describe_os_error(exc)}")
+            what = f"'{exc.filename}'" if exc.filename else "a recorded temp file"
+            self.notes.add(f"note: {what} left alone: {exc.strerror or exc}")
             return True
 
     def _try_adopt(self, job: FileJob, record: PartialRecord) -> str:
