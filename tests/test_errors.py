@@ -10,6 +10,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -102,15 +103,20 @@ def _auth_enforced(endpoint: str) -> Iterator[None]:
         set_count("inf")
 
 
-def _iam_user(bucket: Bucket, monkeypatch: pytest.MonkeyPatch, *, reader: bool) -> None:
-    """Put the credentials of a fresh IAM user in the environment."""
-    iam = boto3.client(
+def _iam_client(endpoint: str) -> Any:
+    """IAM on the moto server, as its admin (works while auth is not enforced)."""
+    return boto3.client(
         "iam",
-        endpoint_url=bucket.endpoint,
+        endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
+
+
+def _iam_user(bucket: Bucket, monkeypatch: pytest.MonkeyPatch, *, reader: bool) -> None:
+    """Put the credentials of a fresh IAM user in the environment."""
+    iam = _iam_client(bucket.endpoint)
     name = f"{'reader' if reader else 'powerless'}-{bucket.name}"
     iam.create_user(UserName=name)
     if reader:

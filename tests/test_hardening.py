@@ -21,7 +21,6 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from icanhazmodel._files import PARTIAL_SUFFIX, Tree
@@ -33,6 +32,7 @@ from tests.hostile_s3 import hostile_s3
 from tests.sample_tree import pattern
 from tests.test_errors import (  # noqa: F401 -- powerless_user is a fixture
     _auth_enforced,
+    _iam_client,
     _iam_user,
     assert_one_line_error,
     powerless_user,
@@ -165,12 +165,8 @@ def test_3_keys_cannot_reach_the_manifest_by_case_or_through_a_link(
 
 
 @pytest.mark.parametrize("key", ["models/bert/weights.bin", "models/bert"])
-@pytest.mark.parametrize("path", ["direct", "botocore"])
-def test_4_a_captive_portal_is_not_s3_and_lands_nothing(
-    tmp_path: Path, key: str, path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if path == "botocore":
-        monkeypatch.setenv("ICANHAZMODEL_DIRECT_GETS", "0")
+@pytest.mark.usefixtures("request_path")  # both GET paths
+def test_4_a_captive_portal_is_not_s3_and_lands_nothing(tmp_path: Path, key: str) -> None:
     dest = tmp_path / "ptms"
     with hostile_s3(portal=True) as s3:
         result = cli(s3.endpoint, s3.bucket, key, dest)
@@ -193,12 +189,10 @@ def test_4_a_get_without_etag_stops_the_run(tmp_path: Path) -> None:
 # -- 5. a body longer than listed --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["direct", "botocore"])
+@pytest.mark.usefixtures("request_path")  # both GET paths
 def test_5_a_body_longer_than_listed_is_never_cut_to_fit(
-    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    if path == "botocore":
-        monkeypatch.setenv("ICANHAZMODEL_DIRECT_GETS", "0")
     dest = tmp_path / "ptms"
     listed = pattern("old", 2 * MiB)
     newer = pattern("new", 3 * MiB)  # another version, served without a length
@@ -321,12 +315,10 @@ def test_8_a_folder_at_a_recorded_temp_path_is_reported_and_the_run_goes_on(
 # -- 9. an ETag that cannot go back in a header ------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["direct", "botocore"])
+@pytest.mark.usefixtures("request_path")  # both GET paths
 def test_9_an_etag_with_a_control_character_fails_alone_and_fast(
-    tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    if path == "botocore":
-        monkeypatch.setenv("ICANHAZMODEL_DIRECT_GETS", "0")
     dest = tmp_path / "ptms"
     with hostile_s3(
         objects={"m/bad": b"bad", "m/good": b"good"}, etags={"m/bad": "abc\ndef"}
@@ -595,13 +587,7 @@ def test_18_credentials_revoked_mid_run_stop_the_run_once(
     for i in range(30):
         bucket.put(f"p/{i:02d}", pattern(f"c{i}", 50_000))
     _iam_user(bucket, monkeypatch, reader=True)
-    iam = boto3.client(
-        "iam",
-        endpoint_url=bucket.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    iam = _iam_client(bucket.endpoint)
     dest = tmp_path / "ptms"
     with fault_proxy(bucket.endpoint) as proxy:
         proxy.add(Fault(key_contains="/p/", times=30, throttle=200_000))
