@@ -36,6 +36,7 @@ import yarl
 
 from ._checksums import CHECKSUM_ALGORITHMS
 from ._models import ObjectHeaders, encrypted_with_key
+from ._objects import DirectError, FallBack
 from ._sigv4 import canonical_query, sign
 from ._version import __version__
 
@@ -44,20 +45,6 @@ USER_AGENT = f"icanhazmodel/{__version__} (direct GET)"
 # Per-connection read buffer (aiohttp's default). Larger buffers made no
 # measurable difference to speed and cost memory per connection.
 READ_BUFSIZE = 64 * 1024
-
-
-class FallBack(Exception):
-    """This request (and the rest of the run) should go through botocore."""
-
-
-class DirectError(Exception):
-    """An S3 error answer to a direct GET: its status, code and message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        what = f"S3 error {code or status}"
-        super().__init__(f"{what}: {message}" if message else what)
-        self.status = status
-        self.code = code
 
 
 def usable_for(bucket: str, config: Any) -> bool:

@@ -37,10 +37,11 @@ from ._models import (
     RemoteObject,
     Status,
 )
+from ._objects import etag_problem
 from ._output import human_size
 from ._plan import ConflictTracker, LocalFile, byte_ranges, decide, part_size_for
 from ._progress import Notes, Reporter
-from ._s3 import S3, etag_problem
+from ._s3 import S3
 from ._select import relative_key
 from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error
 from ._writer import Writer

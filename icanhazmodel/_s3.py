@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,7 +25,7 @@ from aiobotocore.config import AioConfig
 from botocore import UNSIGNED
 
 from ._checksums import CHECKSUM_ALGORITHMS, ChecksumMismatch
-from ._direct import DirectError, DirectGets, FallBack, usable_for
+from ._direct import DirectGets, usable_for
 from ._errors import (
     AccessDenied,
     BucketNotFound,
@@ -37,6 +36,19 @@ from ._errors import (
     UsageError,
 )
 from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
+from ._objects import (
+    CREDENTIAL_CODES,
+    Body,
+    DirectError,
+    FallBack,
+    HeadResult,
+    ObjectError,
+    TransientObjectError,
+    byte_range,
+    checked,
+    not_s3,
+    raise_for_answer,
+)
 
 _NO_CREDENTIALS_HINT = (
     "pass --profile, set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -64,30 +76,6 @@ class S3Options:
 # -- errors -------------------------------------------------------------------
 
 
-class ObjectError(Exception):
-    """A per-object failure; the run records it and goes on."""
-
-    transient = False
-
-
-class TransientObjectError(ObjectError):
-    """Worth another attempt: a dropped connection, a timeout, a 5xx."""
-
-    transient = True
-
-
-class ObjectChanged(ObjectError):
-    """The object was overwritten in S3 while we were reading it (412)."""
-
-
-class RangeIgnored(ObjectError):
-    """The server answered a ranged GET with other bytes than asked for."""
-
-
-class ObjectGone(ObjectError):
-    """The object was deleted between listing and download (404)."""
-
-
 def _error_code(exc: boto_exc.ClientError | DirectError) -> tuple[str, int]:
     if isinstance(exc, DirectError):
         return exc.code, exc.status
@@ -96,13 +84,7 @@ def _error_code(exc: boto_exc.ClientError | DirectError) -> tuple[str, int]:
     return str(error.get("Code", "")), int(status or 0)
 
 
-_CREDENTIAL_CODES = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-}
+_CREDENTIAL_CODES = CREDENTIAL_CODES
 
 _TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     boto_exc.ConnectionError,  # includes EndpointConnectionError, timeouts
@@ -166,19 +148,7 @@ def object_errors(key: str) -> Iterator[None]:
         raise
     except (boto_exc.ClientError, DirectError) as exc:
         code, status = _error_code(exc)
-        if code in _CREDENTIAL_CODES:
-            # Every later request would be refused too: stop once, not per object.
-            raise CredentialsError(
-                f"S3 rejected the credentials ({code}) while downloading '{key}': "
-                "they may have expired; check the profile or keys and run again"
-            ) from exc
-        if status == 412 or code == "PreconditionFailed":
-            raise ObjectChanged(f"'{key}' changed in S3 during the download") from exc
-        if status == 404 or code in ("NoSuchKey", "404"):
-            raise ObjectGone(f"'{key}' was deleted from S3 during the run") from exc
-        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-            raise TransientObjectError(f"S3 error {code or status}") from exc
-        raise ObjectError(f"S3 error {code or status}: {exc}") from exc
+        raise_for_answer(key, code, status, exc)
     except boto_exc.FlexibleChecksumError as exc:
         # botocore checks S3's checksum itself when a whole object is asked
         # for with ChecksumMode; its verdict is as good as ours.
@@ -189,25 +159,6 @@ def object_errors(key: str) -> Iterator[None]:
         raise CredentialsError(f"cannot refresh the AWS credentials: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         raise ObjectError(str(exc)) from exc
-
-
-def not_s3(what: str) -> S3Error:
-    """The endpoint answered like a web server, not like S3 (no ETag)."""
-    return S3Error(
-        f"the endpoint answered {what} without an ETag, so it is not S3: check "
-        "--endpoint-url (host and port) and any proxy or captive portal in the way"
-    )
-
-
-# An ETag is sent back in If-Match: only characters a header value may hold.
-_ETAG_CHARS = re.compile(r"^[\x21\x23-\x7e]*$")
-
-
-def etag_problem(etag: str) -> str | None:
-    """Why an ETag cannot be used to pin a download, or None if it can."""
-    if _ETAG_CHARS.match(etag):
-        return None
-    return f"S3 gave it the ETag {etag!r}, which cannot be sent back in a request header"
 
 
 # -- the client ---------------------------------------------------------------
@@ -271,12 +222,6 @@ def _headers(response: Mapping[str, Any]) -> ObjectHeaders:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class HeadResult:
-    obj: RemoteObject
-    headers: ObjectHeaders
-
-
 def _head_result(key: str, response: Mapping[str, Any], version_id: str | None) -> HeadResult:
     headers = _headers(response)
     obj = RemoteObject(
@@ -288,27 +233,6 @@ def _head_result(key: str, response: Mapping[str, Any], version_id: str | None) 
         version_id=response.get("VersionId") if version_id else None,
     )
     return HeadResult(obj, headers)
-
-
-class Body:
-    """The streaming body of one GET, with what its headers said.
-
-    Wraps either botocore's body or the direct path's; reads are translated
-    to ObjectError subclasses like every other call.
-    """
-
-    def __init__(self, stream: Any, key: str, headers: ObjectHeaders) -> None:
-        self._stream = stream
-        self._key = key
-        self.headers = headers
-
-    async def read(self, max_bytes: int) -> bytes:
-        with object_errors(self._key):
-            chunk: bytes = await self._stream.read(max_bytes)
-            return chunk
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 class S3:
@@ -419,7 +343,7 @@ class S3:
         """
         if end is None:
             end = obj.size
-        byte_range = f"bytes={start}-{end - 1}" if start > 0 or end < obj.size else None
+        ranged = byte_range(obj, start, end)
         etag = f'"{obj.etag}"' if if_match and obj.etag else None
         direct = await self._direct_gets()
         if direct is not None:
@@ -427,17 +351,17 @@ class S3:
                 with object_errors(obj.key):
                     raw = await direct.open(
                         obj.key,
-                        byte_range=byte_range,
+                        byte_range=ranged,
                         if_match=etag,
                         version_id=obj.version_id,
                         want_checksum=want_checksum,
                     )
-                return _checked(Body(raw, obj.key, raw.headers), obj, start, end, byte_range)
+                return checked(Body(raw, obj.key, raw.headers), obj, start, end, ranged)
             except FallBack:
                 self._direct_wanted = False  # botocore from here on
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key}
-        if byte_range:
-            kwargs["Range"] = byte_range
+        if ranged:
+            kwargs["Range"] = ranged
         if etag:
             kwargs["IfMatch"] = etag
         if obj.version_id:
@@ -446,39 +370,8 @@ class S3:
             kwargs["ChecksumMode"] = "ENABLED"
         with object_errors(obj.key):
             response = await self._client.get_object(**kwargs, **self._extra())
-        return _checked(
-            Body(response["Body"], obj.key, _headers(response)), obj, start, end, byte_range
-        )
-
-
-def _checked(body: Body, obj: RemoteObject, start: int, end: int, byte_range: str | None) -> Body:
-    """Refuse a body that is not the bytes asked for.
-
-    A server (or proxy) that ignores Range answers 200 with the whole
-    object; written at the range's offset, those bytes would be wrong. The
-    object then starts over as one plain GET. An answer without an ETag is
-    not from S3 at all (a captive portal, the wrong port): that stops the
-    run. One with another ETag than listed is another version (a store that
-    ignores If-Match): that starts the object over.
-    """
-    headers = body.headers
-    if not headers.etag:
-        body.close()
-        raise not_s3(f"the GET of '{obj.key}'")
-    if obj.etag and headers.etag != obj.etag:
-        body.close()
-        raise ObjectChanged(f"'{obj.key}' changed in S3 since it was listed (another ETag)")
-    expected_range = f"bytes {start}-{end - 1}/"
-    wrong = (
-        byte_range is not None and not (headers.content_range or "").startswith(expected_range)
-    ) or headers.content_length not in (None, end - start)
-    if wrong:
-        body.close()
-        raise RangeIgnored(
-            f"the server answered {headers.content_length} bytes "
-            f"({headers.content_range or 'no Content-Range'}) to a request for {start}-{end - 1}"
-        )
-    return body
+        body = Body(response["Body"], obj.key, _headers(response), object_errors)
+        return checked(body, obj, start, end, ranged)
 
 
 def _client_config(options: S3Options) -> AioConfig:

@@ -46,16 +46,16 @@ from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
 from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whole
 from ._manifest import Manifest, PartialRecord
 from ._models import ObjectHeaders, RemoteObject
-from ._progress import Reporter
-from ._s3 import (
-    S3,
+from ._objects import (
     Body,
     ObjectChanged,
     ObjectError,
+    ObjectSource,
     RangeIgnored,
     TransientObjectError,
     etag_problem,
 )
+from ._progress import Reporter
 from ._writer import Writer
 
 MiB = 1 << 20
@@ -152,7 +152,7 @@ class Transfers:
 
     def __init__(
         self,
-        s3: S3,
+        s3: ObjectSource,
         tree: Tree,
         manifest: Manifest | None,
         reporter: Reporter,

@@ -1,0 +1,207 @@
+"""Fetching one object, without botocore: the errors a download can meet,
+the body it reads, and the checks every answer must pass.
+
+Both request paths build on this module: the botocore client (``_s3``) and
+the direct path (``_direct``), which is all a worker process loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from ._checksums import ChecksumMismatch
+from ._errors import CredentialsError, S3Error
+from ._models import ObjectHeaders, RemoteObject
+
+
+class ObjectError(Exception):
+    """A per-object failure; the run records it and goes on."""
+
+    transient = False
+
+
+class TransientObjectError(ObjectError):
+    """Worth another attempt: a dropped connection, a timeout, a 5xx."""
+
+    transient = True
+
+
+class ObjectChanged(ObjectError):
+    """The object was overwritten in S3 while we were reading it (412)."""
+
+
+class RangeIgnored(ObjectError):
+    """The server answered a ranged GET with other bytes than asked for."""
+
+
+class ObjectGone(ObjectError):
+    """The object was deleted between listing and download (404)."""
+
+
+class FallBack(Exception):
+    """This request (and the rest of the run) should go through botocore."""
+
+
+class DirectError(Exception):
+    """An S3 error answer to a direct request: its status, code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        what = f"S3 error {code or status}"
+        super().__init__(f"{what}: {message}" if message else what)
+        self.status = status
+        self.code = code
+
+
+CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+     "TokenRefreshRequired"}
+)  # fmt: skip
+
+# What a body read or a request may raise that is worth another attempt.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    ConnectionError,
+    aiohttp.ClientError,
+)
+
+
+def raise_for_answer(key: str, code: str, status: int, exc: BaseException) -> None:
+    """Turn an S3 error answer while fetching *key* into the right exception."""
+    if code in CREDENTIAL_CODES:
+        # Every later request would be refused too: stop once, not per object.
+        raise CredentialsError(
+            f"S3 rejected the credentials ({code}) while downloading '{key}': "
+            "they may have expired; check the profile or keys and run again"
+        ) from exc
+    if status == 412 or code == "PreconditionFailed":
+        raise ObjectChanged(f"'{key}' changed in S3 during the download") from exc
+    if status == 404 or code in ("NoSuchKey", "404"):
+        raise ObjectGone(f"'{key}' was deleted from S3 during the run") from exc
+    if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+        raise TransientObjectError(f"S3 error {code or status}") from exc
+    raise ObjectError(f"S3 error {code or status}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def direct_errors(key: str) -> Iterator[None]:
+    """Translate what the direct path raises while fetching *key*."""
+    try:
+        yield
+    except (ObjectError, FallBack, ChecksumMismatch):
+        raise
+    except DirectError as exc:
+        raise_for_answer(key, exc.code, exc.status, exc)
+    except TRANSIENT_ERRORS as exc:
+        raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def not_s3(what: str) -> S3Error:
+    """The endpoint answered like a web server, not like S3 (no ETag)."""
+    return S3Error(
+        f"the endpoint answered {what} without an ETag, so it is not S3: check "
+        "--endpoint-url (host and port) and any proxy or captive portal in the way"
+    )
+
+
+# An ETag is sent back in If-Match: only characters a header value may hold.
+_ETAG_CHARS = re.compile(r"^[\x21\x23-\x7e]*$")
+
+
+def etag_problem(etag: str) -> str | None:
+    """Why an ETag cannot be used to pin a download, or None if it can."""
+    if _ETAG_CHARS.match(etag):
+        return None
+    return f"S3 gave it the ETag {etag!r}, which cannot be sent back in a request header"
+
+
+@dataclass(frozen=True, slots=True)
+class HeadResult:
+    obj: RemoteObject
+    headers: ObjectHeaders
+
+
+class Body:
+    """The streaming body of one GET, with what its headers said.
+
+    Wraps either botocore's body or the direct path's; reads are translated
+    to ObjectError subclasses by *errors*, the path's own translator.
+    """
+
+    def __init__(
+        self,
+        stream: Any,
+        key: str,
+        headers: ObjectHeaders,
+        errors: Callable[[str], contextlib.AbstractContextManager[None]] = direct_errors,
+    ) -> None:
+        self._stream = stream
+        self._key = key
+        self._errors = errors
+        self.headers = headers
+
+    async def read(self, max_bytes: int) -> bytes:
+        with self._errors(self._key):
+            chunk: bytes = await self._stream.read(max_bytes)
+            return chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class ObjectSource(Protocol):
+    """What a transfer needs from S3: one object's body, and a fresh HEAD."""
+
+    bucket: str
+
+    async def open_body(
+        self,
+        obj: RemoteObject,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        if_match: bool = True,
+        want_checksum: bool = False,
+    ) -> Body: ...
+
+    async def stat(self, obj: RemoteObject) -> HeadResult: ...
+
+
+def byte_range(obj: RemoteObject, start: int, end: int) -> str | None:
+    """The Range header for [start, end) of *obj*; None for the whole object."""
+    return f"bytes={start}-{end - 1}" if start > 0 or end < obj.size else None
+
+
+def checked(body: Body, obj: RemoteObject, start: int, end: int, ranged: str | None) -> Body:
+    """Refuse a body that is not the bytes asked for.
+
+    A server (or proxy) that ignores Range answers 200 with the whole
+    object; written at the range's offset, those bytes would be wrong. The
+    object then starts over as one plain GET. An answer without an ETag is
+    not from S3 at all (a captive portal, the wrong port): that stops the
+    run. One with another ETag than listed is another version (a store that
+    ignores If-Match): that starts the object over.
+    """
+    headers = body.headers
+    if not headers.etag:
+        body.close()
+        raise not_s3(f"the GET of '{obj.key}'")
+    if obj.etag and headers.etag != obj.etag:
+        body.close()
+        raise ObjectChanged(f"'{obj.key}' changed in S3 since it was listed (another ETag)")
+    expected_range = f"bytes {start}-{end - 1}/"
+    wrong = (
+        ranged is not None and not (headers.content_range or "").startswith(expected_range)
+    ) or headers.content_length not in (None, end - start)
+    if wrong:
+        body.close()
+        raise RangeIgnored(
+            f"the server answered {headers.content_length} bytes "
+            f"({headers.content_range or 'no Content-Range'}) to a request for {start}-{end - 1}"
+        )
+    return body
