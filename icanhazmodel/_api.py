@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._config import DEFAULT_CONCURRENCY, FetchConfig
+from ._config import DEFAULT_CONCURRENCY, FetchConfig, parse_processes
 from ._errors import DestinationError
 from ._models import FetchResult, Plan
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
@@ -28,6 +28,7 @@ async def fetch(
     endpoint_url: str | None = None,
     region: str | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    processes: int | str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     shard: str | Shard | None = None,
@@ -54,7 +55,11 @@ async def fetch(
     ``"K/N"``, ``"auto"`` (from torchrun, MPI, Slurm or Kubernetes variables)
     or a :class:`Shard`. With *dry_run*, nothing is written and the result's
     ``plan`` says what would happen. Nothing is printed unless *progress* is
-    true (tqdm bars on stderr) or a :class:`Reporter`.
+    true (tqdm bars on stderr) or a :class:`Reporter`. *processes* is how many
+    worker processes share the downloads: ``"auto"`` (one per usable CPU but
+    one, when the listing has work enough for them), or a count; ``1`` keeps
+    everything in this process; None (the default) reads ICANHAZMODEL_PROCESSES,
+    else auto. *concurrency* is requests in flight per process.
     """
     config = FetchConfig(
         bucket=bucket,
@@ -64,6 +69,7 @@ async def fetch(
         endpoint_url=endpoint_url,
         region=region,
         concurrency=concurrency,
+        processes=parse_processes(processes),
         retries=retries,
         stall_timeout=stall_timeout,
         verify=verify,
@@ -98,6 +104,7 @@ async def plan(
     no_sign_request: bool = False,
     request_payer: str | None = None,
     version_id: str | None = None,
+    processes: int | str | None = None,
 ) -> Plan:
     """What :func:`fetch` with the same arguments would do; writes nothing.
 
@@ -119,6 +126,7 @@ async def plan(
         no_sign_request=no_sign_request,
         request_payer=request_payer,
         version_id=version_id,
+        processes=processes,
         dry_run=True,
     )
     assert result.plan is not None  # a dry run always has one

@@ -11,7 +11,13 @@ from typing import Any, NoReturn
 import click
 
 from ._api import run
-from ._config import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, FetchConfig, split_s3_url
+from ._config import (
+    DEFAULT_CONCURRENCY,
+    MAX_CONCURRENCY,
+    FetchConfig,
+    parse_processes,
+    split_s3_url,
+)
 from ._errors import IcanhazmodelError, UsageError
 from ._models import FetchResult
 from ._output import (
@@ -123,6 +129,7 @@ def _build_config(**options: Any) -> FetchConfig:
         endpoint_url=options["endpoint_url"],
         region=options["region"],
         concurrency=options["concurrency"],
+        processes=parse_processes(options["processes"]),
         retries=options["retries"],
         stall_timeout=options["stall_timeout"],
         verify=options["verify"],
@@ -258,7 +265,17 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     type=click.IntRange(1, MAX_CONCURRENCY),
     default=DEFAULT_CONCURRENCY,
     show_default=True,
-    help="Requests in flight at once, shared by all files and parts.",
+    help="Requests in flight at once in each process, shared by all files and parts.",
+)
+@click.option(
+    "-P",
+    "--processes",
+    cls=_Option,
+    default="auto",
+    show_default=True,
+    metavar="N|auto",
+    help="Worker processes sharing the downloads; auto: one per usable CPU but one, "
+    "when the listing has work enough for them; 1: all in this process.",
 )
 @click.option(
     "--retries",

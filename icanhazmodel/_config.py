@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from ._select import Filters, Shard
 # 32, and keeps peak memory (about 75 MiB + 2 MiB per request) under 128 MiB.
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 512
+MAX_PROCESSES = 256
 
 # Legacy bucket names allow upper case and underscores, so this only rules
 # out what no bucket name can hold: a slash, whitespace, or nothing at all.
@@ -46,6 +48,7 @@ class FetchConfig:
     request_payer: str | None = None
     version_id: str | None = None
     ignore_space: bool = False
+    processes: int | None = None  # worker processes; None: auto
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -71,6 +74,10 @@ class FetchConfig:
             raise UsageError(
                 f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}"
             )
+        if self.processes is not None and not 1 <= self.processes <= MAX_PROCESSES:
+            raise UsageError(
+                f"--processes must be 'auto' or between 1 and {MAX_PROCESSES}, not {self.processes}"
+            )
         if self.retries < 0:
             raise UsageError(f"--retries must be 0 or more, not {self.retries}")
         if self.stall_timeout <= 0:
@@ -87,6 +94,20 @@ def _check_endpoint(url: str) -> None:
         raise UsageError(f"--endpoint-url '{url}' is not an http:// or https:// URL")
     if parts.port == 0:
         raise UsageError(f"--endpoint-url '{url}' has port 0")
+
+
+def parse_processes(text: str | int | None) -> int | None:
+    """--processes: 'auto' (None) or a count; None asks ICANHAZMODEL_PROCESSES."""
+    if text is None:
+        text = os.environ.get("ICANHAZMODEL_PROCESSES", "auto")
+    if isinstance(text, int):
+        return text
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--processes must be 'auto' or a number, not '{text}'") from None
 
 
 def split_s3_url(text: str) -> tuple[str, str] | None:

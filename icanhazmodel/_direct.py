@@ -22,10 +22,12 @@ turns it off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -35,8 +37,19 @@ import aiohttp
 import yarl
 
 from ._checksums import CHECKSUM_ALGORITHMS
-from ._models import ObjectHeaders, encrypted_with_key
-from ._objects import DirectError, FallBack
+from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
+from ._objects import (
+    Body,
+    DirectError,
+    FallBack,
+    HeadResult,
+    NeedsBotocore,
+    byte_range,
+    checked,
+    direct_errors,
+    not_s3,
+    posix_time,
+)
 from ._sigv4 import canonical_query, sign
 from ._version import __version__
 
@@ -61,9 +74,12 @@ class DirectBody:
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        headers = response.headers
+        self.headers = self.parse_headers(response.headers)
+
+    @staticmethod
+    def parse_headers(headers: Mapping[str, str]) -> ObjectHeaders:
         length = headers.get("Content-Length")
-        self.headers = ObjectHeaders(
+        return ObjectHeaders(
             etag=headers.get("ETag", "").strip('"'),
             checksums={
                 name: value
@@ -91,24 +107,82 @@ class DirectBody:
             self._response.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where and how to send one bucket's requests: resolved once, by botocore."""
+
+    scheme: str
+    origin: str  # scheme://host[:port]
+    host: str  # as sent in the Host header, and signed
+    base_path: str  # the path before the quoted key
+    region: str | None  # None: unsigned requests
+
+
+async def resolve_route(client: Any, credentials: Any, bucket: str) -> Route | None:
+    """The bucket's URL and signing region, from a presigned URL for a probe
+    key; None where one resolution cannot serve every key."""
+    url = await client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": PROBE_KEY}, ExpiresIn=60
+    )
+    parts = urlsplit(url)
+    quoted_probe = quote(PROBE_KEY, safe="/~")
+    if not parts.path.endswith(quoted_probe) or parts.scheme not in ("http", "https"):
+        return None
+    if _proxied(parts.scheme, parts.hostname or ""):
+        return None
+    query = parse_qs(parts.query)
+    region = None
+    if query:
+        if query.get("X-Amz-Algorithm") != ["AWS4-HMAC-SHA256"] or credentials is None:
+            return None
+        scope = query.get("X-Amz-Credential", [""])[0].split("/")
+        if len(scope) != 5 or scope[3] != "s3":
+            return None
+        region = scope[2]
+    return Route(
+        scheme=parts.scheme,
+        origin=f"{parts.scheme}://{parts.netloc}",
+        host=host_header(parts.scheme, parts.netloc),
+        base_path=parts.path[: -len(quoted_probe)],
+        region=region,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenCredentials:
+    """Keys as botocore's get_frozen_credentials() gives them, picklable."""
+
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+
+class HandedCredentials:
+    """Credentials handed down by the parent process, replaced as they rotate."""
+
+    def __init__(self, frozen: FrozenCredentials | None) -> None:
+        self.frozen = frozen
+
+    async def get_frozen_credentials(self) -> FrozenCredentials | None:
+        return self.frozen
+
+
 class DirectGets:
-    """Signs and sends GetObject requests for one bucket."""
+    """Signs and sends GetObject (and HeadObject) requests for one bucket."""
 
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        origin: str,
-        host: str,
-        base_path: str,
-        region: str | None,
+        route: Route,
         credentials: Any,
         request_payer: str | None,
     ) -> None:
         self._http = session
-        self._origin = origin  # scheme://host[:port]
-        self._host = host  # as sent in the Host header, and signed
-        self._base_path = base_path  # the path before the quoted key
-        self._region = region  # None: unsigned requests
+        self.route = route
+        self._origin = route.origin
+        self._host = route.host
+        self._base_path = route.base_path
+        self._region = route.region  # None: unsigned requests
         self._credentials = credentials
         self._request_payer = request_payer
 
@@ -126,27 +200,34 @@ class DirectGets:
         request_payer: str | None,
     ) -> DirectGets | None:
         """Resolve the bucket's URL once through botocore; None if unsuitable."""
-        url = await client.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": PROBE_KEY}, ExpiresIn=60
+        route = await resolve_route(client, credentials, bucket)
+        if route is None:
+            return None
+        return cls.for_route(
+            route,
+            credentials,
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            verify=verify,
+            request_payer=request_payer,
         )
-        parts = urlsplit(url)
-        quoted_probe = quote(PROBE_KEY, safe="/~")
-        if not parts.path.endswith(quoted_probe) or parts.scheme not in ("http", "https"):
-            return None
-        if _proxied(parts.scheme, parts.hostname or ""):
-            return None
-        query = parse_qs(parts.query)
-        region = None
-        if query:
-            if query.get("X-Amz-Algorithm") != ["AWS4-HMAC-SHA256"] or credentials is None:
-                return None
-            scope = query.get("X-Amz-Credential", [""])[0].split("/")
-            if len(scope) != 5 or scope[3] != "s3":
-                return None
-            region = scope[2]
-        base_path = parts.path[: -len(quoted_probe)]
+
+    @classmethod
+    def for_route(
+        cls,
+        route: Route,
+        credentials: Any,
+        *,
+        pool_size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        verify: bool | str | None,
+        request_payer: str | None,
+    ) -> DirectGets:
+        """A client for a route resolved before (in this process or the parent)."""
         connector = aiohttp.TCPConnector(
-            limit=pool_size, ssl=_ssl_context(parts.scheme, verify), keepalive_timeout=30
+            limit=pool_size, ssl=_ssl_context(route.scheme, verify), keepalive_timeout=30
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -158,21 +239,13 @@ class DirectGets:
             # through botocore instead (see _proxied).
             headers={"User-Agent": USER_AGENT},
         )
-        return cls(
-            session,
-            f"{parts.scheme}://{parts.netloc}",
-            host_header(parts.scheme, parts.netloc),
-            base_path,
-            region,
-            credentials,
-            request_payer,
-        )
+        return cls(session, route, credentials, request_payer)
 
     async def aclose(self) -> None:
         await self._http.close()
 
     async def _signed_headers(
-        self, path: str, query: dict[str, str], headers: dict[str, str]
+        self, path: str, query: dict[str, str], headers: dict[str, str], method: str = "GET"
     ) -> Mapping[str, str]:
         if self._region is None:
             return headers
@@ -187,6 +260,7 @@ class DirectGets:
             token=frozen.token,
             region=self._region,
             now=datetime.now(UTC),
+            method=method,
         )
 
     async def open(
@@ -226,6 +300,30 @@ class DirectGets:
         if 300 <= response.status < 400 or code in _NOT_OURS:
             raise FallBack(f"{response.status} {code}")
         raise DirectError(response.status, code, message)
+
+    async def head(self, key: str, version_id: str | None) -> tuple[int, ObjectHeaders, str]:
+        """HEAD one object: (size, headers, Last-Modified text)."""
+        path = self._base_path + quote(key, safe="/~")
+        query = {"versionId": version_id} if version_id else {}
+        url = self._origin + path + ("?" + canonical_query(query) if query else "")
+        headers = {"x-amz-checksum-mode": "ENABLED"}
+        if self._request_payer:
+            headers["x-amz-request-payer"] = self._request_payer
+        signed = await self._signed_headers(path, query, headers, method="HEAD")
+        async with self._http.head(
+            yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
+        ) as response:
+            if response.status != 200:
+                # A HEAD answer has no body, so no error code: the status must do.
+                if 300 <= response.status < 400 or response.status in (400, 401):
+                    raise FallBack(f"{response.status} on HEAD")
+                raise DirectError(response.status, str(response.status), "")
+            parsed = DirectBody.parse_headers(response.headers)
+            return (
+                int(response.headers.get("Content-Length", "0")),
+                parsed,
+                response.headers.get("Last-Modified", ""),
+            )
 
 
 # Answers that mean this path's one-off resolution (region, credentials
@@ -284,3 +382,63 @@ def _default_ca_bundle() -> str | None:
     except ImportError:
         return None
     return str(certifi.where())
+
+
+class DirectSource:
+    """An ObjectSource on the direct path alone: what a worker process uses.
+
+    Anything the direct path cannot serve raises :class:`NeedsBotocore`, so
+    the parent, which has botocore, fetches that object instead.
+    """
+
+    def __init__(self, gets: DirectGets, bucket: str) -> None:
+        self._gets = gets
+        self.bucket = bucket
+
+    async def open_body(
+        self,
+        obj: RemoteObject,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        if_match: bool = True,
+        want_checksum: bool = False,
+    ) -> Body:
+        end = obj.size if end is None else end
+        ranged = byte_range(obj, start, end)
+        etag = f'"{obj.etag}"' if if_match and obj.etag else None
+        with _no_fallback(), direct_errors(obj.key):
+            raw = await self._gets.open(
+                obj.key,
+                byte_range=ranged,
+                if_match=etag,
+                version_id=obj.version_id,
+                want_checksum=want_checksum,
+            )
+        return checked(Body(raw, obj.key, raw.headers), obj, start, end, ranged)
+
+    async def stat(self, obj: RemoteObject) -> HeadResult:
+        with _no_fallback(), direct_errors(obj.key):
+            size, headers, modified = await self._gets.head(obj.key, obj.version_id)
+        if not headers.etag:
+            raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
+        fresh = RemoteObject(
+            key=obj.key,
+            size=size,
+            etag=headers.etag,
+            last_modified=posix_time(modified),
+            checksum_algorithms=tuple(headers.checksums),
+            version_id=obj.version_id,
+        )
+        return HeadResult(fresh, headers)
+
+    async def aclose(self) -> None:
+        await self._gets.aclose()
+
+
+@contextlib.contextmanager
+def _no_fallback() -> Iterator[None]:
+    try:
+        yield
+    except FallBack as exc:
+        raise NeedsBotocore(f"the direct path cannot serve it ({exc})") from exc

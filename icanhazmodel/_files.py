@@ -206,6 +206,11 @@ class Tree:
             return None
         return parts
 
+    def forget_sweep(self, dir_parts: tuple[str, ...]) -> None:
+        """Sweep this folder again on next use (a worker process died writing there)."""
+        with self._lock:
+            self._swept.pop(dir_parts, None)
+
     def sweep(self, dir_parts: tuple[str, ...], dir_fd: int) -> None:
         """Remove stale temp files (from a run killed mid-write) in one directory.
 

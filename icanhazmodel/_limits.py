@@ -9,9 +9,17 @@ toward the hard one first, and ``-j`` shrinks to what still fits.
 
 from __future__ import annotations
 
+import math
+import os
 import resource
 
 from ._files import DIR_CACHE_SIZE
+
+# With --processes auto: a worker process costs ~0.2 s of CPU to start, so
+# each should have at least this much to do (judged on the first page).
+FILES_PER_PROCESS = 200
+BYTES_PER_PROCESS = 64 << 20
+MAX_AUTO_PROCESSES = 32
 
 FDS_PER_REQUEST = 4
 # The directory cache, the manifest (database, WAL, shared memory, folder),
@@ -40,3 +48,39 @@ def fit_open_files(concurrency: int) -> tuple[int, str | None]:
         f"note: the open-file limit is {soft} (ulimit -n): {fitted} requests in flight "
         f"instead of {concurrency}"
     )
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpus()
+    return max(1, min(count, quota) if quota else count)
+
+
+def _cgroup_cpus() -> int | None:
+    """cgroup v2's cpu.max ('200000 100000' is 2 CPUs); None without a quota."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as file:
+            quota, period = file.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def processes_for(wanted: int | None, files: int, nbytes: int, cpus: int) -> int:
+    """How many worker processes a run uses (1: everything in this process).
+
+    *wanted* is --processes (None for auto). Auto leaves one CPU to the
+    parent (listing, manifest, bars) and to the system, and starts no more
+    processes than the first page of work can keep busy.
+    """
+    if wanted is not None:
+        return wanted
+    by_work = max(files // FILES_PER_PROCESS, nbytes // BYTES_PER_PROCESS)
+    count = min(cpus - 1, MAX_AUTO_PROCESSES, by_work)
+    return count if count >= 2 else 1

@@ -22,12 +22,15 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.to_thread import run_sync
 
-from ._checksums import SIZE_ONLY, Digest
+from ._checksums import SIZE_ONLY
 from ._config import FetchConfig
+from ._direct import FrozenCredentials
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch
-from ._files import PartialFile, Tree, try_remove_unlocked
+from ._files import Tree
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
+from ._limits import processes_for, usable_cpus
 from ._manifest import FileRecord, Manifest, PartialRecord
+from ._messages import Landed, WorkerSettings
 from ._models import (
     Action,
     FetchResult,
@@ -39,14 +42,18 @@ from ._models import (
 )
 from ._objects import etag_problem
 from ._output import human_size
-from ._plan import ConflictTracker, LocalFile, byte_ranges, decide, part_size_for
+from ._plan import ConflictTracker, LocalFile, decide, part_size_for
+from ._pool import Pool
 from ._progress import Notes, Reporter
 from ._s3 import S3
 from ._select import relative_key
-from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error
+from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error, job_work
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
+# How often rotated credentials are looked for, to hand down to workers.
+CREDENTIALS_CHECK_SECONDS = 5.0
+CONNECT_TIMEOUT = 10.0
 _EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
 
 
@@ -131,13 +138,6 @@ def _most_telling(error: BaseException) -> BaseException:
     return flat[0]
 
 
-def _range_intact(partial: PartialFile, algorithm: str, start: int, end: int, crc: int) -> bool:
-    digest = Digest(algorithm)
-    for block in partial.blocks(start, end):
-        digest.update(block)
-    return digest.crc == crc
-
-
 def _local_file(path: str | os.PathLike[str]) -> LocalFile | None:
     try:
         st = os.lstat(path)
@@ -175,12 +175,17 @@ class Run:
             self.writer,
             retries=config.retries,
             verify=config.verify,
+            notes=self.notes,
         )
         self._conflicts = ConflictTracker()
         self._prefix = ""
         self._plan: list[PlannedObject] = []
         self._free_bytes = free_bytes(tree.root)
         self._bytes_needed = 0
+        self._pool: Pool | None = None
+        self._pool_decided = False
+        self._needs_botocore: list[FileJob] = []  # sent back by worker processes
+        self._shared_credentials: FrozenCredentials | None = None
 
     # -- the whole run --------------------------------------------------------------
 
@@ -195,15 +200,21 @@ class Run:
             async with anyio.create_task_group() as outer:
                 if self.manifest is not None:
                     outer.start_soon(self._flush_periodically, self.manifest)
+                outer.start_soon(self._share_credentials)
                 async with anyio.create_task_group() as tg:
                     for _ in range(self.config.concurrency):
                         tg.start_soon(self._work, receive.clone())
                     receive.close()
                     async with send:
                         await self._produce(exact, send)
+                        if self._pool is not None:
+                            await self._pool.finish()
+                        await self._take_back(send)
                 outer.cancel_scope.cancel()
         except BaseException as exc:
             telling = _most_telling(exc)
+            if self._pool is not None:
+                self._pool.abort()
             # Interrupted or cancelled: keep big temp files for the next run
             # to resume. Stopped by an error of ours (disk full, say): tidy up.
             self.transfers.abandon(keep_resumable=not isinstance(telling, IcanhazmodelError))
@@ -244,6 +255,17 @@ class Run:
             if manifest.pending():
                 await run_sync(manifest.flush)
             self.notes.say(self.reporter)
+
+    async def _share_credentials(self) -> None:
+        """Hand rotated credentials down to the worker processes."""
+        while True:
+            await anyio.sleep(CREDENTIALS_CHECK_SECONDS)
+            if self._pool is None:
+                continue
+            fresh = await self.s3.frozen_credentials()
+            if fresh is not None and fresh != self._shared_credentials:
+                self._shared_credentials = fresh
+                await self._pool.share_credentials(fresh)
 
     async def _work(self, receive: ObjectReceiveStream[Work]) -> None:
         async with receive:
@@ -308,9 +330,9 @@ class Run:
         if send is None:
             return
         self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
+        if not self._pool_decided and downloads:
+            await self._start_pool(downloads)
         for job in downloads:
-            if job.partial is not None:
-                self.transfers.open_jobs.add(job)
             await self._enqueue(job, send)
 
     def _count_space(self, downloads: list[FileJob]) -> None:
@@ -334,15 +356,57 @@ class Run:
         if self.config.dry_run:
             self._plan.append(PlannedObject(obj.key, obj.size, str(path), action, reason))
 
+    async def _start_pool(self, downloads: list[FileJob]) -> None:
+        """Spread the run over worker processes, if it has work enough for them."""
+        self._pool_decided = True
+        count = processes_for(
+            self.config.processes,
+            len(downloads),
+            sum(job.obj.size for job in downloads),
+            usable_cpus(),
+        )
+        if count < 2:
+            return
+        route = await self.s3.direct_route()
+        if route is None:  # botocore must serve this run: one process
+            return
+        self._shared_credentials = await self.s3.frozen_credentials()
+        settings = WorkerSettings(
+            root=str(self.tree.root),
+            bucket=self.s3.bucket,
+            route=route,
+            credentials=self._shared_credentials,
+            concurrency=self.config.concurrency,
+            retries=self.config.retries,
+            verify=self.config.verify,
+            read_timeout=self.config.stall_timeout,
+            connect_timeout=CONNECT_TIMEOUT,
+            tls_verify=self.s3.tls_verify,
+            request_payer=self.config.request_payer,
+            keep_temp=frozenset(self.manifest.partial_names() if self.manifest else ()),
+        )
+        self._pool = Pool(self, settings, count)
+
     async def _enqueue(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
         self.reporter.file_started(job.obj.key, job.obj.size)
-        done = {start for start, _, _ in job.done_ranges}
-        ranges = [r for r in byte_ranges(job.obj.size, job.part_size) if r[0] not in done]
-        if not ranges:  # every range resumed from disk: just land it
-            ranges = [(job.obj.size, job.obj.size)]
-        job.ranges_left = len(ranges)
-        for start, end in ranges:
-            await send.send(Work(job, start, end))
+        if self._pool is not None and not self._needs_botocore:
+            await self._pool.submit(job, job.resume_candidates)
+            return
+        await self._take_back(send)
+        await self._run_here(job, send)
+
+    async def _take_back(self, send: ObjectSendStream[Work]) -> None:
+        """Fetch here, through botocore, what worker processes could not."""
+        while self._needs_botocore:
+            job = self._needs_botocore.pop()
+            fresh = FileJob(obj=job.obj, parts=job.parts, final=job.final, part_size=job.part_size)
+            await self._run_here(fresh, send)
+
+    async def _run_here(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
+        if job.resume_candidates:
+            await self.writer.call(self.transfers.resume, job)
+        for work in job_work(job):
+            await send.send(work)
 
     def _safe_parts(
         self, obj: RemoteObject, owned: bool, *, is_dir: bool
@@ -419,55 +483,26 @@ class Run:
         return actions
 
     def _resume(self, job: FileJob, candidates: list[PartialRecord], *, use: bool) -> None:
-        """Pick up a temp file an earlier run left; clear away stale ones."""
+        """Note the temp files an earlier run left that could be resumed (the
+        transfer adopts one just before fetching); clear away the others."""
+        wanted = []
         for record in sorted(candidates, key=lambda r: -len(r.ranges)):
             parts = self.tree.temp_parts(record.tmp_name)
-            wanted = (
+            if (
                 parts is not None
                 and parts[:-1] == job.parts[:-1]  # beside its file, or not ours
                 and use
-                and job.partial is None
                 and job.obj.size > SMALL_OBJECT
                 and record.part_size < job.obj.size
                 and (record.etag, record.size) == (job.obj.etag, job.obj.size)
-            )
-            if wanted and self._try_adopt(job, record) != "unusable":
+            ):
+                wanted.append(record)
                 continue
-            if parts is not None and not self._remove_stale(parts):
+            if parts is not None and not self.transfers.remove_stale(parts):
                 continue  # locked by a live run: its record stays
             if self.manifest is not None:
                 self.manifest.drop_partial(record.tmp_name)
-
-    def _remove_stale(self, parts: tuple[str, ...]) -> bool:
-        """Remove a temp file no run will resume; False while a live run holds it."""
-        try:
-            return try_remove_unlocked(self.tree, parts)
-        except OSError as exc:  # not ours to remove: say so, and forget it
-            what = f"'{exc.filename}'" if exc.filename else "a recorded temp file"
-            self.notes.add(f"note: {what} left alone: {exc.strerror or exc}")
-            return True
-
-    def _try_adopt(self, job: FileJob, record: PartialRecord) -> str:
-        """Reopen the recorded temp file and keep the ranges whose CRC still checks out."""
-        name = record.tmp_name.rsplit("/", 1)[-1]
-        try:
-            partial = PartialFile(self.tree, job.parts, job.obj.size, resume=name)
-        except BlockingIOError:
-            return "busy"  # another run is writing it right now
-        except OSError as exc:
-            self.notes.add(f"not resuming {job.obj.key!r}: {describe_os_error(exc)}")
-            return "unusable"
-        good = [r for r in record.ranges if _range_intact(partial, record.crc_algorithm, *r)]
-        if not good:
-            partial.keep()
-            return "unusable"
-        job.partial = partial
-        job.partial_record = record
-        job.part_size = record.part_size
-        job.crc_algorithm = record.crc_algorithm
-        job.done_ranges = good
-        job.written = job.resumed = sum(end - start for start, end, _ in good)
-        return "adopted"
+        job.resume_candidates = tuple(wanted)
 
     # -- outcomes (called by the transfers) -----------------------------------------
 
@@ -485,24 +520,49 @@ class Run:
         self.reporter.message(f"{status.value}: {obj.key!r}: {reason}")
 
     def landed(self, job: FileJob) -> None:
+        assert job.landed is not None
         level = (job.expectation or SIZE_ONLY).level.value
+        self.record_landed(
+            job.obj, level, job.landed.st_size, job.landed.st_mtime_ns, job.written - job.resumed
+        )
+
+    def record_landed(
+        self, obj: RemoteObject, level: str, size: int, mtime_ns: int, new_bytes: int
+    ) -> None:
+        """Count one landed file and record it in the manifest (wherever it landed)."""
         self.tally.downloaded += 1
-        self.tally.bytes_downloaded += job.written - job.resumed
+        self.tally.bytes_downloaded += new_bytes
         self.tally.verification[level] += 1
-        if self.manifest is not None and job.landed is not None:
-            obj = job.obj
+        if self.manifest is not None:
             self.manifest.add_file(
-                FileRecord(
-                    obj.key,
-                    obj.size,
-                    obj.etag,
-                    obj.version_id,
-                    level,
-                    job.landed.st_size,
-                    job.landed.st_mtime_ns,
-                )
+                FileRecord(obj.key, obj.size, obj.etag, obj.version_id, level, size, mtime_ns)
             )
-        self.reporter.file_done(job.obj.key)
+        self.reporter.file_done(obj.key)
+
+    # -- what worker processes report (PoolOwner) ------------------------------------
+
+    def progress(self, job: FileJob, nbytes: int) -> None:
+        self.reporter.advanced(job.obj.key, nbytes)
+
+    def landed_remote(self, job: FileJob, result: Landed) -> None:
+        self.record_landed(job.obj, result.level, result.size, result.mtime_ns, result.new_bytes)
+
+    def failed_remote(self, job: FileJob, reason: str, needs_botocore: bool) -> None:
+        if needs_botocore:
+            self._needs_botocore.append(job)  # and the rest of the run stays here
+        else:
+            self.failed(job, reason)
+
+    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
+        if self.manifest is not None:
+            self.manifest.add_range(partial, start, end, crc)
+
+    def drop_partial(self, tmp_name: str) -> None:
+        if self.manifest is not None:
+            self.manifest.drop_partial(tmp_name)
+
+    def note(self, text: str) -> None:
+        self.reporter.message(text)
 
     def failed(self, job: FileJob, reason: str) -> None:
         self._report(job.obj, Status.FAILED, reason, job.final)

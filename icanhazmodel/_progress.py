@@ -55,9 +55,15 @@ class Notes:
     def add(self, text: str) -> None:
         self._items.append(text)  # deque.append is atomic: safe from any thread
 
+    def pop(self) -> str | None:
+        try:
+            return self._items.popleft()
+        except IndexError:
+            return None
+
     def say(self, reporter: Reporter) -> None:
-        while self._items:
-            reporter.message(self._items.popleft())
+        while (text := self.pop()) is not None:
+            reporter.message(text)
 
 
 class NullReporter:

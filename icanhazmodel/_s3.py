@@ -13,8 +13,6 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
 import aioboto3
@@ -25,7 +23,7 @@ from aiobotocore.config import AioConfig
 from botocore import UNSIGNED
 
 from ._checksums import CHECKSUM_ALGORITHMS, ChecksumMismatch
-from ._direct import DirectGets, usable_for
+from ._direct import DirectGets, FrozenCredentials, Route, usable_for
 from ._errors import (
     AccessDenied,
     BucketNotFound,
@@ -47,6 +45,7 @@ from ._objects import (
     byte_range,
     checked,
     not_s3,
+    posix_time,
     raise_for_answer,
 )
 
@@ -168,31 +167,12 @@ def _strip_quotes(etag: str) -> str:
     return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
 
 
-def _posix_time(value: Any) -> float:
-    """LastModified as POSIX seconds, from the raw text S3 sent.
-
-    The listing's ISO 8601 ("2026-11-28T06:00:00.000Z") and HEAD's RFC 1123
-    ("Sat, 28 Nov 2026 06:00:00 GMT") are both parsed here, in microseconds,
-    instead of by dateutil in botocore (~80 us per listed object).
-    """
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if not isinstance(value, str) or not value:
-        return 0.0
-    try:
-        if value[0].isdigit():
-            return datetime.fromisoformat(value).timestamp()
-        return parsedate_to_datetime(value).timestamp()
-    except (ValueError, TypeError):
-        return 0.0
-
-
 def _listed_object(item: Mapping[str, Any]) -> RemoteObject:
     return RemoteObject(
         key=item["Key"],
         size=int(item.get("Size", 0)),
         etag=_strip_quotes(item.get("ETag", "")),
-        last_modified=_posix_time(item.get("LastModified")),
+        last_modified=posix_time(item.get("LastModified")),
         checksum_algorithms=tuple(item.get("ChecksumAlgorithm", ())),
     )
 
@@ -228,7 +208,7 @@ def _head_result(key: str, response: Mapping[str, Any], version_id: str | None) 
         key=key,
         size=int(response.get("ContentLength", 0)),
         etag=headers.etag,
-        last_modified=_posix_time(response.get("LastModified")),
+        last_modified=posix_time(response.get("LastModified")),
         checksum_algorithms=tuple(headers.checksums),
         version_id=response.get("VersionId") if version_id else None,
     )
@@ -272,6 +252,24 @@ class S3:
                     )
                 self._direct_wanted = self._direct is not None
             return self._direct
+
+    async def direct_route(self) -> Route | None:
+        """The direct path's route, for worker processes; None where botocore
+        must serve the run (proxies, access points, a fallback already seen)."""
+        direct = await self._direct_gets()
+        return direct.route if direct is not None and self._direct_wanted else None
+
+    @property
+    def tls_verify(self) -> bool | str | None:
+        return self._options.verify
+
+    async def frozen_credentials(self) -> FrozenCredentials | None:
+        """The keys in use right now (refreshed by botocore as they rotate)."""
+        if self._credentials is None:
+            return None
+        with run_errors(self.bucket, "refreshing credentials"):
+            frozen = await self._credentials.get_frozen_credentials()
+        return FrozenCredentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     def _extra(self) -> dict[str, str]:
         if self._options.request_payer:

@@ -48,8 +48,9 @@ def sign(
     region: str,
     now: datetime,
     service: str = "s3",
+    method: str = "GET",
 ) -> dict[str, str]:
-    """Headers to send with a body-less GET, ``Authorization`` included.
+    """Headers to send with a body-less GET (or HEAD), ``Authorization`` included.
 
     *path* is the URI path exactly as sent (already percent-encoded; S3 does
     not normalise it). *headers* are the request's own headers; all of them
@@ -67,7 +68,7 @@ def sign(
     names = sorted(signed)
     canonical_request = "\n".join(
         [
-            "GET",
+            method,
             path,
             canonical_query(query),
             "".join(f"{name}:{signed[name]}\n" for name in names),

@@ -43,11 +43,19 @@ from ._checksums import (
     is_crc,
 )
 from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
-from ._files import EscapesModelDir, PartialFile, PathConflict, Tree, write_whole
-from ._manifest import Manifest, PartialRecord
+from ._files import (
+    EscapesModelDir,
+    PartialFile,
+    PathConflict,
+    Tree,
+    try_remove_unlocked,
+    write_whole,
+)
+from ._manifest import PartialRecord
 from ._models import ObjectHeaders, RemoteObject
 from ._objects import (
     Body,
+    NeedsBotocore,
     ObjectChanged,
     ObjectError,
     ObjectSource,
@@ -55,7 +63,8 @@ from ._objects import (
     TransientObjectError,
     etag_problem,
 )
-from ._progress import Reporter
+from ._plan import byte_ranges
+from ._progress import Notes, Reporter
 from ._writer import Writer
 
 MiB = 1 << 20
@@ -102,6 +111,10 @@ class FileJob:
     error: str | None = None
     restart: str | None = None
     restarts: int = 0
+    needs_botocore: bool = False  # the direct path alone cannot serve it
+    # Temp files an earlier run left for this object, best first: adopted
+    # (or cleared away) just before its ranges are queued, wherever it runs.
+    resume_candidates: tuple[PartialRecord, ...] = ()
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
@@ -121,6 +134,13 @@ class Work:
     job: FileJob
     start: int
     end: int
+
+
+class RecordSink(Protocol):
+    """Where resume records go: the manifest, or a worker's messages to its parent."""
+
+    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None: ...
+    def drop_partial(self, tmp_name: str) -> None: ...
 
 
 class Outcomes(Protocol):
@@ -154,15 +174,17 @@ class Transfers:
         self,
         s3: ObjectSource,
         tree: Tree,
-        manifest: Manifest | None,
+        manifest: RecordSink | None,
         reporter: Reporter,
         outcomes: Outcomes,
         writer: Writer,
         *,
         retries: int,
         verify: bool,
+        notes: Notes | None = None,
     ) -> None:
         self.s3 = s3
+        self.notes = notes or Notes()
         self.writer = writer
         self.tree = tree
         self.manifest = manifest
@@ -202,6 +224,7 @@ class Transfers:
                 job.restart = str(exc)
             except ObjectError as exc:
                 job.error = str(exc)
+                job.needs_botocore = isinstance(exc, NeedsBotocore)
             except OSError as exc:
                 self.check_fatal(exc)
                 job.error = describe_os_error(exc)
@@ -501,6 +524,63 @@ class Transfers:
         )
         await self.run(Work(fresh, 0, fresh.obj.size))
 
+    # -- resuming what an earlier run left --------------------------------------------
+
+    def adopt(self, job: FileJob, record: PartialRecord) -> str:
+        """Reopen the recorded temp file and keep the ranges whose CRC still checks out.
+
+        Blocking (it reads the ranges back): call it from a thread.
+        """
+        name = record.tmp_name.rsplit("/", 1)[-1]
+        try:
+            partial = PartialFile(self.tree, job.parts, job.obj.size, resume=name)
+        except BlockingIOError:
+            return "busy"  # another run is writing it right now
+        except OSError as exc:
+            self.notes.add(f"not resuming {job.obj.key!r}: {describe_os_error(exc)}")
+            return "unusable"
+        good = [r for r in record.ranges if _range_intact(partial, record.crc_algorithm, *r)]
+        if not good:
+            partial.keep()
+            return "unusable"
+        job.partial = partial
+        job.partial_record = record
+        job.part_size = record.part_size
+        job.crc_algorithm = record.crc_algorithm
+        job.done_ranges = good
+        job.written = job.resumed = sum(end - start for start, end, _ in good)
+        return "adopted"
+
+    def resume(self, job: FileJob) -> None:
+        """Adopt the first usable temp file of *job*'s candidates; clear the rest.
+
+        Blocking (it reads recorded ranges back): call it from a thread.
+        """
+        for record in job.resume_candidates:
+            if job.partial is None:
+                verdict = self.adopt(job, record)
+                if verdict == "adopted":
+                    self.open_jobs.add(job)
+                    self.reporter.advanced(job.obj.key, job.resumed)
+                    continue
+                if verdict == "busy":
+                    continue  # a live run holds it: its record stays
+            parts = self.tree.temp_parts(record.tmp_name)
+            if parts is not None and not self.remove_stale(parts):
+                continue
+            if self.manifest is not None:
+                self.manifest.drop_partial(record.tmp_name)
+        job.resume_candidates = ()
+
+    def remove_stale(self, parts: tuple[str, ...]) -> bool:
+        """Remove a temp file no run will resume; False while a live run holds it."""
+        try:
+            return try_remove_unlocked(self.tree, parts)
+        except OSError as exc:  # not ours to remove: say so, and forget it
+            what = f"'{exc.filename}'" if exc.filename else "a recorded temp file"
+            self.notes.add(f"note: {what} left alone: {exc.strerror or exc}")
+            return True
+
     def abandon(self, *, keep_resumable: bool) -> None:
         """The run is stopping early: keep resumable temp files, remove the rest.
 
@@ -516,6 +596,23 @@ class Transfers:
             else:
                 self._forget_partial(job, remove=True)
         self.open_jobs.clear()
+
+
+def job_work(job: FileJob) -> list[Work]:
+    """The work items of *job*: its byte ranges not already on disk."""
+    done = {start for start, _, _ in job.done_ranges}
+    ranges = [r for r in byte_ranges(job.obj.size, job.part_size) if r[0] not in done]
+    if not ranges:  # every range resumed from disk: just land it
+        ranges = [(job.obj.size, job.obj.size)]
+    job.ranges_left = len(ranges)
+    return [Work(job, start, end) for start, end in ranges]
+
+
+def _range_intact(partial: PartialFile, algorithm: str, start: int, end: int, crc: int) -> bool:
+    digest = Digest(algorithm)
+    for block in partial.blocks(start, end):
+        digest.update(block)
+    return digest.crc == crc
 
 
 def _hash_span(partial: PartialFile, digest: Digest, start: int, end: int) -> None:

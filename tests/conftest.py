@@ -49,6 +49,10 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
             monkeypatch.delenv(name)
     for name, value in FAKE_ENV.items():
         monkeypatch.setenv(name, value)
+    # `make test` runs the suite twice: as is, and with every run spread over
+    # worker processes (ICANHAZMODEL_TEST_PROCESSES=4).
+    if processes := os.environ.get("ICANHAZMODEL_TEST_PROCESSES"):
+        monkeypatch.setenv("ICANHAZMODEL_PROCESSES", processes)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_dir / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(aws_dir / "credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

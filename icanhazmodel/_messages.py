@@ -1,0 +1,109 @@
+"""What the parent and its worker processes say to each other.
+
+Plain, frozen dataclasses of plain values, pickled over a socket pair: no
+botocore type, no open file, nothing that differs between versions of the
+libraries. The parent sends one :class:`WorkerSettings`, then tasks; each
+worker answers with batches of events and, at the end, :class:`Bye`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._direct import FrozenCredentials, Route
+from ._manifest import PartialRecord
+from ._models import RemoteObject
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """Everything a worker needs to fetch objects on its own."""
+
+    root: str  # the model directory, resolved
+    bucket: str
+    route: Route
+    credentials: FrozenCredentials | None
+    concurrency: int  # requests in flight in this process
+    retries: int
+    verify: bool
+    read_timeout: float
+    connect_timeout: float
+    tls_verify: bool | str | None
+    request_payer: str | None
+    keep_temp: frozenset[str]  # temp files the manifest means to resume
+
+
+# -- parent to worker ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One object to fetch: the worker runs all of its byte ranges."""
+
+    id: int
+    obj: RemoteObject
+    parts: tuple[str, ...]
+    part_size: int
+    resume: tuple[PartialRecord, ...] = ()  # candidates, best first
+    sweep_again: bool = False  # a worker died writing here: sweep its leftovers
+
+
+@dataclass(frozen=True, slots=True)
+class NewCredentials:
+    credentials: FrozenCredentials
+
+
+@dataclass(frozen=True, slots=True)
+class NoMoreTasks:
+    """Finish what was sent, then say Bye."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Stop now: keep resumable temp files, remove the rest."""
+
+
+# -- worker to parent ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    id: int
+    level: str
+    size: int
+    mtime_ns: int
+    new_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    id: int
+    reason: str
+    needs_botocore: bool = False
+
+
+@dataclass(slots=True)
+class Events:
+    """What happened in one worker since its last batch."""
+
+    progress: dict[int, int] = field(default_factory=dict)  # task id -> bytes (may be < 0)
+    results: list[Landed | Failed] = field(default_factory=list)
+    ranges: list[tuple[PartialRecord, int, int, int]] = field(default_factory=list)
+    drops: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.progress or self.results or self.ranges or self.drops or self.notes)
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """A whole-run error in a worker: its class name and message."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """Every task sent was answered; the worker exits."""

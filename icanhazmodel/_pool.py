@@ -1,0 +1,313 @@
+"""A pool of worker processes, so a run uses more than one core.
+
+The parent lists, plans and decides (manifest, filters, shards, conflicts,
+free space); each object to fetch becomes a :class:`~._messages.Task` sent to
+the worker with the fewest bytes outstanding, up to a bounded number of
+tasks per worker. Each worker fetches all of an object's byte ranges with
+its own event loop, connections and writer threads (``_worker``), and sends
+back progress, results, resume records and notes, which the parent alone
+turns into bars and manifest records.
+
+A worker that dies (OOM killer, ``kill -9``) loses nothing: its unanswered
+tasks go to the others, once, and the folders it wrote in are swept again.
+Stopping (Ctrl-C, an error) sends every worker Abort and waits a moment;
+whatever is still alive then is killed. Workers read their end of a socket
+pair, so none outlives a parent that died without a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import _errors
+from ._direct import FrozenCredentials
+from ._manifest import PartialRecord
+from ._messages import (
+    Abort,
+    Bye,
+    Events,
+    Failed,
+    Fatal,
+    Landed,
+    NewCredentials,
+    NoMoreTasks,
+    Task,
+    WorkerSettings,
+)
+from ._transfer import FileJob
+
+# Tasks a worker holds (queued or running) per request it keeps in flight:
+# enough that it never waits for the parent, few enough to balance the load.
+TASKS_PER_REQUEST = 2
+# How long stopping workers may take before they are killed.
+STOP_SECONDS = 1.5
+_BOOT = "from icanhazmodel._worker import main; main()"
+
+
+class PoolOwner(Protocol):
+    """What the run does with what workers report."""
+
+    def progress(self, job: FileJob, nbytes: int) -> None: ...
+    def landed_remote(self, job: FileJob, result: Landed) -> None: ...
+    def failed_remote(self, job: FileJob, reason: str, needs_botocore: bool) -> None: ...
+    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None: ...
+    def drop_partial(self, tmp_name: str) -> None: ...
+    def note(self, text: str) -> None: ...
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    conn: Connection
+    capacity: int
+    outstanding: dict[int, int] = field(default_factory=dict)  # task id -> bytes
+    alive: bool = True
+    said_bye: bool = False
+
+    @property
+    def load(self) -> int:
+        return sum(self.outstanding.values())
+
+    def has_room(self) -> bool:
+        return self.alive and len(self.outstanding) < self.capacity
+
+
+def _spawn(settings: WorkerSettings) -> tuple[subprocess.Popen[bytes], Connection]:
+    ours, theirs = socket.socketpair()
+    with theirs:
+        # The child imports this very package, wherever the parent found it.
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_parent, env.get("PYTHONPATH", "")) if p
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    conn = Connection(ours.detach())
+    conn.send(settings)
+    return proc, conn
+
+
+class Pool:
+    """Worker processes fed whole objects by one dispatcher on the run's loop."""
+
+    def __init__(self, owner: PoolOwner, settings: WorkerSettings, count: int) -> None:
+        self._owner = owner
+        self._settings = settings
+        self._loop = asyncio.get_running_loop()
+        self._workers = [
+            _Worker(i, *_spawn(settings), capacity=settings.concurrency * TASKS_PER_REQUEST)
+            for i in range(count)
+        ]
+        self._jobs: dict[int, FileJob] = {}
+        self._tasks: dict[int, Task] = {}
+        self._attempts: dict[int, int] = {}
+        self._pending: deque[Task] = deque()
+        self._max_pending = sum(w.capacity for w in self._workers)
+        self._waiters: list[asyncio.Future[None]] = []
+        self._fatal: BaseException | None = None
+        self._next_id = 0
+        self._advanced: dict[int, int] = {}  # task id -> bytes reported so far
+        for worker in self._workers:
+            threading.Thread(target=self._read, args=(worker,), daemon=True).start()
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    # -- waking the dispatcher and the producer ------------------------------------------
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _changed(self) -> None:
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _check_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- the parent's side ------------------------------------------------------------------
+
+    async def submit(self, job: FileJob, resume: tuple[PartialRecord, ...] = ()) -> None:
+        """Send one object to a worker; waits while every worker is full (backpressure)."""
+        while len(self._pending) >= self._max_pending:
+            self._check_fatal()
+            await self._changed()
+        self._check_fatal()
+        task_id, self._next_id = self._next_id, self._next_id + 1
+        task = Task(task_id, job.obj, job.parts, job.part_size, resume)
+        self._jobs[task_id] = job
+        self._tasks[task_id] = task
+        self._pending.append(task)
+        self._dispatch()
+
+    async def finish(self) -> None:
+        """Wait until every task is answered, then let the workers go."""
+        while self._pending or self._unanswered():
+            self._check_fatal()
+            if not any(w.alive for w in self._workers):
+                self._fail_everything("every worker process died")
+                break
+            await self._changed()
+        for worker in self._workers:
+            if worker.alive:
+                self._send(worker, NoMoreTasks())
+        while any(w.alive and not w.said_bye for w in self._workers):
+            self._check_fatal()
+            await self._changed()
+        for worker in self._workers:
+            await asyncio.to_thread(worker.proc.wait)
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+
+    async def share_credentials(self, credentials: FrozenCredentials) -> None:
+        for worker in self._workers:
+            if worker.alive:
+                self._send(worker, NewCredentials(credentials))
+
+    def abort(self) -> None:
+        """Stop every worker now (synchronous: runs while the run is cancelled)."""
+        for worker in self._workers:
+            if worker.alive:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(Abort())
+        deadline = time.monotonic() + STOP_SECONDS
+        for worker in self._workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(max(0.0, deadline - time.monotonic()))
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
+            worker.alive = False
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+
+    def _unanswered(self) -> int:
+        return sum(len(w.outstanding) for w in self._workers)
+
+    def _dispatch(self) -> None:
+        while self._pending:
+            ready = [w for w in self._workers if w.has_room()]
+            if not ready:
+                return
+            worker = min(ready, key=lambda w: (w.load, len(w.outstanding)))
+            task = self._pending.popleft()
+            worker.outstanding[task.id] = task.obj.size
+            self._send(worker, task)
+        self._wake()  # room in the queue for the producer
+
+    def _send(self, worker: _Worker, message: Any) -> None:
+        try:
+            worker.conn.send(message)
+        except OSError:
+            self._died(worker)
+
+    def _fail_everything(self, reason: str) -> None:
+        while self._pending:
+            task = self._pending.popleft()
+            self._owner.failed_remote(self._jobs.pop(task.id), reason, False)
+
+    # -- what workers say (on the loop, from the reader threads) -----------------------
+
+    def _read(self, worker: _Worker) -> None:
+        while True:
+            try:
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                message = None
+            try:
+                self._loop.call_soon_threadsafe(self._deliver, worker, message)
+            except RuntimeError:  # the loop is closed
+                return
+            if message is None or isinstance(message, Bye | Fatal):
+                return
+
+    def _deliver(self, worker: _Worker, message: Any) -> None:
+        if isinstance(message, Events):
+            self._take_events(worker, message)
+        elif isinstance(message, Bye):
+            worker.said_bye = True
+        elif isinstance(message, Fatal):
+            error = getattr(_errors, message.kind, _errors.S3Error)
+            self._fatal = error(message.message)
+        elif message is None and not worker.said_bye:
+            self._died(worker)
+        self._dispatch()  # room freed: send more, and wake whoever waits
+
+    def _take_events(self, worker: _Worker, events: Events) -> None:
+        owner = self._owner
+        for record, start, end, crc in events.ranges:
+            owner.add_range(record, start, end, crc)
+        for tmp_name in events.drops:
+            owner.drop_partial(tmp_name)
+        for text in events.notes:
+            owner.note(text)
+        for task_id, nbytes in events.progress.items():
+            if task_id in self._jobs:
+                self._advanced[task_id] = self._advanced.get(task_id, 0) + nbytes
+                owner.progress(self._jobs[task_id], nbytes)
+        for result in events.results:
+            worker.outstanding.pop(result.id, None)
+            self._tasks.pop(result.id, None)
+            self._advanced.pop(result.id, None)
+            job = self._jobs.pop(result.id)
+            if isinstance(result, Landed):
+                owner.landed_remote(job, result)
+            else:
+                assert isinstance(result, Failed)
+                owner.failed_remote(job, result.reason, result.needs_botocore)
+
+    def _died(self, worker: _Worker) -> None:
+        """A worker went away without Bye: hand its tasks to the others, once."""
+        if not worker.alive:
+            return
+        worker.alive = False
+        code = worker.proc.poll()
+        self._owner.note(
+            f"note: worker process {worker.proc.pid} stopped"
+            + (f" (exit {code})" if code is not None else "")
+            + f"; its {len(worker.outstanding)} objects go to the others"
+        )
+        for task_id in list(worker.outstanding):
+            del worker.outstanding[task_id]
+            task = self._tasks[task_id]
+            self._owner.progress(self._jobs[task_id], -self._advanced.pop(task_id, 0))
+            self._attempts[task_id] = self._attempts.get(task_id, 0) + 1
+            if self._attempts[task_id] > 1:
+                self._tasks.pop(task_id)
+                self._owner.failed_remote(
+                    self._jobs.pop(task_id), "its worker process died, twice", False
+                )
+                continue
+            # Its partial records were streamed to the parent; the new worker
+            # sweeps the folder, so what the dead one left unrecorded goes too.
+            self._pending.appendleft(
+                Task(task.id, task.obj, task.parts, task.part_size, (), sweep_again=True)
+            )
+        self._dispatch()

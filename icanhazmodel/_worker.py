@@ -1,0 +1,255 @@
+"""A worker process: fetches the objects its parent sends, on its own event loop.
+
+Started by ``_pool`` as ``python -c 'from icanhazmodel._worker import main; main()' FD``
+with one end of a socket pair. It loads the direct GET path only (aiohttp
+and icanhazmodel's own SigV4, never botocore), its own connection pool and
+writer threads, and runs the same transfer code as a one-process run. It
+never writes the manifest and draws no bar: progress, results, resume
+records and notes go back to the parent in batches.
+
+Ctrl-C reaches every process of the terminal's group; workers ignore it and
+stop when the parent says so (or when the parent's end of the pipe closes,
+so no worker outlives a parent killed with ``kill -9``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from ._checksums import SIZE_ONLY
+from ._direct import DirectGets, DirectSource, HandedCredentials
+from ._errors import IcanhazmodelError
+from ._files import Tree
+from ._manifest import PartialRecord
+from ._messages import (
+    Abort,
+    Bye,
+    Events,
+    Failed,
+    Fatal,
+    Landed,
+    NewCredentials,
+    NoMoreTasks,
+    Task,
+    WorkerSettings,
+)
+from ._progress import Notes
+from ._transfer import FileJob, Transfers, Work, job_work
+from ._writer import Writer
+
+# How often a worker sends what happened: often enough for smooth bars,
+# rarely enough that messages cost nothing next to the bytes.
+FLUSH_SECONDS = 0.05
+
+
+class _Stop(Exception):
+    """The parent said Abort, or went away."""
+
+
+class Worker:
+    """One worker process's run: the Reporter, Outcomes and record sink of its Transfers."""
+
+    def __init__(self, conn: Connection, settings: WorkerSettings) -> None:
+        self._conn = conn
+        self._settings = settings
+        self._events = Events()
+        self._ids: dict[str, int] = {}  # key -> task id, for progress
+        self._notes = Notes()
+        self._credentials = HandedCredentials(settings.credentials)
+        self._tasks: asyncio.Queue[Task | None] = asyncio.Queue()
+        self._stopped = asyncio.Event()
+
+    # -- Reporter (progress goes to the parent) -----------------------------------
+
+    def listed(self, files: int, nbytes: int) -> None:
+        pass
+
+    def file_started(self, key: str, size: int) -> None:
+        pass
+
+    def advanced(self, key: str, nbytes: int) -> None:
+        task = self._ids.get(key)
+        if task is not None:
+            self._events.progress[task] = self._events.progress.get(task, 0) + nbytes
+
+    def file_done(self, key: str) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        self._events.notes.append(text)
+
+    def close(self) -> None:
+        pass
+
+    # -- Outcomes and records -----------------------------------------------------
+
+    def landed(self, job: FileJob) -> None:
+        assert job.landed is not None
+        level = (job.expectation or SIZE_ONLY).level.value
+        self._events.results.append(
+            Landed(
+                self._ids.pop(job.obj.key),
+                level,
+                job.landed.st_size,
+                job.landed.st_mtime_ns,
+                job.written - job.resumed,
+            )
+        )
+
+    def failed(self, job: FileJob, reason: str) -> None:
+        self._events.results.append(
+            Failed(self._ids.pop(job.obj.key), reason, needs_botocore=job.needs_botocore)
+        )
+
+    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
+        self._events.ranges.append((partial, start, end, crc))
+
+    def drop_partial(self, tmp_name: str) -> None:
+        self._events.drops.append(tmp_name)
+
+    # -- talking to the parent ----------------------------------------------------
+
+    def _flush(self) -> None:
+        while (note := self._notes.pop()) is not None:
+            self._events.notes.append(note)
+        if self._events:
+            events, self._events = self._events, Events()
+            self._conn.send(events)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await anyio.sleep(FLUSH_SECONDS)
+            self._flush()
+
+    def _on_message(self, message: Any) -> None:
+        """Runs on the event loop, for each message the reader thread got."""
+        if isinstance(message, Task):
+            self._tasks.put_nowait(message)
+        elif isinstance(message, NewCredentials):
+            self._credentials.frozen = message.credentials
+        elif isinstance(message, NoMoreTasks):
+            self._tasks.put_nowait(None)
+        else:  # Abort, or the parent went away
+            self._stopped.set()
+
+    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = Abort()
+            try:
+                loop.call_soon_threadsafe(self._on_message, message)
+            except RuntimeError:  # the loop is closed: nothing left to tell
+                return
+            if isinstance(message, Abort):
+                return
+
+    # -- the run ------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read, args=(loop,), daemon=True).start()
+        # SIGTERM to the whole group (systemd, a container's stop): stop as on Abort.
+        loop.add_signal_handler(signal.SIGTERM, self._stopped.set)
+        gets = DirectGets.for_route(
+            settings.route,
+            self._credentials,
+            pool_size=settings.concurrency + 2,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            verify=settings.tls_verify,
+            request_payer=settings.request_payer,
+        )
+        source = DirectSource(gets, settings.bucket)
+        tree = Tree(Path(settings.root))
+        tree.keep_temp = lambda: set(settings.keep_temp)
+        writer = Writer()
+        transfers = Transfers(
+            source,
+            tree,
+            self,
+            self,
+            self,
+            writer,
+            retries=settings.retries,
+            verify=settings.verify,
+            notes=self._notes,
+        )
+        try:
+            await self._run(transfers)
+            self._flush()
+            self._conn.send(Bye())
+        except _Stop:
+            transfers.abandon(keep_resumable=True)
+            self._flush()
+        except IcanhazmodelError as exc:
+            transfers.abandon(keep_resumable=False)
+            self._flush()
+            self._conn.send(Fatal(type(exc).__name__, str(exc)))
+        finally:
+            writer.close()
+            tree.close()
+            await source.aclose()
+
+    async def _run(self, transfers: Transfers) -> None:
+        concurrency = self._settings.concurrency
+        send, receive = anyio.create_memory_object_stream[Work](concurrency)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._flush_periodically)
+            outer.start_soon(self._watch_for_stop, outer.cancel_scope)
+            async with anyio.create_task_group() as tg:
+                for _ in range(concurrency):
+                    tg.start_soon(_work, receive.clone(), transfers)
+                receive.close()
+                async with send:
+                    while (task := await self._tasks.get()) is not None:
+                        await self._take(task, transfers, send)
+            outer.cancel_scope.cancel()
+        if self._stopped.is_set():
+            raise _Stop
+
+    async def _watch_for_stop(self, scope: anyio.CancelScope) -> None:
+        await self._stopped.wait()
+        scope.cancel()
+
+    async def _take(self, task: Task, transfers: Transfers, send: ObjectSendStream[Work]) -> None:
+        job = FileJob(
+            obj=task.obj,
+            parts=task.parts,
+            final=transfers.tree.path(task.parts),
+            part_size=task.part_size,
+        )
+        self._ids[task.obj.key] = task.id
+        if task.sweep_again:
+            transfers.tree.forget_sweep(task.parts[:-1])
+        if task.resume:
+            job.resume_candidates = task.resume
+            await transfers.writer.call(transfers.resume, job)
+        for work in job_work(job):
+            await send.send(work)
+
+
+async def _work(receive: ObjectReceiveStream[Work], transfers: Transfers) -> None:
+    async with receive:
+        async for work in receive:
+            await transfers.run(work)
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    conn = Connection(int(sys.argv[1]))
+    settings = conn.recv()
+    assert isinstance(settings, WorkerSettings)
+    asyncio.run(Worker(conn, settings).serve())
+    conn.close()
