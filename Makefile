@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python tests/demo.py
 
-## test: run the test suite against a local S3 server
+## test: run the test suite against a local S3 server, then again with every run on 4 worker processes
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	ICANHAZMODEL_TEST_PROCESSES=4 $(BIN)/python -m pytest -q
 
 ## soak: thousands of objects through a flaky proxy (slow; not part of `make test`)
 soak: $(STAMP)

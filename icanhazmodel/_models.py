@@ -128,6 +128,7 @@ class FetchResult:
     other_shards: int = 0  # left to the other --shard processes
     plan: Plan | None = None  # set by a dry run
     kept_local: int = 0  # edited on disk since icanhazmodel wrote them: kept
+    processes: int = 1  # processes that fetched: 1, or the worker processes
     manifest_error: str | None = None  # records of this run could not be saved
 
     @property

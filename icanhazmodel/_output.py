@@ -39,7 +39,8 @@ def summary_line(result: FetchResult) -> str:
     ):
         if count:
             parts.append(f"{count} {what}")
-    return f"{', '.join(parts)} in {result.seconds:.2f} s ({rate:.1f} MiB/s)"
+    processes = f", {result.processes} processes" if result.processes > 1 else ""
+    return f"{', '.join(parts)} in {result.seconds:.2f} s ({rate:.1f} MiB/s{processes})"
 
 
 def verification_line(result: FetchResult) -> str:
@@ -104,6 +105,7 @@ def result_document(result: FetchResult, **context: Any) -> dict[str, Any]:
         "other_shards": result.other_shards,
         "bytes_downloaded": result.bytes_downloaded,
         "seconds": round(result.seconds, 3),
+        "processes": result.processes,
         "verification": dict(result.verification),
         "problems": [
             {

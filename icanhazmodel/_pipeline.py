@@ -52,7 +52,7 @@ from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
 # How often rotated credentials are looked for, to hand down to workers.
-CREDENTIALS_CHECK_SECONDS = 5.0
+CREDENTIALS_CHECK_SECONDS = 2.0
 CONNECT_TIMEOUT = 10.0
 _EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
 
@@ -227,6 +227,8 @@ class Run:
 
     def _result(self, started: float) -> FetchResult:
         result = self.tally.result(time.monotonic() - started)
+        if self._pool is not None:
+            result = replace(result, processes=self._pool.size)
         if self.config.dry_run:
             plan = Plan(
                 tuple(self._plan),

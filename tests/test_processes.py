@@ -1,0 +1,242 @@
+"""Runs spread over worker processes: every object exactly once, and no
+process ever lost, hung or left behind, whatever happens to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import icanhazmodel
+from icanhazmodel._limits import processes_for
+from tests.conftest import Bucket, entry_point, tree_of
+from tests.faultproxy import Fault, fault_proxy
+from tests.sample_tree import pattern
+from tests.test_errors import _auth_enforced, _iam_client, _iam_user
+from tests.test_rerun import _partials, _recorded_ranges, _wait_for
+
+MiB = 1 << 20
+
+
+def fetch(bucket: Bucket, key: str, dest: Path, **kwargs: object) -> icanhazmodel.FetchResult:
+    kwargs.setdefault("endpoint_url", bucket.endpoint)
+    return asyncio.run(icanhazmodel.fetch(bucket=bucket.name, key=key, dest=dest, **kwargs))
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is *pid* (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def start_cli(endpoint: str, bucket: str, dest: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [entry_point(), "-b", bucket, "--endpoint-url", endpoint, "-k", "p", "-m", str(dest),
+         "--no-progress", *extra],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a shell gives it
+    )  # fmt: skip
+
+
+# -- the split -----------------------------------------------------------------------------
+
+
+def test_auto_leaves_small_runs_in_one_process_and_a_core_to_the_parent() -> None:
+    assert processes_for(None, 1, 1024, cpus=16) == 1
+    assert processes_for(None, 11, 415 * MiB, cpus=16) == 6
+    assert processes_for(None, 1000, 16 * MiB, cpus=16) == 5
+    assert processes_for(None, 8, 8 << 30, cpus=16) == 15
+    assert processes_for(None, 8, 8 << 30, cpus=2) == 1  # one core for the parent, one to work
+    assert processes_for(3, 1, 1, cpus=1) == 3  # asked for: given
+
+
+def test_one_process_runs_everything_here(bucket: Bucket, tmp_path: Path) -> None:
+    for i in range(300):
+        bucket.put(f"p/{i:03d}", b"%d" % i)
+    result = fetch(bucket, "p", tmp_path, processes=1)
+    assert result.processes == 1
+    assert result.downloaded == 300
+
+
+_names = st.text(alphabet="ab/é-", min_size=1, max_size=8).filter(
+    lambda k: "//" not in k and not k.startswith("/") and not k.endswith("/")
+)
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(keys=st.sets(_names, min_size=2, max_size=40), processes=st.integers(2, 4))
+def test_every_object_lands_exactly_once_whatever_the_split(
+    bucket: Bucket, tmp_path_factory: pytest.TempPathFactory, keys: set[str], processes: int
+) -> None:
+    prefix = f"p{len(os.listdir(tmp_path_factory.getbasetemp()))}"
+    dest = tmp_path_factory.mktemp("split")
+    expected = {}
+    for key in keys:
+        bucket.put(f"{prefix}/{key}", key.encode() * 3)
+        expected[f"{prefix}/{key}"] = key.encode() * 3
+    result = fetch(bucket, prefix, dest, processes=processes, include=["*"])
+    # Keys that are both a file and a folder are refused, the same on any split.
+    landed = tree_of(dest)
+    assert result.processes == processes
+    assert result.downloaded == len(landed) == len(expected) - result.refused
+    assert all(expected[path] == data for path, data in landed.items())
+    assert _partials(dest) == []
+
+
+def test_big_and_small_objects_over_four_processes(bucket: Bucket, tmp_path: Path) -> None:
+    big = pattern("big4", 20 * MiB + 7)
+    bucket.put("p/big.bin", big)
+    for i in range(100):
+        bucket.put(f"p/s/{i:03d}", pattern(f"s{i}", 1000 + i))
+    result = fetch(bucket, "p", tmp_path, processes=4)
+    assert result.ok
+    assert result.processes == 4
+    assert result.bytes_downloaded == len(big) + sum(1000 + i for i in range(100))
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    rerun = fetch(bucket, "p", tmp_path, processes=4)  # the parent kept the records
+    assert rerun.skipped == 101
+
+
+# -- faults -------------------------------------------------------------------------------
+
+
+def _slow_tree(bucket: Bucket, count: int) -> dict[str, bytes]:
+    files = {f"p/{i:02d}": pattern(f"k{i}", 30_000) for i in range(count)}
+    for key, data in files.items():
+        bucket.put(key, data)
+    return files
+
+
+def test_a_killed_worker_loses_nothing(bucket: Bucket, tmp_path: Path) -> None:
+    files = _slow_tree(bucket, 40)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="/p/", times=40, throttle=150_000))
+        proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "2")
+        _wait_for(lambda: (tmp_path / "p/00").exists() or proc.poll() is not None)
+        workers = children(proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopped" in stderr
+    assert tree_of(tmp_path) == files
+    assert _partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_every_process_fast_and_keeps_what_resumes(
+    bucket: Bucket, tmp_path: Path, sig: signal.Signals
+) -> None:
+    big = pattern("sigP", 40 * MiB)
+    bucket.put("p/big.bin", big)
+    for key, data in _slow_tree(bucket, 20).items():
+        bucket.put(key, data)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
+        proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "3", "-j", "4")
+        _wait_for(lambda: _recorded_ranges(tmp_path) >= 1 or proc.poll() is not None)
+        workers = children(proc.pid)
+        assert len(workers) == 3
+        sent = time.monotonic()
+        if sig is signal.SIGINT:  # Ctrl-C: the terminal signals the whole group
+            os.killpg(proc.pid, sig)
+        else:  # a pod's stop: the main process only
+            proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+    assert proc.returncode == 130, stderr
+    assert took < 2.0
+    assert "Traceback" not in stderr
+    assert not any(alive(pid) for pid in workers)
+    assert len(_partials(tmp_path)) == 1  # the big file's, resumable
+    result = fetch(bucket, "p", tmp_path, processes=1)
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    assert result.ok
+    assert _partials(tmp_path) == []
+
+
+def test_no_worker_outlives_a_parent_killed_hard(bucket: Bucket, tmp_path: Path) -> None:
+    _slow_tree(bucket, 40)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="/p/", times=40, throttle=50_000))
+        proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "2")
+        _wait_for(lambda: len(children(proc.pid)) == 2 or proc.poll() is not None)
+        workers = children(proc.pid)
+        proc.kill()
+        proc.communicate()
+        _wait_for(lambda: not any(alive(pid) for pid in workers), timeout=5)
+
+
+# -- credentials --------------------------------------------------------------------------
+
+
+def test_rotated_credentials_reach_the_workers(
+    bucket: Bucket, tmp_path: Path, aws_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential_process hands out key A, then (on refresh) key B: the
+    workers' requests switch to B without a restart."""
+    files = _slow_tree(bucket, 30)
+    _iam_user(bucket, monkeypatch, reader=True)
+    first = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    second = _iam_client(bucket.endpoint).create_access_key(UserName=f"reader-{bucket.name}")
+    second_key = second["AccessKey"]["AccessKeyId"], second["AccessKey"]["SecretAccessKey"]
+    which = aws_env / "which"
+    which.write_text("0")
+    script = aws_env / "creds.py"
+    # Expiring 15 min + 3 s from now: botocore refreshes 15 min ahead, so in 3 s.
+    script.write_text(
+        "import datetime, json, pathlib\n"
+        f"keys = [{first!r}, {second_key!r}]\n"
+        f"key = keys[int(pathlib.Path({str(which)!r}).read_text())]\n"
+        "expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=903)\n"
+        "print(json.dumps({'Version': 1, 'AccessKeyId': key[0], 'SecretAccessKey': key[1],\n"
+        "                  'Expiration': expires.isoformat()}))\n"
+    )
+    (aws_env / "config").write_text(
+        f"[profile rotating]\ncredential_process = {sys.executable} {script}\n"
+    )
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with _auth_enforced(bucket.endpoint), fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="/p/", times=30, throttle=60_000))
+        proc = start_cli(
+            proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "1", "-p", "rotating"
+        )
+        _wait_for(lambda: (tmp_path / "p/00").exists() or proc.poll() is not None)
+        which.write_text("1")
+        _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 0, stderr
+    assert tree_of(tmp_path) == files
+    worker_gets = [
+        s.headers.get("authorization", "")
+        for s in proxy.requests("GET", "/p/")
+        if s.headers.get("user-agent", "").startswith("icanhazmodel/")
+    ]
+    assert any(first[0] in auth for auth in worker_gets)
+    assert any(second_key[0] in auth for auth in worker_gets)
