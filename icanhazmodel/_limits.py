@@ -77,10 +77,11 @@ def processes_for(wanted: int | None, files: int, nbytes: int, cpus: int) -> int
 
     *wanted* is --processes (None for auto). Auto leaves one CPU to the
     parent (listing, manifest, bars) and to the system, and starts no more
-    processes than the first page of work can keep busy.
+    processes than the first page of work can keep busy, nor than it has objects.
     """
     if wanted is not None:
         return wanted
     by_work = max(files // FILES_PER_PROCESS, nbytes // BYTES_PER_PROCESS)
-    count = min(cpus - 1, MAX_AUTO_PROCESSES, by_work)
+    # An object is fetched by one process: never more processes than objects.
+    count = min(cpus - 1, MAX_AUTO_PROCESSES, by_work, files)
     return count if count >= 2 else 1

@@ -24,13 +24,10 @@ from anyio.to_thread import run_sync
 
 from ._checksums import SIZE_ONLY
 from ._config import FetchConfig
-from ._direct import FrozenCredentials
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch
 from ._files import Tree
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
-from ._limits import processes_for, usable_cpus
 from ._manifest import FileRecord, Manifest, PartialRecord
-from ._messages import Landed, WorkerSettings
 from ._models import (
     Action,
     FetchResult,
@@ -43,17 +40,15 @@ from ._models import (
 from ._objects import etag_problem
 from ._output import human_size
 from ._plan import ConflictTracker, LocalFile, decide, part_size_for
-from ._pool import Pool
 from ._progress import Notes, Reporter
+from ._resume import remove_stale, resume
 from ._s3 import S3
 from ._select import relative_key
+from ._spread import Spread
 from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error, job_work
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
-# How often rotated credentials are looked for, to hand down to workers.
-CREDENTIALS_CHECK_SECONDS = 2.0
-CONNECT_TIMEOUT = 10.0
 _EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
 
 
@@ -182,10 +177,7 @@ class Run:
         self._plan: list[PlannedObject] = []
         self._free_bytes = free_bytes(tree.root)
         self._bytes_needed = 0
-        self._pool: Pool | None = None
-        self._pool_decided = False
-        self._needs_botocore: list[FileJob] = []  # sent back by worker processes
-        self._shared_credentials: FrozenCredentials | None = None
+        self.spread = Spread(self, s3)
 
     # -- the whole run --------------------------------------------------------------
 
@@ -200,21 +192,19 @@ class Run:
             async with anyio.create_task_group() as outer:
                 if self.manifest is not None:
                     outer.start_soon(self._flush_periodically, self.manifest)
-                outer.start_soon(self._share_credentials)
+                outer.start_soon(self.spread.share_credentials)
                 async with anyio.create_task_group() as tg:
                     for _ in range(self.config.concurrency):
                         tg.start_soon(self._work, receive.clone())
                     receive.close()
                     async with send:
                         await self._produce(exact, send)
-                        if self._pool is not None:
-                            await self._pool.finish()
+                        await self.spread.finish()
                         await self._take_back(send)
                 outer.cancel_scope.cancel()
         except BaseException as exc:
             telling = _most_telling(exc)
-            if self._pool is not None:
-                self._pool.abort()
+            self.spread.abort()
             # Interrupted or cancelled: keep big temp files for the next run
             # to resume. Stopped by an error of ours (disk full, say): tidy up.
             self.transfers.abandon(keep_resumable=not isinstance(telling, IcanhazmodelError))
@@ -227,8 +217,7 @@ class Run:
 
     def _result(self, started: float) -> FetchResult:
         result = self.tally.result(time.monotonic() - started)
-        if self._pool is not None:
-            result = replace(result, processes=self._pool.size)
+        result = replace(result, processes=self.spread.size)
         if self.config.dry_run:
             plan = Plan(
                 tuple(self._plan),
@@ -257,17 +246,6 @@ class Run:
             if manifest.pending():
                 await run_sync(manifest.flush)
             self.notes.say(self.reporter)
-
-    async def _share_credentials(self) -> None:
-        """Hand rotated credentials down to the worker processes."""
-        while True:
-            await anyio.sleep(CREDENTIALS_CHECK_SECONDS)
-            if self._pool is None:
-                continue
-            fresh = await self.s3.frozen_credentials()
-            if fresh is not None and fresh != self._shared_credentials:
-                self._shared_credentials = fresh
-                await self._pool.share_credentials(fresh)
 
     async def _work(self, receive: ObjectReceiveStream[Work]) -> None:
         async with receive:
@@ -332,8 +310,8 @@ class Run:
         if send is None:
             return
         self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
-        if not self._pool_decided and downloads:
-            await self._start_pool(downloads)
+        if not self.spread.decided and downloads:
+            await self.spread.maybe_start(self.config, self.tree, downloads)
         for job in downloads:
             await self._enqueue(job, send)
 
@@ -358,55 +336,24 @@ class Run:
         if self.config.dry_run:
             self._plan.append(PlannedObject(obj.key, obj.size, str(path), action, reason))
 
-    async def _start_pool(self, downloads: list[FileJob]) -> None:
-        """Spread the run over worker processes, if it has work enough for them."""
-        self._pool_decided = True
-        count = processes_for(
-            self.config.processes,
-            len(downloads),
-            sum(job.obj.size for job in downloads),
-            usable_cpus(),
-        )
-        if count < 2:
-            return
-        route = await self.s3.direct_route()
-        if route is None:  # botocore must serve this run: one process
-            return
-        self._shared_credentials = await self.s3.frozen_credentials()
-        settings = WorkerSettings(
-            root=str(self.tree.root),
-            bucket=self.s3.bucket,
-            route=route,
-            credentials=self._shared_credentials,
-            concurrency=self.config.concurrency,
-            retries=self.config.retries,
-            verify=self.config.verify,
-            read_timeout=self.config.stall_timeout,
-            connect_timeout=CONNECT_TIMEOUT,
-            tls_verify=self.s3.tls_verify,
-            request_payer=self.config.request_payer,
-            keep_temp=frozenset(self.manifest.partial_names() if self.manifest else ()),
-        )
-        self._pool = Pool(self, settings, count)
-
     async def _enqueue(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
         self.reporter.file_started(job.obj.key, job.obj.size)
-        if self._pool is not None and not self._needs_botocore:
-            await self._pool.submit(job, job.resume_candidates)
+        if self.spread.active:
+            await self.spread.submit(job)
             return
         await self._take_back(send)
         await self._run_here(job, send)
 
     async def _take_back(self, send: ObjectSendStream[Work]) -> None:
         """Fetch here, through botocore, what worker processes could not."""
-        while self._needs_botocore:
-            job = self._needs_botocore.pop()
+        while self.spread.needs_botocore:
+            job = self.spread.needs_botocore.pop()
             fresh = FileJob(obj=job.obj, parts=job.parts, final=job.final, part_size=job.part_size)
             await self._run_here(fresh, send)
 
     async def _run_here(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
         if job.resume_candidates:
-            await self.writer.call(self.transfers.resume, job)
+            await self.writer.call(resume, self.transfers, job)
         for work in job_work(job):
             await send.send(work)
 
@@ -500,7 +447,7 @@ class Run:
             ):
                 wanted.append(record)
                 continue
-            if parts is not None and not self.transfers.remove_stale(parts):
+            if parts is not None and not remove_stale(self.transfers, parts):
                 continue  # locked by a live run: its record stays
             if self.manifest is not None:
                 self.manifest.drop_partial(record.tmp_name)
@@ -540,31 +487,6 @@ class Run:
                 FileRecord(obj.key, obj.size, obj.etag, obj.version_id, level, size, mtime_ns)
             )
         self.reporter.file_done(obj.key)
-
-    # -- what worker processes report (PoolOwner) ------------------------------------
-
-    def progress(self, job: FileJob, nbytes: int) -> None:
-        self.reporter.advanced(job.obj.key, nbytes)
-
-    def landed_remote(self, job: FileJob, result: Landed) -> None:
-        self.record_landed(job.obj, result.level, result.size, result.mtime_ns, result.new_bytes)
-
-    def failed_remote(self, job: FileJob, reason: str, needs_botocore: bool) -> None:
-        if needs_botocore:
-            self._needs_botocore.append(job)  # and the rest of the run stays here
-        else:
-            self.failed(job, reason)
-
-    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
-        if self.manifest is not None:
-            self.manifest.add_range(partial, start, end, crc)
-
-    def drop_partial(self, tmp_name: str) -> None:
-        if self.manifest is not None:
-            self.manifest.drop_partial(tmp_name)
-
-    def note(self, text: str) -> None:
-        self.reporter.message(text)
 
     def failed(self, job: FileJob, reason: str) -> None:
         self._report(job.obj, Status.FAILED, reason, job.final)

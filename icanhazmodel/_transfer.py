@@ -48,7 +48,6 @@ from ._files import (
     PartialFile,
     PathConflict,
     Tree,
-    try_remove_unlocked,
     write_whole,
 )
 from ._manifest import PartialRecord
@@ -524,63 +523,6 @@ class Transfers:
         )
         await self.run(Work(fresh, 0, fresh.obj.size))
 
-    # -- resuming what an earlier run left --------------------------------------------
-
-    def adopt(self, job: FileJob, record: PartialRecord) -> str:
-        """Reopen the recorded temp file and keep the ranges whose CRC still checks out.
-
-        Blocking (it reads the ranges back): call it from a thread.
-        """
-        name = record.tmp_name.rsplit("/", 1)[-1]
-        try:
-            partial = PartialFile(self.tree, job.parts, job.obj.size, resume=name)
-        except BlockingIOError:
-            return "busy"  # another run is writing it right now
-        except OSError as exc:
-            self.notes.add(f"not resuming {job.obj.key!r}: {describe_os_error(exc)}")
-            return "unusable"
-        good = [r for r in record.ranges if _range_intact(partial, record.crc_algorithm, *r)]
-        if not good:
-            partial.keep()
-            return "unusable"
-        job.partial = partial
-        job.partial_record = record
-        job.part_size = record.part_size
-        job.crc_algorithm = record.crc_algorithm
-        job.done_ranges = good
-        job.written = job.resumed = sum(end - start for start, end, _ in good)
-        return "adopted"
-
-    def resume(self, job: FileJob) -> None:
-        """Adopt the first usable temp file of *job*'s candidates; clear the rest.
-
-        Blocking (it reads recorded ranges back): call it from a thread.
-        """
-        for record in job.resume_candidates:
-            if job.partial is None:
-                verdict = self.adopt(job, record)
-                if verdict == "adopted":
-                    self.open_jobs.add(job)
-                    self.reporter.advanced(job.obj.key, job.resumed)
-                    continue
-                if verdict == "busy":
-                    continue  # a live run holds it: its record stays
-            parts = self.tree.temp_parts(record.tmp_name)
-            if parts is not None and not self.remove_stale(parts):
-                continue
-            if self.manifest is not None:
-                self.manifest.drop_partial(record.tmp_name)
-        job.resume_candidates = ()
-
-    def remove_stale(self, parts: tuple[str, ...]) -> bool:
-        """Remove a temp file no run will resume; False while a live run holds it."""
-        try:
-            return try_remove_unlocked(self.tree, parts)
-        except OSError as exc:  # not ours to remove: say so, and forget it
-            what = f"'{exc.filename}'" if exc.filename else "a recorded temp file"
-            self.notes.add(f"note: {what} left alone: {exc.strerror or exc}")
-            return True
-
     def abandon(self, *, keep_resumable: bool) -> None:
         """The run is stopping early: keep resumable temp files, remove the rest.
 
@@ -606,13 +548,6 @@ def job_work(job: FileJob) -> list[Work]:
         ranges = [(job.obj.size, job.obj.size)]
     job.ranges_left = len(ranges)
     return [Work(job, start, end) for start, end in ranges]
-
-
-def _range_intact(partial: PartialFile, algorithm: str, start: int, end: int, crc: int) -> bool:
-    digest = Digest(algorithm)
-    for block in partial.blocks(start, end):
-        digest.update(block)
-    return digest.crc == crc
 
 
 def _hash_span(partial: PartialFile, digest: Digest, start: int, end: int) -> None:

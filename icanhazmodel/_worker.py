@@ -43,6 +43,7 @@ from ._messages import (
     WorkerSettings,
 )
 from ._progress import Notes
+from ._resume import resume
 from ._transfer import FileJob, Transfers, Work, job_work
 from ._writer import Writer
 
@@ -235,7 +236,7 @@ class Worker:
             transfers.tree.forget_sweep(task.parts[:-1])
         if task.resume:
             job.resume_candidates = task.resume
-            await transfers.writer.call(transfers.resume, job)
+            await transfers.writer.call(resume, transfers, job)
         for work in job_work(job):
             await send.send(work)
 

@@ -69,8 +69,9 @@ def test_auto_leaves_small_runs_in_one_process_and_a_core_to_the_parent() -> Non
     assert processes_for(None, 1, 1024, cpus=16) == 1
     assert processes_for(None, 11, 415 * MiB, cpus=16) == 6
     assert processes_for(None, 1000, 16 * MiB, cpus=16) == 5
-    assert processes_for(None, 8, 8 << 30, cpus=16) == 15
+    assert processes_for(None, 8, 8 << 30, cpus=16) == 8
     assert processes_for(None, 8, 8 << 30, cpus=2) == 1  # one core for the parent, one to work
+    assert processes_for(None, 1, 10 << 30, cpus=16) == 1  # one object: one process
     assert processes_for(3, 1, 1, cpus=1) == 3  # asked for: given
 
 
