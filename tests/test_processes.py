@@ -241,3 +241,12 @@ def test_rotated_credentials_reach_the_workers(
     ]
     assert any(first[0] in auth for auth in worker_gets)
     assert any(second_key[0] in auth for auth in worker_gets)
+
+
+@pytest.mark.parametrize(("value", "culprit"), [("abc", "'abc'"), ("0", "not 0")])
+def test_a_bad_process_count_is_one_line(tmp_path: Path, value: str, culprit: str) -> None:
+    from tests.conftest import run_cli
+    from tests.test_errors import assert_one_line_error
+
+    result = run_cli("-b", "b", "-k", "p", "-m", str(tmp_path), "-P", value)
+    assert_one_line_error(result, 2, "--processes", culprit)
