@@ -23,7 +23,7 @@ from aiobotocore.config import AioConfig
 from botocore import UNSIGNED
 
 from ._checksums import CHECKSUM_ALGORITHMS, ChecksumMismatch
-from ._direct import DirectGets, FrozenCredentials, Route, usable_for
+from ._direct import DirectGets, DirectSource, FrozenCredentials, Route, usable_for
 from ._errors import (
     AccessDenied,
     BucketNotFound,
@@ -40,6 +40,7 @@ from ._objects import (
     DirectError,
     FallBack,
     HeadResult,
+    NeedsBotocore,
     ObjectError,
     TransientObjectError,
     byte_range,
@@ -346,16 +347,10 @@ class S3:
         direct = await self._direct_gets()
         if direct is not None:
             try:
-                with object_errors(obj.key):
-                    raw = await direct.open(
-                        obj.key,
-                        byte_range=ranged,
-                        if_match=etag,
-                        version_id=obj.version_id,
-                        want_checksum=want_checksum,
-                    )
-                return checked(Body(raw, obj.key, raw.headers), obj, start, end, ranged)
-            except FallBack:
+                return await DirectSource(direct, self.bucket).open_body(
+                    obj, start=start, end=end, if_match=if_match, want_checksum=want_checksum
+                )
+            except NeedsBotocore:
                 self._direct_wanted = False  # botocore from here on
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key}
         if ranged:
