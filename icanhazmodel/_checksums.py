@@ -29,8 +29,12 @@ _LEVEL = {
     "SHA1": Verification.SHA1,
     "SHA256": Verification.SHA256,
     "MD5": Verification.ETAG_MD5,
+    "MD5-MULTIPART": Verification.ETAG_MD5_MULTIPART,
 }
 _PLAIN_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+# A multipart upload's ETag: the MD5 of its parts' MD5s, then '-' and the count.
+_MULTIPART_ETAG = re.compile(r"^([0-9a-f]{32})-([1-9][0-9]{0,4})$")
+MULTIPART_MD5 = "MD5-MULTIPART"
 # The CRC every range gets when the object has no CRC of its own: it lets a
 # resumed download re-check the ranges already on disk. CRC32C, in hardware
 # through awscrt (~0.02 s/GiB), not zlib's CRC32 (~0.3-0.5 s/GiB): it is paid
@@ -102,7 +106,7 @@ def crc_bytes(algorithm: str, value: int) -> bytes:
 
 
 class Hash(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
     def digest(self) -> bytes: ...
 
 
@@ -117,8 +121,9 @@ def new_hash(algorithm: str) -> Hash:
 class Expectation:
     """What a downloaded object will be checked against."""
 
-    algorithm: str | None  # "CRC64NVME" ... "SHA1", "MD5"; None: size only
+    algorithm: str | None  # "CRC64NVME" ... "SHA1", "MD5", "MD5-MULTIPART"; None: size only
     expected: bytes = b""
+    parts: int = 0  # MD5-MULTIPART: how many parts the upload had
 
     @property
     def level(self) -> Verification:
@@ -145,11 +150,14 @@ def choose(
 
     *checksums* are S3's base64 values by algorithm. A composite checksum
     (a multipart upload's checksum of part checksums, with a '-N' suffix)
-    cannot be checked without the upload's part boundaries, so it is passed
-    over. A plain 32-hex ETag is the MD5 of the bytes, except for SSE-KMS and
-    SSE-C objects (*encrypted_with_key*), whose ETags are opaque.
+    is passed over; so is any checksum of a multipart upload whose type S3
+    did not state (a composite one may come without its suffix, as moto
+    sends it). A plain 32-hex ETag is the MD5 of the bytes, and a multipart
+    one ('<hex>-N') the MD5 of the parts' MD5s, except for SSE-KMS and SSE-C
+    objects (*encrypted_with_key*), whose ETags are opaque.
     """
-    if checksum_type != "COMPOSITE":
+    multipart = _MULTIPART_ETAG.match(etag)
+    if checksum_type == "FULL_OBJECT" or (checksum_type is None and not multipart):
         for algorithm in CHECKSUM_ALGORITHMS:
             value = checksums.get(algorithm)
             if value and "-" not in value:
@@ -157,9 +165,75 @@ def choose(
                     return Expectation(algorithm, base64.b64decode(value, validate=True))
                 except ValueError:
                     continue
-    if not encrypted_with_key and _PLAIN_MD5_ETAG.match(etag):
+    if encrypted_with_key:
+        return SIZE_ONLY
+    if _PLAIN_MD5_ETAG.match(etag):
         return Expectation("MD5", bytes.fromhex(etag))
+    if multipart:
+        return Expectation(MULTIPART_MD5, bytes.fromhex(multipart[1]), int(multipart[2]))
     return SIZE_ONLY
+
+
+def equal_parts(size: int, first: int, count: int) -> tuple[int, ...] | None:
+    """Part sizes if all but the last are *first* bytes, as uploaders make
+    them; None where that cannot add up to *size*."""
+    if count < 1 or first < 1 or not (count - 1) * first < size <= count * first:
+        return None
+    return (first,) * (count - 1) + (size - (count - 1) * first,)
+
+
+class PartsDigest:
+    """The MD5 of each part's MD5, fed the object's bytes in order: what a
+    multipart upload's ETag is, given where its parts end."""
+
+    algorithm = MULTIPART_MD5
+
+    def __init__(self, layout: Iterable[int]) -> None:
+        self._left = list(layout)  # bytes still to come in each part, first part first
+        self._parts: list[bytes] = []
+        self._md5 = new_hash("MD5")
+        self.crc = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if not self._left:
+                raise ValueError("more bytes than the parts hold")
+            take = min(len(view), self._left[0])
+            self._md5.update(view[:take])
+            view = view[take:]
+            self._left[0] -= take
+            if self._left[0] == 0:
+                self._next_part()
+
+    def _next_part(self) -> None:
+        self._parts.append(self._md5.digest())
+        self._md5 = new_hash("MD5")
+        self._left.pop(0)
+
+    def value(self) -> bytes:
+        while self._left and self._left[0] == 0:  # zero-byte parts
+            self._next_part()
+        if self._left:
+            return b""  # not every byte arrived: matches nothing
+        return new_hash_of(b"".join(self._parts))
+
+
+def new_hash_of(data: bytes) -> bytes:
+    md5 = new_hash("MD5")
+    md5.update(data)
+    return md5.digest()
+
+
+def make_digest(
+    algorithm: str | None, layout: tuple[int, ...] | None = None
+) -> Digest | PartsDigest:
+    """A running checksum for *algorithm*; MD5-MULTIPART needs the part layout."""
+    if algorithm == MULTIPART_MD5:
+        if layout is None:
+            raise ValueError("a multipart ETag is checked only with its part layout")
+        return PartsDigest(layout)
+    return Digest(algorithm)
 
 
 class Digest:

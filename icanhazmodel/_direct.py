@@ -44,6 +44,8 @@ from ._objects import (
     FallBack,
     HeadResult,
     NeedsBotocore,
+    ObjectError,
+    TransientObjectError,
     byte_range,
     checked,
     direct_errors,
@@ -301,10 +303,14 @@ class DirectGets:
             raise FallBack(f"{response.status} {code}")
         raise DirectError(response.status, code, message)
 
-    async def head(self, key: str, version_id: str | None) -> tuple[int, ObjectHeaders, str]:
-        """HEAD one object: (size, headers, Last-Modified text)."""
+    async def head(
+        self, key: str, version_id: str | None, part_number: int | None = None
+    ) -> tuple[int, ObjectHeaders, str]:
+        """HEAD one object (or one part of it): (size, headers, Last-Modified text)."""
         path = self._base_path + quote(key, safe="/~")
         query = {"versionId": version_id} if version_id else {}
+        if part_number is not None:
+            query["partNumber"] = str(part_number)
         url = self._origin + path + ("?" + canonical_query(query) if query else "")
         headers = {"x-amz-checksum-mode": "ENABLED"}
         if self._request_payer:
@@ -431,6 +437,16 @@ class DirectSource:
             version_id=obj.version_id,
         )
         return HeadResult(fresh, headers)
+
+    async def part_size(self, obj: RemoteObject, number: int) -> int | None:
+        try:
+            with _no_fallback(), direct_errors(obj.key):
+                size, _, _ = await self._gets.head(obj.key, obj.version_id, number)
+        except TransientObjectError:
+            raise
+        except ObjectError:
+            return None
+        return size
 
     async def aclose(self) -> None:
         await self._gets.aclose()

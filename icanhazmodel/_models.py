@@ -93,6 +93,7 @@ class Verification(enum.StrEnum):
     SHA1 = "sha1"
     SHA256 = "sha256"
     ETAG_MD5 = "etag-md5"
+    ETAG_MD5_MULTIPART = "etag-md5-multipart"
     SIZE_ONLY = "size-only"
 
 

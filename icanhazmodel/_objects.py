@@ -197,6 +197,9 @@ class ObjectSource(Protocol):
 
     async def stat(self, obj: RemoteObject) -> HeadResult: ...
 
+    async def part_size(self, obj: RemoteObject, number: int) -> int | None:
+        """The size of part *number* of a multipart upload; None if S3 cannot tell."""
+
 
 def byte_range(obj: RemoteObject, start: int, end: int) -> str | None:
     """The Range header for [start, end) of *obj*; None for the whole object."""

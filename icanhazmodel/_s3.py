@@ -310,6 +310,25 @@ class S3:
             raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
         return _head_result(obj.key, response, obj.version_id)
 
+    async def part_size(self, obj: RemoteObject, number: int) -> int | None:
+        """HEAD one part of a multipart upload: its size (None if S3 cannot tell).
+
+        Its ETag is not compared: stores differ on whether a part HEAD sends
+        the part's or the object's, and every GET is pinned by If-Match anyway.
+        """
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key, "PartNumber": number}
+        if obj.version_id:
+            kwargs["VersionId"] = obj.version_id
+        try:
+            with object_errors(obj.key):
+                response = await self._client.head_object(**kwargs, **self._extra())
+        except TransientObjectError:
+            raise
+        except ObjectError:
+            return None
+        length = response.get("ContentLength")
+        return None if length is None else int(length)
+
     async def list_pages(self, prefix: str) -> AsyncIterator[list[RemoteObject]]:
         """Yield the objects under *prefix* one listing page at a time."""
         paginator = self._client.get_paginator("list_objects_v2")

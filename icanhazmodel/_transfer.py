@@ -31,16 +31,20 @@ from typing import Protocol
 import anyio
 
 from ._checksums import (
+    MULTIPART_MD5,
     RANGE_CRC,
     SIZE_ONLY,
     ChecksumMismatch,
     Digest,
     Expectation,
+    PartsDigest,
     choose,
     contiguous_end,
     crc_bytes,
     crc_of_ranges,
+    equal_parts,
     is_crc,
+    make_digest,
 )
 from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
 from ._files import (
@@ -97,11 +101,11 @@ class FileJob:
     partial: PartialFile | None = None
     partial_record: PartialRecord | None = None
     done_ranges: list[tuple[int, int, int]] = field(default_factory=list)
-    digest: Digest | None = None  # whole-object digest of single-range downloads
+    digest: Digest | PartsDigest | None = None  # whole-object digest of single-range downloads
     # Multi-range objects checked by a hash (MD5, SHA), which cannot be
     # combined from ranges: hashed in offset order as ranges complete, while
     # later ranges still download, so little is left to hash at the end.
-    sequential: Digest | None = None
+    sequential: Digest | PartsDigest | None = None
     sequential_upto: int = 0
     hash_lock: anyio.Lock = field(default_factory=anyio.Lock)
     written: int = 0
@@ -111,6 +115,7 @@ class FileJob:
     restart: str | None = None
     restarts: int = 0
     needs_botocore: bool = False  # the direct path alone cannot serve it
+    layout: tuple[int, ...] | None = None  # part sizes, for a multipart ETag
     # Temp files an earlier run left for this object, best first: adopted
     # (or cleared away) just before its ranges are queued, wherever it runs.
     resume_candidates: tuple[PartialRecord, ...] = ()
@@ -244,10 +249,55 @@ class Transfers:
             encrypted_with_key=headers.encrypted_with_key,
         )
 
-    def _expect(self, job: FileJob, body: Body) -> Expectation:
+    async def _expect(self, job: FileJob, headers: ObjectHeaders) -> Expectation:
         if job.expectation is None:
-            job.expectation = self._expectation(body.headers)
+            job.expectation = self._expectation(headers)
+        if job.expectation.algorithm == MULTIPART_MD5 and job.layout is None:
+            await self._learn_layout(job, job.expectation.parts)
         return job.expectation
+
+    async def _learn_layout(self, job: FileJob, parts: int) -> None:
+        """Where a multipart upload's parts end: uploaders make every part but
+        the last one size, so part 1's size tells (and is checked to add up).
+        Where S3 cannot tell, the object is checked by size only."""
+        if parts == 1:
+            job.layout = (job.obj.size,)
+            return
+        try:
+            first = await self.s3.part_size(job.obj, 1)
+        except (TransientObjectError, ObjectChanged):
+            raise
+        except ObjectError:
+            first = None
+        layout = equal_parts(job.obj.size, first, parts) if first else None
+        if layout is None:
+            job.expectation = SIZE_ONLY
+        job.layout = layout
+
+    async def _real_layout(self, job: FileJob) -> bool:
+        """After a multipart ETag did not match: ask S3 each part's size. True
+        if the parts are not as guessed (the bytes may be right after all)."""
+        expectation = job.expectation
+        if expectation is None or expectation.algorithm != MULTIPART_MD5 or expectation.parts < 2:
+            return False
+        sizes: list[int | None] = [None] * expectation.parts
+
+        async def ask(number: int) -> None:
+            sizes[number - 1] = await self.s3.part_size(job.obj, number)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for number in range(1, expectation.parts + 1):
+                    tg.start_soon(ask, number)
+        except ObjectError:
+            return False
+        if any(size is None for size in sizes) or sum(s or 0 for s in sizes) != job.obj.size:
+            return False
+        real = tuple(s or 0 for s in sizes)
+        if real == job.layout:
+            return False
+        job.layout = real
+        return True
 
     async def _fetch_small(self, job: FileJob) -> None:
         chunks: list[bytes] = []
@@ -257,7 +307,11 @@ class Transfers:
             received = sum(len(chunk) for chunk in chunks)
             try:
                 body = await self.s3.open_body(job.obj, start=received, want_checksum=self.verify)
-                self._expect(job, body)
+                try:
+                    await self._expect(job, body.headers)
+                except BaseException:
+                    body.close()
+                    raise
                 await self._read_into(body, chunks, received, job.obj.size)
                 break
             except TransientObjectError as exc:
@@ -287,7 +341,7 @@ class Transfers:
     def _check_and_write_small(self, job: FileJob, chunks: list[bytes]) -> os.stat_result:
         expectation = job.expectation or SIZE_ONLY
         if expectation.algorithm:
-            digest = Digest(expectation.algorithm)
+            digest = make_digest(expectation.algorithm, job.layout)
             for chunk in chunks:
                 digest.update(chunk)
             if digest.value() != expectation.expected:
@@ -318,12 +372,11 @@ class Transfers:
         head = await self.s3.stat(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
-        job.expectation = self._expectation(head.headers)
-        algorithm = job.expectation.algorithm
+        algorithm = (await self._expect(job, head.headers)).algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
         if algorithm and algorithm != job.crc_algorithm:
-            job.sequential = Digest(algorithm)
+            job.sequential = make_digest(algorithm, job.layout)
 
     def _create_partial(self, job: FileJob) -> None:
         # Registered here, in the writer thread, so a run cancelled meanwhile
@@ -378,7 +431,7 @@ class Transfers:
         partial: PartialFile,
         cursor: _Cursor,
         end: int,
-        range_digest: Digest | None,
+        range_digest: Digest | PartsDigest | None,
     ) -> None:
         """GET [cursor, end) into the file, moving the cursor past what landed.
 
@@ -390,8 +443,12 @@ class Transfers:
             job.obj, start=cursor.offset, end=end, want_checksum=first and self.verify
         )
         if first:
-            expectation = self._expect(job, body)
-            job.digest = Digest(expectation.algorithm)
+            try:
+                expectation = await self._expect(job, body.headers)
+            except BaseException:
+                body.close()
+                raise
+            job.digest = make_digest(expectation.algorithm, job.layout)
         digest = range_digest if job.multi_range else job.digest
         asked = end - cursor.offset
         batch: list[bytes] = []
@@ -430,7 +487,7 @@ class Transfers:
         partial: PartialFile,
         cursor: _Cursor,
         batch: list[bytes],
-        digest: Digest | None,
+        digest: Digest | PartsDigest | None,
     ) -> None:
         size = sum(len(chunk) for chunk in batch)
         await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest)
@@ -440,21 +497,22 @@ class Transfers:
 
     # -- landing --------------------------------------------------------------------
 
-    def _verify_and_commit(self, job: FileJob, partial: PartialFile) -> os.stat_result:
+    def _verify_and_commit(
+        self, job: FileJob, partial: PartialFile, from_disk: bool = False
+    ) -> os.stat_result:
         expectation = job.expectation or SIZE_ONLY
         algorithm = expectation.algorithm
         if algorithm:
-            if not job.multi_range:
+            if from_disk:  # read back, with what is now known (a multipart layout)
+                value = _digest_of(partial, make_digest(algorithm, job.layout), job.obj.size)
+            elif not job.multi_range:
                 value = job.digest.value() if job.digest else b""
             elif algorithm == job.crc_algorithm:
                 value = crc_bytes(algorithm, crc_of_ranges(algorithm, job.done_ranges))
             elif job.sequential is not None and job.sequential_upto == job.obj.size:
                 value = job.sequential.value()
             else:  # ranges resumed before the hash was set up: read it back
-                digest = Digest(algorithm)
-                for block in partial.blocks(0, job.obj.size):
-                    digest.update(block)
-                value = digest.value()
+                value = _digest_of(partial, make_digest(algorithm, job.layout), job.obj.size)
             if value != expectation.expected:
                 raise ChecksumMismatch(expectation.describe(value))
         return partial.commit(job.obj.last_modified)
@@ -473,6 +531,8 @@ class Transfers:
             except OSError as exc:
                 self.check_fatal(exc)
                 job.error = describe_os_error(exc)
+            if job.restart is not None and await self._real_layout(job):
+                await self._land_from_disk(job, partial)
         self.open_jobs.discard(job)
         if job.landed is not None:
             self._forget_partial(job, remove=False)
@@ -484,6 +544,18 @@ class Transfers:
             return
         reason = job.error or f"{job.restart} (also after starting over)"
         self.outcomes.failed(job, reason)
+
+    async def _land_from_disk(self, job: FileJob, partial: PartialFile) -> None:
+        """Check the bytes on disk again against the layout S3 just told."""
+        try:
+            job.landed = await self.writer.call(self._verify_and_commit, job, partial, True)
+            job.restart = None
+        except ChecksumMismatch:
+            pass
+        except OSError as exc:
+            self.check_fatal(exc)
+            job.restart = None
+            job.error = describe_os_error(exc)
 
     def _forget_partial(self, job: FileJob, *, remove: bool) -> None:
         if job.partial is not None and remove:
@@ -550,13 +622,19 @@ def job_work(job: FileJob) -> list[Work]:
     return [Work(job, start, end) for start, end in ranges]
 
 
-def _hash_span(partial: PartialFile, digest: Digest, start: int, end: int) -> None:
+def _digest_of(partial: PartialFile, digest: Digest | PartsDigest, size: int) -> bytes:
+    for block in partial.blocks(0, size, block=HASH_BLOCK):
+        digest.update(block)
+    return digest.value()
+
+
+def _hash_span(partial: PartialFile, digest: Digest | PartsDigest, start: int, end: int) -> None:
     for block in partial.blocks(start, end, block=HASH_BLOCK):
         digest.update(block)
 
 
 def _write_and_hash(
-    partial: PartialFile, offset: int, batch: list[bytes], digest: Digest | None
+    partial: PartialFile, offset: int, batch: list[bytes], digest: Digest | PartsDigest | None
 ) -> None:
     # One pwritev for the batch (one GIL hand-over), and no joined copy: a
     # copy per batch per range adds up to many MiB of peak memory.

@@ -69,31 +69,6 @@ def test_without_a_checksum_the_md5_etag_is_checked(bucket: Bucket, tmp_path: Pa
     assert result.verification == {"etag-md5": 2}
 
 
-def test_a_multipart_etag_is_size_only(bucket: Bucket, tmp_path: Path) -> None:
-    plain = bucket.plain_client()
-    data = pattern("mp", 11 * MiB)
-    upload = plain.create_multipart_upload(Bucket=bucket.name, Key="p/mp")
-    parts = []
-    for number, start in enumerate(range(0, len(data), 5 * MiB), 1):
-        part = plain.upload_part(
-            Bucket=bucket.name,
-            Key="p/mp",
-            UploadId=upload["UploadId"],
-            PartNumber=number,
-            Body=data[start : start + 5 * MiB],
-        )
-        parts.append({"PartNumber": number, "ETag": part["ETag"]})
-    plain.complete_multipart_upload(
-        Bucket=bucket.name,
-        Key="p/mp",
-        UploadId=upload["UploadId"],
-        MultipartUpload={"Parts": parts},
-    )
-    result = fetch(bucket.endpoint, bucket, "p", tmp_path)
-    assert (tmp_path / "p/mp").read_bytes() == data
-    assert result.verification == {"size-only": 1}
-
-
 def test_no_verify_skips_content_hashing(bucket: Bucket, tmp_path: Path) -> None:
     bucket.put("p/f", b"abc", ChecksumAlgorithm="SHA256")
     result = fetch(bucket.endpoint, bucket, "p", tmp_path, verify=False)
