@@ -59,11 +59,15 @@ def test_a_composite_checksum_is_passed_over() -> None:
     assert choose({"CRC32": b64(b"abcd")}, "COMPOSITE", "x-3") is SIZE_ONLY
 
 
-def test_a_plain_etag_is_an_md5_unless_encrypted_with_a_key() -> None:
+def test_an_etag_is_an_md5_unless_encrypted_with_a_key() -> None:
     etag = hashlib.md5(b"data").hexdigest()
     assert choose({}, None, etag).expected == hashlib.md5(b"data").digest()
     assert choose({}, None, etag, encrypted_with_key=True) is SIZE_ONLY
-    assert choose({}, None, etag + "-2") is SIZE_ONLY
+    # A multipart ETag is the MD5 of the parts' MD5s: checked once the layout is known.
+    multipart = choose({}, None, etag + "-2")
+    assert (multipart.algorithm, multipart.parts) == ("MD5-MULTIPART", 2)
+    assert multipart.expected == hashlib.md5(b"data").digest()
+    assert choose({}, None, etag + "-2", encrypted_with_key=True) is SIZE_ONLY
 
 
 def test_a_malformed_checksum_is_ignored() -> None:
