@@ -21,6 +21,7 @@ No file reaches its final path before its size and checksum are checked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -85,6 +86,8 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
 # A checksum mismatch or a mid-download overwrite: one fresh start, then report.
 MAX_RESTARTS = 1
+# HEADs in flight while learning a multipart upload's real part sizes.
+PART_HEADS_IN_FLIGHT = 16
 
 
 @dataclass(eq=False)
@@ -281,16 +284,17 @@ class Transfers:
         if expectation is None or expectation.algorithm != MULTIPART_MD5 or expectation.parts < 2:
             return False
         sizes: list[int | None] = [None] * expectation.parts
+        in_flight = anyio.Semaphore(PART_HEADS_IN_FLIGHT)
 
         async def ask(number: int) -> None:
-            sizes[number - 1] = await self.s3.part_size(job.obj, number)
+            # A size S3 will not tell stays None, and so the layout stays unknown.
+            async with in_flight:
+                with contextlib.suppress(ObjectError):
+                    sizes[number - 1] = await self.s3.part_size(job.obj, number)
 
-        try:
-            async with anyio.create_task_group() as tg:
-                for number in range(1, expectation.parts + 1):
-                    tg.start_soon(ask, number)
-        except ObjectError:
-            return False
+        async with anyio.create_task_group() as tg:
+            for number in range(1, expectation.parts + 1):
+                tg.start_soon(ask, number)
         if any(size is None for size in sizes) or sum(s or 0 for s in sizes) != job.obj.size:
             return False
         real = tuple(s or 0 for s in sizes)
