@@ -216,13 +216,19 @@ class PartsDigest:
             self._next_part()
         if self._left:
             return b""  # not every byte arrived: matches nothing
-        return new_hash_of(b"".join(self._parts))
+        return md5_of(b"".join(self._parts))
 
 
-def new_hash_of(data: bytes) -> bytes:
+def md5_of(data: bytes) -> bytes:
     md5 = new_hash("MD5")
     md5.update(data)
     return md5.digest()
+
+
+def multipart_parts(etag: str) -> int | None:
+    """How many parts a multipart upload's ETag says it had; None if not one."""
+    match = _MULTIPART_ETAG.match(etag)
+    return int(match[2]) if match else None
 
 
 def make_digest(

@@ -354,6 +354,7 @@ class Run:
     async def _run_here(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
         if job.resume_candidates:
             await self.writer.call(resume, self.transfers, job)
+        await self.transfers.align_to_parts(job)
         for work in job_work(job):
             await send.send(work)
 

@@ -46,6 +46,8 @@ from ._checksums import (
     equal_parts,
     is_crc,
     make_digest,
+    md5_of,
+    multipart_parts,
 )
 from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
 from ._files import (
@@ -86,6 +88,9 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
 # A checksum mismatch or a mid-download overwrite: one fresh start, then report.
 MAX_RESTARTS = 1
+# Parts bigger than this are not one range each (too few ranges in flight):
+# such uploads are hashed serially instead.
+MAX_ALIGNED_PART = 64 * MiB
 # HEADs in flight while learning a multipart upload's real part sizes.
 PART_HEADS_IN_FLIGHT = 16
 
@@ -119,6 +124,9 @@ class FileJob:
     restarts: int = 0
     needs_botocore: bool = False  # the direct path alone cannot serve it
     layout: tuple[int, ...] | None = None  # part sizes, for a multipart ETag
+    # Ranges cut at the parts of a multipart upload: each part's MD5, by start,
+    # hashed as it streams (None: not cut at parts).
+    part_md5s: dict[int, bytes] | None = None
     # Temp files an earlier run left for this object, best first: adopted
     # (or cleared away) just before its ranges are queued, wherever it runs.
     resume_candidates: tuple[PartialRecord, ...] = ()
@@ -277,6 +285,30 @@ class Transfers:
             job.expectation = SIZE_ONLY
         job.layout = layout
 
+    async def align_to_parts(self, job: FileJob) -> None:
+        """Cut an object uploaded in equal parts at its parts, before its ranges
+        are queued: each part is then hashed as it streams, in parallel, and
+        the multipart ETag checked from the parts' MD5s without reading back."""
+        parts = multipart_parts(job.obj.etag)
+        if (
+            not self.verify
+            or parts is None
+            or parts < 2
+            or job.partial is not None  # resumed: its ranges are cut already
+            or job.obj.size <= SMALL_OBJECT
+        ):
+            return
+        try:
+            first = await self.s3.part_size(job.obj, 1)
+        except ObjectError:
+            return  # the first range's HEAD will tell what it can
+        layout = equal_parts(job.obj.size, first, parts) if first else None
+        if layout is None or (first or 0) > MAX_ALIGNED_PART:
+            return
+        job.layout = layout
+        job.part_size = layout[0]
+        job.part_md5s = {}
+
     async def _real_layout(self, job: FileJob) -> bool:
         """After a multipart ETag did not match: ask S3 each part's size. True
         if the parts are not as guessed (the bytes may be right after all)."""
@@ -379,7 +411,7 @@ class Transfers:
         algorithm = (await self._expect(job, head.headers)).algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
-        if algorithm and algorithm != job.crc_algorithm:
+        if algorithm and algorithm != job.crc_algorithm and not _hashes_parts(job):
             job.sequential = make_digest(algorithm, job.layout)
 
     def _create_partial(self, job: FileJob) -> None:
@@ -403,13 +435,16 @@ class Transfers:
         partial = await self._open_partial(job)
         cursor = _Cursor(work.start)
         digest = Digest(job.crc_algorithm) if job.multi_range else None
+        part_md5 = Digest("MD5") if _hashes_parts(job) else None
         failures = 0
         while cursor.offset < work.end and job.error is None and job.restart is None:
             try:
-                await self._stream(job, partial, cursor, work.end, digest)
+                await self._stream(job, partial, cursor, work.end, digest, part_md5)
             except TransientObjectError as exc:
                 failures = await self._count_failure(failures, exc)
         if digest is not None and cursor.offset == work.end:
+            if part_md5 is not None and job.part_md5s is not None:
+                job.part_md5s[work.start] = part_md5.value()
             self._range_done(job, work.start, work.end, digest.crc)
             await self._hash_in_order(job)
 
@@ -436,6 +471,7 @@ class Transfers:
         cursor: _Cursor,
         end: int,
         range_digest: Digest | PartsDigest | None,
+        part_md5: Digest | None = None,
     ) -> None:
         """GET [cursor, end) into the file, moving the cursor past what landed.
 
@@ -467,7 +503,7 @@ class Transfers:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= WRITE_BATCH:
-                    await self._write(job, partial, cursor, batch, digest)
+                    await self._write(job, partial, cursor, batch, digest, part_md5)
                     batch, batched = [], 0
             if await body.read(1):
                 # Read to the end: a body longer than asked for is another
@@ -478,12 +514,12 @@ class Transfers:
                 )
         except TransientObjectError:
             if batch:
-                await self._write(job, partial, cursor, batch, digest)
+                await self._write(job, partial, cursor, batch, digest, part_md5)
             raise
         finally:
             body.close()
         if batch:
-            await self._write(job, partial, cursor, batch, digest)
+            await self._write(job, partial, cursor, batch, digest, part_md5)
 
     async def _write(
         self,
@@ -492,9 +528,10 @@ class Transfers:
         cursor: _Cursor,
         batch: list[bytes],
         digest: Digest | PartsDigest | None,
+        part_md5: Digest | None = None,
     ) -> None:
         size = sum(len(chunk) for chunk in batch)
-        await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest)
+        await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest, part_md5)
         cursor.offset += size
         job.written += size
         self.reporter.advanced(job.obj.key, size)
@@ -511,6 +548,10 @@ class Transfers:
                 value = _digest_of(partial, make_digest(algorithm, job.layout), job.obj.size)
             elif not job.multi_range:
                 value = job.digest.value() if job.digest else b""
+            elif (
+                _hashes_parts(job) and job.part_md5s and len(job.part_md5s) == len(job.layout or ())
+            ):
+                value = md5_of(b"".join(job.part_md5s[start] for start in sorted(job.part_md5s)))
             elif algorithm == job.crc_algorithm:
                 value = crc_bytes(algorithm, crc_of_ranges(algorithm, job.done_ranges))
             elif job.sequential is not None and job.sequential_upto == job.obj.size:
@@ -638,11 +679,25 @@ def _hash_span(partial: PartialFile, digest: Digest | PartsDigest, start: int, e
 
 
 def _write_and_hash(
-    partial: PartialFile, offset: int, batch: list[bytes], digest: Digest | PartsDigest | None
+    partial: PartialFile,
+    offset: int,
+    batch: list[bytes],
+    digest: Digest | PartsDigest | None,
+    part_md5: Digest | None = None,
 ) -> None:
     # One pwritev for the batch (one GIL hand-over), and no joined copy: a
     # copy per batch per range adds up to many MiB of peak memory.
     partial.write(offset, batch)
-    if digest is not None:
-        for chunk in batch:
-            digest.update(chunk)
+    for running in (digest, part_md5):
+        if running is not None:
+            for chunk in batch:
+                running.update(chunk)
+
+
+def _hashes_parts(job: FileJob) -> bool:
+    """Whether this job's ranges are parts to MD5 as they stream."""
+    return (
+        job.part_md5s is not None
+        and job.expectation is not None
+        and job.expectation.algorithm == MULTIPART_MD5
+    )

@@ -237,6 +237,7 @@ class Worker:
         if task.resume:
             job.resume_candidates = task.resume
             await transfers.writer.call(resume, transfers, job)
+        await transfers.align_to_parts(job)
         for work in job_work(job):
             await send.send(work)
 

@@ -135,3 +135,22 @@ def test_a_flipped_byte_in_a_part_is_caught_and_never_lands(
     assert not always.ok
     assert "etag-md5-multipart mismatch" in always.problems[0].reason
     assert tree_of(tmp_path / "always") == {}
+
+
+@pytest.mark.usefixtures("request_path")
+def test_ranges_are_cut_at_the_parts_so_each_is_hashed_as_it_streams(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    sizes = [5 * MiB, 5 * MiB, 5 * MiB, 3 * MiB]
+    data = pattern("aligned", sum(sizes))
+    upload_in_parts(bucket.plain_client(), bucket.name, "p/w.bin", data, sizes, None)
+    with fault_proxy(bucket.endpoint) as proxy:
+        result = fetch(proxy.endpoint, bucket, tmp_path, concurrency=4)
+    asked = sorted(s.headers.get("range", "") for s in proxy.requests("GET", "w.bin"))
+    bounds = [
+        (start, start + size - 1)
+        for start, size in zip([0, 5 * MiB, 10 * MiB, 15 * MiB], sizes, strict=True)
+    ]
+    assert asked == sorted(f"bytes={a}-{b}" for a, b in bounds)
+    assert result.verification == {"etag-md5-multipart": 1}
+    assert tree_of(tmp_path) == {"p/w.bin": data}
