@@ -22,7 +22,6 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.to_thread import run_sync
 
-from ._checksums import SIZE_ONLY
 from ._config import FetchConfig
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch
 from ._files import Tree
@@ -41,7 +40,7 @@ from ._objects import etag_problem
 from ._output import human_size
 from ._plan import ConflictTracker, LocalFile, decide, part_size_for
 from ._progress import Notes, Reporter
-from ._resume import remove_stale, resume
+from ._resume import clear, resume
 from ._s3 import S3
 from ._select import relative_key
 from ._spread import Spread
@@ -447,11 +446,8 @@ class Run:
                 and (record.etag, record.size) == (job.obj.etag, job.obj.size)
             ):
                 wanted.append(record)
-                continue
-            if parts is not None and not remove_stale(self.transfers, parts):
-                continue  # locked by a live run: its record stays
-            if self.manifest is not None:
-                self.manifest.drop_partial(record.tmp_name)
+            else:
+                clear(self.transfers, record)
         job.resume_candidates = tuple(wanted)
 
     # -- outcomes (called by the transfers) -----------------------------------------
@@ -471,9 +467,12 @@ class Run:
 
     def landed(self, job: FileJob) -> None:
         assert job.landed is not None
-        level = (job.expectation or SIZE_ONLY).level.value
         self.record_landed(
-            job.obj, level, job.landed.st_size, job.landed.st_mtime_ns, job.written - job.resumed
+            job.obj,
+            job.level,
+            job.landed.st_size,
+            job.landed.st_mtime_ns,
+            job.written - job.resumed,
         )
 
     def record_landed(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ._checksums import Digest
 from ._files import PartialFile, try_remove_unlocked
 from ._manifest import PartialRecord
-from ._transfer import FileJob, Transfers, describe_os_error
+from ._transfer import FileJob, Transfers, describe_os_error, hash_span
 
 
 def adopt(transfers: Transfers, job: FileJob, record: PartialRecord) -> str:
@@ -54,12 +54,17 @@ def resume(transfers: Transfers, job: FileJob) -> None:
                 continue
             if verdict == "busy":
                 continue  # a live run holds it: its record stays
-        parts = transfers.tree.temp_parts(record.tmp_name)
-        if parts is not None and not remove_stale(transfers, parts):
-            continue
-        if transfers.manifest is not None:
-            transfers.manifest.drop_partial(record.tmp_name)
+        clear(transfers, record)
     job.resume_candidates = ()
+
+
+def clear(transfers: Transfers, record: PartialRecord) -> None:
+    """Remove a recorded temp file and forget its record, unless a live run holds it."""
+    parts = transfers.tree.temp_parts(record.tmp_name)
+    if parts is not None and not remove_stale(transfers, parts):
+        return  # locked by a live run: its record stays
+    if transfers.manifest is not None:
+        transfers.manifest.drop_partial(record.tmp_name)
 
 
 def remove_stale(transfers: Transfers, parts: tuple[str, ...]) -> bool:
@@ -74,6 +79,5 @@ def remove_stale(transfers: Transfers, parts: tuple[str, ...]) -> bool:
 
 def _range_intact(partial: PartialFile, algorithm: str, start: int, end: int, crc: int) -> bool:
     digest = Digest(algorithm)
-    for block in partial.blocks(start, end):
-        digest.update(block)
+    hash_span(partial, digest, start, end)
     return digest.crc == crc

@@ -133,6 +133,11 @@ class FileJob:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
+    def level(self) -> str:
+        """How the file was (or will be) checked: a Verification value."""
+        return (self.expectation or SIZE_ONLY).level.value
+
+    @property
     def multi_range(self) -> bool:
         return self.part_size < self.obj.size
 
@@ -267,6 +272,15 @@ class Transfers:
             await self._learn_layout(job, job.expectation.parts)
         return job.expectation
 
+    async def _expect_from_body(self, job: FileJob, body: Body) -> Expectation:
+        """The expectation from a GET's headers; the body is closed if that fails
+        (learning a multipart layout asks S3 once more)."""
+        try:
+            return await self._expect(job, body.headers)
+        except BaseException:
+            body.close()
+            raise
+
     async def _learn_layout(self, job: FileJob, parts: int) -> None:
         """Where a multipart upload's parts end: uploaders make every part but
         the last one size, so part 1's size tells (and is checked to add up).
@@ -275,15 +289,19 @@ class Transfers:
             job.layout = (job.obj.size,)
             return
         try:
-            first = await self.s3.part_size(job.obj, 1)
+            layout = await self._equal_layout(job.obj, parts)
         except (TransientObjectError, ObjectChanged):
             raise
         except ObjectError:
-            first = None
-        layout = equal_parts(job.obj.size, first, parts) if first else None
+            layout = None
         if layout is None:
             job.expectation = SIZE_ONLY
         job.layout = layout
+
+    async def _equal_layout(self, obj: RemoteObject, parts: int) -> tuple[int, ...] | None:
+        """The layout uploaders make (equal parts but the last), from part 1's size."""
+        first = await self.s3.part_size(obj, 1)
+        return equal_parts(obj.size, first, parts) if first else None
 
     async def align_to_parts(self, job: FileJob) -> None:
         """Cut an object uploaded in equal parts at its parts, before its ranges
@@ -299,11 +317,10 @@ class Transfers:
         ):
             return
         try:
-            first = await self.s3.part_size(job.obj, 1)
+            layout = await self._equal_layout(job.obj, parts)
         except ObjectError:
             return  # the first range's HEAD will tell what it can
-        layout = equal_parts(job.obj.size, first, parts) if first else None
-        if layout is None or (first or 0) > MAX_ALIGNED_PART:
+        if layout is None or layout[0] > MAX_ALIGNED_PART:
             return
         job.layout = layout
         job.part_size = layout[0]
@@ -343,11 +360,7 @@ class Transfers:
             received = sum(len(chunk) for chunk in chunks)
             try:
                 body = await self.s3.open_body(job.obj, start=received, want_checksum=self.verify)
-                try:
-                    await self._expect(job, body.headers)
-                except BaseException:
-                    body.close()
-                    raise
+                await self._expect_from_body(job, body)
                 await self._read_into(body, chunks, received, job.obj.size)
                 break
             except TransientObjectError as exc:
@@ -456,7 +469,7 @@ class Transfers:
             while (end := contiguous_end(job.done_ranges, job.sequential_upto)) > (
                 start := job.sequential_upto
             ):
-                await self.writer.call(_hash_span, job.partial, job.sequential, start, end)
+                await self.writer.call(hash_span, job.partial, job.sequential, start, end)
                 job.sequential_upto = end
 
     def _range_done(self, job: FileJob, start: int, end: int, crc: int) -> None:
@@ -483,11 +496,7 @@ class Transfers:
             job.obj, start=cursor.offset, end=end, want_checksum=first and self.verify
         )
         if first:
-            try:
-                expectation = await self._expect(job, body.headers)
-            except BaseException:
-                body.close()
-                raise
+            expectation = await self._expect_from_body(job, body)
             job.digest = make_digest(expectation.algorithm, job.layout)
         digest = range_digest if job.multi_range else job.digest
         asked = end - cursor.offset
@@ -667,15 +676,15 @@ def job_work(job: FileJob) -> list[Work]:
     return [Work(job, start, end) for start, end in ranges]
 
 
-def _digest_of(partial: PartialFile, digest: Digest | PartsDigest, size: int) -> bytes:
-    for block in partial.blocks(0, size, block=HASH_BLOCK):
-        digest.update(block)
-    return digest.value()
-
-
-def _hash_span(partial: PartialFile, digest: Digest | PartsDigest, start: int, end: int) -> None:
+def hash_span(partial: PartialFile, digest: Digest | PartsDigest, start: int, end: int) -> None:
+    """Feed *digest* the bytes [start, end) already on disk."""
     for block in partial.blocks(start, end, block=HASH_BLOCK):
         digest.update(block)
+
+
+def _digest_of(partial: PartialFile, digest: Digest | PartsDigest, size: int) -> bytes:
+    hash_span(partial, digest, 0, size)
+    return digest.value()
 
 
 def _write_and_hash(

@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from ._checksums import SIZE_ONLY
 from ._direct import DirectGets, DirectSource, HandedCredentials
 from ._errors import IcanhazmodelError
 from ._files import Tree
@@ -95,11 +94,10 @@ class Worker:
 
     def landed(self, job: FileJob) -> None:
         assert job.landed is not None
-        level = (job.expectation or SIZE_ONLY).level.value
         self._events.results.append(
             Landed(
                 self._ids.pop(job.obj.key),
-                level,
+                job.level,
                 job.landed.st_size,
                 job.landed.st_mtime_ns,
                 job.written - job.resumed,
