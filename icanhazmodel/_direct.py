@@ -37,6 +37,7 @@ import aiohttp
 import yarl
 
 from ._checksums import CHECKSUM_ALGORITHMS
+from ._listxml import ListPage, NotAListing, parse_list_page
 from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
 from ._objects import (
     Body,
@@ -303,6 +304,33 @@ class DirectGets:
             raise FallBack(f"{response.status} {code}")
         raise DirectError(response.status, code, message)
 
+    async def list_page(self, prefix: str, token: str | None) -> ListPage:
+        """One ListObjectsV2 page. Any answer but a listing this path can
+        read raises FallBack: botocore then lists from this page on."""
+        path = self._base_path.rstrip("/") or "/"
+        query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+        if token is not None:
+            query["continuation-token"] = token
+        headers: dict[str, str] = {"Accept-Encoding": "identity"}
+        if self._request_payer:
+            headers["x-amz-request-payer"] = self._request_payer
+        signed = await self._signed_headers(path, query, headers)
+        url = self._origin + path + "?" + canonical_query(query)
+        try:
+            async with self._http.get(
+                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise FallBack(f"listing: {type(exc).__name__}") from exc
+        if status != 200:
+            raise FallBack(f"{status} {_error_fields(body)[0]} on a listing")
+        try:
+            return parse_list_page(body)
+        except NotAListing as exc:
+            raise FallBack(f"listing: {exc}") from exc
+
     async def head(
         self, key: str, version_id: str | None, part_number: int | None = None
     ) -> tuple[int, ObjectHeaders, str]:
@@ -428,15 +456,7 @@ class DirectSource:
             size, headers, modified = await self._gets.head(obj.key, obj.version_id)
         if not headers.etag:
             raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
-        fresh = RemoteObject(
-            key=obj.key,
-            size=size,
-            etag=headers.etag,
-            last_modified=posix_time(modified),
-            checksum_algorithms=tuple(headers.checksums),
-            version_id=obj.version_id,
-        )
-        return HeadResult(fresh, headers)
+        return head_result(obj.key, obj.version_id, size, headers, modified)
 
     async def part_size(self, obj: RemoteObject, number: int) -> int | None:
         try:
@@ -450,6 +470,21 @@ class DirectSource:
 
     async def aclose(self) -> None:
         await self._gets.aclose()
+
+
+def head_result(
+    key: str, version_id: str | None, size: int, headers: ObjectHeaders, modified: str
+) -> HeadResult:
+    """A direct HEAD's answer as the pipeline takes it."""
+    fresh = RemoteObject(
+        key=key,
+        size=size,
+        etag=headers.etag,
+        last_modified=posix_time(modified),
+        checksum_algorithms=tuple(headers.checksums),
+        version_id=version_id,
+    )
+    return HeadResult(fresh, headers)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,14 @@ from aiobotocore.config import AioConfig
 from botocore import UNSIGNED
 
 from ._checksums import CHECKSUM_ALGORITHMS, ChecksumMismatch
-from ._direct import DirectGets, DirectSource, FrozenCredentials, Route, usable_for
+from ._direct import (
+    DirectGets,
+    DirectSource,
+    FrozenCredentials,
+    Route,
+    head_result,
+    usable_for,
+)
 from ._errors import (
     AccessDenied,
     BucketNotFound,
@@ -33,6 +40,7 @@ from ._errors import (
     S3Error,
     UsageError,
 )
+from ._listxml import ListPage
 from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
 from ._objects import (
     CREDENTIAL_CODES,
@@ -226,16 +234,20 @@ class S3:
         self.bucket = options.bucket
         self._direct: DirectGets | None = None
         self._direct_wanted = usable_for(options.bucket, client.meta.config)
+        # Listing and run-level HEADs go direct too, until an answer the
+        # direct path cannot read sends them (not the GETs) to botocore.
+        self._direct_lists = self._direct_wanted
+        self._retired: list[DirectGets] = []
         self._direct_lock = anyio.Lock()
         self._denied_head: str | None = None  # a key whose HEAD got 403
 
     async def aclose(self) -> None:
-        if self._direct is not None:
-            await self._direct.aclose()
+        for gets in [*self._retired, *([self._direct] if self._direct else [])]:
+            await gets.aclose()
 
     async def _direct_gets(self) -> DirectGets | None:
-        """The lighter GET path, set up on first use: by then the listing has
-        taught botocore the bucket's region, should it differ."""
+        """The lighter path, set up on first use from botocore's view of the
+        bucket (URL, signing region)."""
         if not self._direct_wanted:
             return None
         async with self._direct_lock:
@@ -277,8 +289,37 @@ class S3:
             return {"RequestPayer": self._options.request_payer}
         return {}
 
+    async def _direct_lister(self) -> DirectGets | None:
+        return await self._direct_gets() if self._direct_lists else None
+
+    def _list_through_botocore(self, first: bool) -> None:
+        """The direct path could not read a listing or HEAD answer: botocore
+        lists from here on. On the first request the resolved URL itself may
+        be wrong (a bucket in another region than configured), so it is
+        resolved afresh after botocore has followed S3's redirect."""
+        self._direct_lists = False
+        if first and self._direct is not None:
+            self._retired.append(self._direct)
+            self._direct = None
+
     async def head(self, key: str, version_id: str | None = None) -> HeadResult | None:
         """HEAD one key; None if there is no such object."""
+        direct = await self._direct_lister()
+        if direct is not None:
+            try:
+                size, headers, modified = await direct.head(key, version_id)
+            except DirectError as exc:
+                if exc.status in (403, 404):
+                    if exc.status == 403:
+                        self._denied_head = key
+                    return None
+                self._list_through_botocore(first=True)
+            except (FallBack, aiohttp.ClientError, TimeoutError):
+                self._list_through_botocore(first=True)
+            else:
+                if not headers.etag:
+                    raise not_s3(f"HEAD s3://{self.bucket}/{key}")
+                return head_result(key, version_id, size, headers, modified)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"}
         if version_id:
             kwargs["VersionId"] = version_id
@@ -301,6 +342,9 @@ class S3:
 
     async def stat(self, obj: RemoteObject) -> HeadResult:
         """HEAD one object mid-run: its current version, checksums and encryption."""
+        if (direct := await self._direct_gets()) is not None:
+            with contextlib.suppress(NeedsBotocore):
+                return await DirectSource(direct, self.bucket).stat(obj)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key, "ChecksumMode": "ENABLED"}
         if obj.version_id:
             kwargs["VersionId"] = obj.version_id
@@ -316,6 +360,9 @@ class S3:
         Its ETag is not compared: stores differ on whether a part HEAD sends
         the part's or the object's, and every GET is pinned by If-Match anyway.
         """
+        if (direct := await self._direct_gets()) is not None:
+            with contextlib.suppress(NeedsBotocore):
+                return await DirectSource(direct, self.bucket).part_size(obj, number)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key, "PartNumber": number}
         if obj.version_id:
             kwargs["VersionId"] = obj.version_id
@@ -331,19 +378,34 @@ class S3:
 
     async def list_pages(self, prefix: str) -> AsyncIterator[list[RemoteObject]]:
         """Yield the objects under *prefix* one listing page at a time."""
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, **self._extra())
         what = f"listing s3://{self.bucket}/{prefix}"
         if self._denied_head is not None and prefix == self._denied_head + "/":
             what = f"looking up s3://{self.bucket}/{self._denied_head}"
-        iterator = pages.__aiter__()
+        token: str | None = None
         while True:
-            with run_errors(self.bucket, what):
-                try:
-                    page = await iterator.__anext__()
-                except StopAsyncIteration:
-                    return
-            yield [_listed_object(item) for item in page.get("Contents", ())]
+            page = await self._list_page(prefix, token, what)
+            yield page.objects
+            if page.next_token is None:
+                return
+            if page.next_token == token:  # a store that would loop forever
+                raise S3Error(f"S3 sent the same continuation token twice while {what}")
+            token = page.next_token
+
+    async def _list_page(self, prefix: str, token: str | None, what: str) -> ListPage:
+        direct = await self._direct_lister()
+        if direct is not None:
+            try:
+                return await direct.list_page(prefix, token)
+            except FallBack:
+                self._list_through_botocore(first=token is None)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, **self._extra()}
+        if token is not None:
+            kwargs["ContinuationToken"] = token
+        with run_errors(self.bucket, what):
+            response = await self._client.list_objects_v2(**kwargs)
+        objects = [_listed_object(item) for item in response.get("Contents", ())]
+        more = response.get("IsTruncated") and response.get("NextContinuationToken")
+        return ListPage(objects, str(more) if more else None)
 
     async def open_body(
         self,

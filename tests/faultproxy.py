@@ -43,6 +43,7 @@ class Fault:
     before_cut: Callable[[], None] | None = None  # e.g. overwrite the object in S3
     drop_range: bool = False  # forward without the Range header, as a naive server would
     probability: float = 1.0  # of hitting a matching request (the soak test's dice)
+    exact_path: str | None = None  # only this path, e.g. "/bucket" for its listings
     once_per_path: bool = False  # never hit the same object twice
     applied: int = 0
     hit_paths: set[str] = field(default_factory=set)
@@ -52,6 +53,7 @@ class Fault:
             self.applied < self.times
             and method == self.method
             and self.key_contains in path
+            and (self.exact_path is None or path == self.exact_path)
             and not (self.once_per_path and path in self.hit_paths)
             and (self.probability >= 1.0 or dice.random() < self.probability)
         )

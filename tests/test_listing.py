@@ -1,0 +1,203 @@
+"""Listings: read straight from S3's XML, and the same as botocore's.
+
+The direct path lists (and HEADs the exact key) without botocore; any answer
+it cannot read hands the listing to botocore from that page on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote_plus
+from xml.sax.saxutils import escape
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import icanhazmodel
+from icanhazmodel._listxml import NotAListing, parse_list_page
+from icanhazmodel._models import RemoteObject
+from icanhazmodel._s3 import S3Options, open_s3
+from tests.conftest import Bucket, tree_of
+from tests.faultproxy import Fault, FaultProxy, fault_proxy
+
+NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+def listing_xml(
+    keys: list[str], *, url_encoded: bool, truncated: bool = False, token: str | None = None
+) -> bytes:
+    contents = "".join(
+        "<Contents>"
+        f"<Key>{quote_plus(key, safe='/') if url_encoded else escape(key)}</Key>"
+        "<LastModified>2026-11-28T06:00:00.000Z</LastModified>"
+        f'<ETag>"{i:032x}"</ETag><Size>{i}</Size>'
+        "<ChecksumAlgorithm>CRC32</ChecksumAlgorithm><ChecksumAlgorithm>SHA1</ChecksumAlgorithm>"
+        "<StorageClass>STANDARD</StorageClass></Contents>"
+        for i, key in enumerate(keys)
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{NS}">'
+        f"<Name>b</Name><Prefix></Prefix><KeyCount>{len(keys)}</KeyCount><MaxKeys>1000</MaxKeys>"
+        + ("<EncodingType>url</EncodingType>" if url_encoded else "")
+        + f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+        + (f"<NextContinuationToken>{escape(token)}</NextContinuationToken>" if token else "")
+        + contents
+        + "</ListBucketResult>"
+    ).encode()
+
+
+# Keys as S3 allows them: any unicode but NUL-free; XML 1.0 cannot carry
+# control characters, hence EncodingType=url.
+KEYS = st.lists(
+    st.text(st.characters(exclude_characters="\x00", codec="utf-8"), min_size=1, max_size=40),
+    max_size=20,
+)
+
+
+@given(KEYS)
+@settings(max_examples=300)
+def test_url_encoded_keys_come_back_exactly(keys: list[str]) -> None:
+    page = parse_list_page(listing_xml(keys, url_encoded=True))
+    assert [o.key for o in page.objects] == keys
+    assert page.next_token is None
+
+
+def test_every_field_the_run_uses_is_read() -> None:
+    page = parse_list_page(
+        listing_xml(["a b+c", "d"], url_encoded=False, truncated=True, token="tok/=+")
+    )
+    assert page.next_token == "tok/=+"
+    first = page.objects[0]
+    assert first == RemoteObject(
+        key="a b+c",  # not URL-decoded: the answer did not say it was encoded
+        size=0,
+        etag="0" * 32,
+        last_modified=first.last_modified,
+        checksum_algorithms=("CRC32", "SHA1"),
+    )
+    assert first.last_modified == pytest.approx(1795845600.0)
+    assert page.objects[1].size == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><body>Welcome to the hotel wifi</body></html>",
+        b"not xml at all",
+        b'<?xml version="1.0"?><Error><Code>AccessDenied</Code></Error>',
+        f'<ListBucketResult xmlns="{NS}"><Contents><Key>a</Key></Contents>'
+        "</ListBucketResult>".encode(),
+        f'<ListBucketResult xmlns="{NS}"><IsTruncated>true</IsTruncated>'
+        "</ListBucketResult>".encode(),
+        f'<ListBucketResult xmlns="{NS}"><IsTruncated>false</IsTruncated>'
+        "<Contents><Size>3</Size></Contents></ListBucketResult>".encode(),
+        f'<ListBucketResult xmlns="{NS}"><IsTruncated>false</IsTruncated>'
+        "<Contents><Key>a</Key><Size>-1</Size></Contents></ListBucketResult>".encode(),
+    ],
+    ids=["portal", "text", "error", "no-truncated", "no-token", "no-key", "negative-size"],
+)
+def test_anything_but_a_readable_listing_is_refused(body: bytes) -> None:
+    with pytest.raises(NotAListing):
+        parse_list_page(body)
+
+
+# -- against moto, over HTTP ---------------------------------------------------------
+
+
+ODD_KEYS = [
+    "p/plain.bin",
+    "p/with space.txt",
+    "p/plus+sign",
+    "p/percent%20literal",
+    "p/amp&lt;<tag>",
+    "p/ünïcødé/файл",
+    "p/ctrl\x01char",
+    "p/tab\tchar",
+    "p/trailing.",
+    "p/q?x=1#frag",
+]
+
+
+async def listed(endpoint: str, bucket: str, prefix: str) -> list[RemoteObject]:
+    async with open_s3(S3Options(bucket=bucket, endpoint_url=endpoint)) as s3:
+        pages: AsyncIterator[list[RemoteObject]] = s3.list_pages(prefix)
+        return [obj async for page in pages for obj in page]
+
+
+@pytest.fixture
+def proxy(bucket: Bucket) -> Iterator[FaultProxy]:
+    with fault_proxy(bucket.endpoint) as p:
+        yield p
+
+
+def listing_requests(proxy: FaultProxy, bucket: Bucket) -> list[str]:
+    """The User-Agent of each listing request, in order."""
+    return [
+        s.headers.get("user-agent", "")
+        for s in proxy.requests("GET")
+        if s.path == f"/{bucket.name}"
+    ]
+
+
+def test_the_direct_listing_matches_botocores_over_pages(
+    bucket: Bucket, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = ODD_KEYS + [f"p/many/{i:05d}" for i in range(1100)]  # two pages
+    for i, key in enumerate(keys):
+        bucket.put(key, str(i).encode(), **({"ChecksumAlgorithm": "CRC32"} if i % 3 else {}))
+    direct = asyncio.run(listed(proxy.endpoint, bucket.name, "p/"))
+    agents = listing_requests(proxy, bucket)
+    assert len(agents) == 2
+    assert all(a.startswith("icanhazmodel/") for a in agents), agents
+    monkeypatch.setenv("ICANHAZMODEL_DIRECT_GETS", "0")
+    through_botocore = asyncio.run(listed(proxy.endpoint, bucket.name, "p/"))
+    assert not any(a.startswith("icanhazmodel/") for a in listing_requests(proxy, bucket)[2:])
+    assert direct == through_botocore
+    assert sorted(o.key for o in direct) == sorted(keys)
+    assert any(o.checksum_algorithms == ("CRC32",) for o in direct)
+
+
+@pytest.mark.parametrize("failing_page", [1, 2])
+def test_a_listing_page_the_direct_path_cannot_read_goes_to_botocore_without_holes(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path, failing_page: int
+) -> None:
+    keys = [f"p/{i:05d}" for i in range(1005)]
+    for key in keys:
+        bucket.put(key, key.encode())
+    if failing_page == 2:
+        # Let the first listing through, then fail the next one once.
+        first_done = Fault(exact_path=f"/{bucket.name}", times=1)
+        proxy.add(first_done)
+    proxy.add(Fault(exact_path=f"/{bucket.name}", status_503=True, times=1))
+    result = asyncio.run(
+        icanhazmodel.fetch(
+            bucket=bucket.name, key="p", dest=tmp_path, endpoint_url=proxy.endpoint, concurrency=8
+        )
+    )
+    assert result.downloaded == len(keys)
+    assert not result.failed
+    assert tree_of(tmp_path) == {key: key.encode() for key in keys}
+    agents = listing_requests(proxy, bucket)
+    direct = [a.startswith("icanhazmodel/") for a in agents]
+    # The direct path asked until the failure; botocore asked from there on.
+    assert direct == [True] * failing_page + [False] * (len(direct) - failing_page)
+    assert len(direct) >= failing_page + 1
+
+
+def test_the_exact_key_is_looked_up_directly(
+    bucket: Bucket, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    bucket.put("models/config.yaml", b"a: 1\n")
+    result = asyncio.run(
+        icanhazmodel.fetch(
+            bucket=bucket.name, key="models/config.yaml", dest=tmp_path, endpoint_url=proxy.endpoint
+        )
+    )
+    assert result.downloaded == 1
+    heads = proxy.requests("HEAD", "models/config.yaml")
+    assert heads
+    assert all(h.headers.get("user-agent", "").startswith("icanhazmodel/") for h in heads)
+    assert not listing_requests(proxy, bucket)  # found by HEAD: no listing needed
