@@ -131,7 +131,7 @@ async def resolve_route(client: Any, credentials: Any, bucket: str) -> Route | N
     quoted_probe = quote(PROBE_KEY, safe="/~")
     if not parts.path.endswith(quoted_probe) or parts.scheme not in ("http", "https"):
         return None
-    if _proxied(parts.scheme, parts.hostname or ""):
+    if proxied(parts.scheme, parts.hostname or ""):
         return None
     query = parse_qs(parts.query)
     region = None
@@ -239,7 +239,7 @@ class DirectGets:
             read_bufsize=READ_BUFSIZE,
             # No trust_env: it costs a netrc and a proxy lookup, each in a
             # thread, per request. A proxy in the environment sends the run
-            # through botocore instead (see _proxied).
+            # through botocore instead (see proxied).
             headers={"User-Agent": USER_AGENT},
         )
         return cls(session, route, credentials, request_payer)
@@ -384,7 +384,7 @@ def host_header(scheme: str, netloc: str) -> str:
     return netloc
 
 
-def _proxied(scheme: str, host: str) -> bool:
+def proxied(scheme: str, host: str) -> bool:
     """Whether HTTP(S)_PROXY would route requests to *host* through a proxy."""
     proxies = urllib.request.getproxies()
     return scheme in proxies and not urllib.request.proxy_bypass(host)

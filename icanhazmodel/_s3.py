@@ -13,20 +13,22 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import aioboto3
 import aiohttp
 import anyio
 import botocore.exceptions as boto_exc
-from aiobotocore.config import AioConfig
-from botocore import UNSIGNED
+
+if TYPE_CHECKING:
+    import aioboto3
+    from aiobotocore.config import AioConfig
 
 from ._checksums import CHECKSUM_ALGORITHMS, ChecksumMismatch
 from ._direct import (
     DirectGets,
     DirectSource,
     FrozenCredentials,
+    HandedCredentials,
     Route,
     head_result,
     usable_for,
@@ -40,6 +42,7 @@ from ._errors import (
     S3Error,
     UsageError,
 )
+from ._light import LightStart, light_start
 from ._listxml import ListPage
 from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
 from ._objects import (
@@ -224,16 +227,35 @@ def _head_result(key: str, response: Mapping[str, Any], version_id: str | None) 
     return HeadResult(obj, headers)
 
 
-class S3:
-    """One aioboto3 client for the whole run, shared by every worker."""
+@dataclass(slots=True)
+class _Botocore:
+    """The botocore side of a run: opened at the start, or on first need."""
 
-    def __init__(self, client: Any, options: S3Options, credentials: Any = None) -> None:
-        self._client = client
+    client: Any
+    exit: Any  # the client context's __aexit__
+    credentials: Any  # botocore's (refreshing) credentials; None: unsigned
+
+
+class S3:
+    """The run's way to S3: the direct path, and one aioboto3 client shared
+    by every worker for what only botocore can do."""
+
+    def __init__(
+        self,
+        options: S3Options,
+        *,
+        botocore: _Botocore | None = None,
+        light: LightStart | None = None,
+    ) -> None:
         self._options = options
-        self._credentials = credentials
+        self._boto = botocore
+        self._boto_lock = anyio.Lock()
+        self._light = light  # botocore not loaded until needed
         self.bucket = options.bucket
         self._direct: DirectGets | None = None
-        self._direct_wanted = usable_for(options.bucket, client.meta.config)
+        self._direct_wanted = light is not None or (
+            botocore is not None and usable_for(options.bucket, botocore.client.meta.config)
+        )
         # Listing and run-level HEADs go direct too, until an answer the
         # direct path cannot read sends them (not the GETs) to botocore.
         self._direct_lists = self._direct_wanted
@@ -244,25 +266,42 @@ class S3:
     async def aclose(self) -> None:
         for gets in [*self._retired, *([self._direct] if self._direct else [])]:
             await gets.aclose()
+        if self._boto is not None:
+            await self._boto.exit(None, None, None)
+
+    async def _botocore(self) -> _Botocore:
+        async with self._boto_lock:
+            if self._boto is None:
+                self._boto = await _open_botocore(self._options)
+            return self._boto
+
+    async def _client(self) -> Any:
+        return (await self._botocore()).client
 
     async def _direct_gets(self) -> DirectGets | None:
-        """The lighter path, set up on first use from botocore's view of the
-        bucket (URL, signing region)."""
+        """The lighter path, set up on first use: from the light start's
+        route, else from botocore's view of the bucket (URL, signing region)."""
         if not self._direct_wanted:
             return None
         async with self._direct_lock:
             if self._direct is None and self._direct_wanted:
-                with run_errors(self.bucket, "preparing downloads"):
-                    self._direct = await DirectGets.create(
-                        self._client,
-                        self._credentials,
-                        bucket=self.bucket,
-                        pool_size=self._options.pool_size,
-                        connect_timeout=self._options.connect_timeout,
-                        read_timeout=self._options.read_timeout,
-                        verify=self._options.verify,
-                        request_payer=self._options.request_payer,
+                settings: dict[str, Any] = {
+                    "pool_size": self._options.pool_size,
+                    "connect_timeout": self._options.connect_timeout,
+                    "read_timeout": self._options.read_timeout,
+                    "verify": self._options.verify,
+                    "request_payer": self._options.request_payer,
+                }
+                if self._light is not None:
+                    self._direct = DirectGets.for_route(
+                        self._light.route, HandedCredentials(self._light.credentials), **settings
                     )
+                else:
+                    boto = await self._botocore()
+                    with run_errors(self.bucket, "preparing downloads"):
+                        self._direct = await DirectGets.create(
+                            boto.client, boto.credentials, bucket=self.bucket, **settings
+                        )
                 self._direct_wanted = self._direct is not None
             return self._direct
 
@@ -278,10 +317,12 @@ class S3:
 
     async def frozen_credentials(self) -> FrozenCredentials | None:
         """The keys in use right now (refreshed by botocore as they rotate)."""
-        if self._credentials is None:
+        if self._boto is None:
+            return self._light.credentials if self._light is not None else None
+        if self._boto.credentials is None:
             return None
         with run_errors(self.bucket, "refreshing credentials"):
-            frozen = await self._credentials.get_frozen_credentials()
+            frozen = await self._boto.credentials.get_frozen_credentials()
         return FrozenCredentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     def _extra(self) -> dict[str, str]:
@@ -298,9 +339,11 @@ class S3:
         be wrong (a bucket in another region than configured), so it is
         resolved afresh after botocore has followed S3's redirect."""
         self._direct_lists = False
-        if first and self._direct is not None:
-            self._retired.append(self._direct)
-            self._direct = None
+        if first:
+            self._light = None
+            if self._direct is not None:
+                self._retired.append(self._direct)
+                self._direct = None
 
     async def head(self, key: str, version_id: str | None = None) -> HeadResult | None:
         """HEAD one key; None if there is no such object."""
@@ -324,7 +367,7 @@ class S3:
         if version_id:
             kwargs["VersionId"] = version_id
         try:
-            response = await self._client.head_object(**kwargs, **self._extra())
+            response = await (await self._client()).head_object(**kwargs, **self._extra())
         except boto_exc.ClientError as exc:
             code, status = _error_code(exc)
             # 403 is what S3 answers for a missing key when the caller may not
@@ -349,7 +392,7 @@ class S3:
         if obj.version_id:
             kwargs["VersionId"] = obj.version_id
         with object_errors(obj.key):
-            response = await self._client.head_object(**kwargs, **self._extra())
+            response = await (await self._client()).head_object(**kwargs, **self._extra())
         if not response.get("ETag"):
             raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
         return _head_result(obj.key, response, obj.version_id)
@@ -368,7 +411,7 @@ class S3:
             kwargs["VersionId"] = obj.version_id
         try:
             with object_errors(obj.key):
-                response = await self._client.head_object(**kwargs, **self._extra())
+                response = await (await self._client()).head_object(**kwargs, **self._extra())
         except TransientObjectError:
             raise
         except ObjectError:
@@ -402,7 +445,7 @@ class S3:
         if token is not None:
             kwargs["ContinuationToken"] = token
         with run_errors(self.bucket, what):
-            response = await self._client.list_objects_v2(**kwargs)
+            response = await (await self._client()).list_objects_v2(**kwargs)
         objects = [_listed_object(item) for item in response.get("Contents", ())]
         more = response.get("IsTruncated") and response.get("NextContinuationToken")
         return ListPage(objects, str(more) if more else None)
@@ -443,12 +486,15 @@ class S3:
         if want_checksum:
             kwargs["ChecksumMode"] = "ENABLED"
         with object_errors(obj.key):
-            response = await self._client.get_object(**kwargs, **self._extra())
+            response = await (await self._client()).get_object(**kwargs, **self._extra())
         body = Body(response["Body"], obj.key, _headers(response), object_errors)
         return checked(body, obj, start, end, ranged)
 
 
 def _client_config(options: S3Options) -> AioConfig:
+    from aiobotocore.config import AioConfig
+    from botocore import UNSIGNED
+
     # SigV4 spelled out: what S3 requests use anyway, and what makes a
     # presigned URL (the direct path's probe) name its signing region.
     extra: dict[str, Any] = {"signature_version": UNSIGNED if options.unsigned else "s3v4"}
@@ -486,12 +532,16 @@ def _verify_tls(endpoint_url: str | None, session: aioboto3.Session) -> bool | s
         raise
     except Exception:  # a private attribute: be ready for it to move
         bundle = os.environ.get("AWS_CA_BUNDLE")
-    if bundle and not os.path.isfile(bundle):
+    _check_ca_bundle(bundle)
+    return str(bundle) if bundle else None
+
+
+def _check_ca_bundle(bundle: object) -> None:
+    if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
         source = (
             "AWS_CA_BUNDLE" if os.environ.get("AWS_CA_BUNDLE") else "ca_bundle in the AWS config"
         )
         raise UsageError(f"{source} names '{bundle}', which is not a file")
-    return str(bundle) if bundle else None
 
 
 def _profile_words(options: S3Options) -> str:
@@ -500,6 +550,8 @@ def _profile_words(options: S3Options) -> str:
 
 
 def _session(options: S3Options) -> aioboto3.Session:
+    import aioboto3  # ~0.13 s: only runs that need botocore pay for it
+
     try:
         session = aioboto3.Session(profile_name=options.profile)
     except boto_exc.ProfileNotFound as exc:
@@ -519,12 +571,10 @@ def _config_file() -> str:
     return os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"
 
 
-@contextlib.asynccontextmanager
-async def open_s3(options: S3Options) -> AsyncIterator[S3]:
-    """Open the run's single S3 client."""
+async def _open_botocore(options: S3Options) -> _Botocore:
+    """The session, client and credentials, with their failures in our words."""
     try:
         session = _session(options)
-        options = replace(options, verify=_verify_tls(options.endpoint_url, session))
     except boto_exc.ConfigParseError as exc:
         raise UsageError(f"cannot read the AWS config file '{_config_file()}': {exc}") from exc
     try:
@@ -547,9 +597,32 @@ async def open_s3(options: S3Options) -> AsyncIterator[S3]:
         raise CredentialsError(f"cannot get credentials{_profile_words(options)}: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         raise S3Error(f"cannot create the S3 client: {exc}") from exc
-    s3 = S3(client, options, credentials)
+    return _Botocore(client, client_cm.__aexit__, credentials)
+
+
+@contextlib.asynccontextmanager
+async def open_s3(options: S3Options) -> AsyncIterator[S3]:
+    """Open the run's way to S3: without botocore where it would decide
+    nothing (see ``_light``), else with its client from the start."""
+    light = light_start(
+        bucket=options.bucket,
+        endpoint_url=options.endpoint_url,
+        profile=options.profile,
+        region=options.region,
+        unsigned=options.unsigned,
+        environ=os.environ,
+    )
+    if light is not None:
+        _check_ca_bundle(light.tls_verify)
+        s3 = S3(replace(options, verify=light.tls_verify), light=light)
+    else:
+        try:
+            verify = _verify_tls(options.endpoint_url, _session(options))
+        except boto_exc.ConfigParseError as exc:
+            raise UsageError(f"cannot read the AWS config file '{_config_file()}': {exc}") from exc
+        options = replace(options, verify=verify)
+        s3 = S3(options, botocore=await _open_botocore(options))
     try:
         yield s3
     finally:
         await s3.aclose()
-        await client_cm.__aexit__(None, None, None)

@@ -44,6 +44,7 @@ class Fault:
     drop_range: bool = False  # forward without the Range header, as a naive server would
     probability: float = 1.0  # of hitting a matching request (the soak test's dice)
     exact_path: str | None = None  # only this path, e.g. "/bucket" for its listings
+    error: tuple[int, str] | None = None  # answer (status, S3 error code) without asking upstream
     once_per_path: bool = False  # never hit the same object twice
     applied: int = 0
     hit_paths: set[str] = field(default_factory=set)
@@ -145,11 +146,15 @@ class FaultProxy:
                 path = unquote(urlsplit(target).path)
                 fault = self._pick_fault(method, path, headers)
                 if fault is not None and fault.status_503:
-                    client.sendall(
-                        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-                        + f"Content-Length: {len(_SLOWDOWN_BODY)}\r\n".encode()
-                        + b"Connection: close\r\n\r\n"
-                        + _SLOWDOWN_BODY
+                    _send_error(client, 503, _SLOWDOWN_BODY)
+                    return
+                if fault is not None and fault.error is not None:
+                    status, code = fault.error
+                    _send_error(
+                        client,
+                        status,
+                        f"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>{code}</Code>"
+                        "<Message>injected by the fault proxy</Message></Error>".encode(),
                     )
                     return
                 if fault is not None and fault.drop_range:
@@ -216,6 +221,15 @@ class FaultProxy:
         else:
             client.sendall(bytes(data))
         return sent + len(chunk)
+
+
+def _send_error(client: socket.socket, status: int, body: bytes) -> None:
+    client.sendall(
+        f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n".encode()
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
