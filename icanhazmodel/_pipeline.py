@@ -263,7 +263,7 @@ class Run:
         else:
             self._prefix = directory_prefix(self.config.key)
             async for page in self.s3.list_pages(self._prefix):
-                await self._plan_page(page, send)
+                await self._plan_page(page.objects, send, more=page.next_token is not None)
         self._check_something_selected()
 
     def _check_something_selected(self) -> None:
@@ -279,8 +279,9 @@ class Run:
             )
 
     async def _plan_page(
-        self, page: list[RemoteObject], send: ObjectSendStream[Work] | None
+        self, page: list[RemoteObject], send: ObjectSendStream[Work] | None, more: bool = False
     ) -> None:
+        """Plan one listing page (*more*: further pages are coming)."""
         jobs: list[FileJob] = []
         for obj in page:
             self.tally.listed += 1
@@ -310,7 +311,7 @@ class Run:
             return
         self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
         if not self.spread.decided and downloads:
-            await self.spread.maybe_start(self.config, self.tree, downloads)
+            await self.spread.maybe_start(self.config, self.tree, downloads, more)
         for job in downloads:
             await self._enqueue(job, send)
 

@@ -419,7 +419,7 @@ class S3:
         length = response.get("ContentLength")
         return None if length is None else int(length)
 
-    async def list_pages(self, prefix: str) -> AsyncIterator[list[RemoteObject]]:
+    async def list_pages(self, prefix: str) -> AsyncIterator[ListPage]:
         """Yield the objects under *prefix* one listing page at a time."""
         what = f"listing s3://{self.bucket}/{prefix}"
         if self._denied_head is not None and prefix == self._denied_head + "/":
@@ -427,7 +427,7 @@ class S3:
         token: str | None = None
         while True:
             page = await self._list_page(prefix, token, what)
-            yield page.objects
+            yield page
             if page.next_token is None:
                 return
             if page.next_token == token:  # a store that would loop forever

@@ -62,14 +62,18 @@ class Spread:
     def size(self) -> int:
         return self.pool.size if self.pool is not None else 1
 
-    async def maybe_start(self, config: FetchConfig, tree: Tree, downloads: list[FileJob]) -> None:
-        """Start worker processes if the first page has work enough for them."""
+    async def maybe_start(
+        self, config: FetchConfig, tree: Tree, downloads: list[FileJob], more: bool
+    ) -> None:
+        """Start worker processes if the first page (*more*: and the pages
+        still to come) has work enough for them."""
         self.decided = True
         count = processes_for(
             config.processes,
             len(downloads),
             sum(job.obj.size for job in downloads),
             usable_cpus(),
+            more_listed=more,
         )
         if count < 2:
             return

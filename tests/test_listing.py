@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import icanhazmodel
-from icanhazmodel._listxml import NotAListing, parse_list_page
+from icanhazmodel._listxml import ListPage, NotAListing, parse_list_page
 from icanhazmodel._models import RemoteObject
 from icanhazmodel._s3 import S3Options, open_s3
 from tests.conftest import Bucket, tree_of
@@ -123,8 +123,8 @@ ODD_KEYS = [
 
 async def listed(endpoint: str, bucket: str, prefix: str) -> list[RemoteObject]:
     async with open_s3(S3Options(bucket=bucket, endpoint_url=endpoint)) as s3:
-        pages: AsyncIterator[list[RemoteObject]] = s3.list_pages(prefix)
-        return [obj async for page in pages for obj in page]
+        pages: AsyncIterator[ListPage] = s3.list_pages(prefix)
+        return [obj async for page in pages for obj in page.objects]
 
 
 @pytest.fixture

@@ -69,6 +69,10 @@ def test_auto_leaves_small_runs_in_one_process_and_a_core_to_the_parent() -> Non
     assert processes_for(None, 1, 1024, cpus=16) == 1
     assert processes_for(None, 11, 415 * MiB, cpus=16) == 6
     assert processes_for(None, 1000, 16 * MiB, cpus=16) == 5
+    # A full first page with more behind it: every CPU but the parent's.
+    assert processes_for(None, 1000, 16 * MiB, cpus=16, more_listed=True) == 15
+    assert processes_for(None, 1000, 16 * MiB, cpus=64, more_listed=True) == 32
+    assert processes_for(None, 3, 16 * MiB, cpus=16, more_listed=True) == 1  # filtered down
     assert processes_for(None, 8, 8 << 30, cpus=16) == 8
     assert processes_for(None, 8, 8 << 30, cpus=2) == 1  # one core for the parent, one to work
     assert processes_for(None, 1, 10 << 30, cpus=16) == 1  # one object: one process

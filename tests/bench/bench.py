@@ -63,7 +63,10 @@ def scenarios(scale: float) -> dict[str, Scenario]:
     )
     large_size = max(MiB, int(256 * MiB * scale))
     large = tuple((f"large/part-{i}.bin", large_size, f"l{i}") for i in range(4))
+    # Start-up: one 1 KiB object, where the tools' own start is the whole run.
+    one = (("one/config.json", 1024, "one"),)
     return {
+        "one": Scenario("one object", "one", one),
         "seed": Scenario("seed tree", MODEL_KEY, seed),
         "small": Scenario("small", "small", small),
         "large": Scenario("large", "large", large),
@@ -324,7 +327,7 @@ def main() -> int:
         help="size/count of every scenario relative to the full one (default 1)",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per tool and scenario")
-    parser.add_argument("--scenarios", default="seed,small,large")
+    parser.add_argument("--scenarios", default="one,seed,small,large")
     parser.add_argument("--tools", default="", help="comma-separated subset of tool names")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("--bench-venv", type=Path, default=ROOT / ".venv-bench")
