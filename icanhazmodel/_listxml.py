@@ -15,7 +15,7 @@ from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
 from ._models import RemoteObject
-from ._objects import posix_time
+from ._objects import posix_time, strip_quotes
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
@@ -32,10 +32,6 @@ class ListPage:
 
 def _local(tag: str) -> str:
     return tag[tag.index("}") + 1 :] if tag[:1] == "{" else tag
-
-
-def _strip_quotes(etag: str) -> str:
-    return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
 
 
 def parse_list_page(body: bytes) -> ListPage:
@@ -91,7 +87,7 @@ def _object(element: ElementTree.Element, url_encoded: bool) -> RemoteObject:
             if size < 0:
                 raise NotAListing(f"a Size of {size}")
         elif name == "ETag":
-            etag = _strip_quotes(text)
+            etag = strip_quotes(text)
         elif name == "LastModified":
             modified = text
         elif name == "ChecksumAlgorithm":

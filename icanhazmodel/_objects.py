@@ -127,6 +127,11 @@ def etag_problem(etag: str) -> str | None:
     return f"S3 gave it the ETag {etag!r}, which cannot be sent back in a request header"
 
 
+def strip_quotes(etag: str) -> str:
+    """An ETag as S3 sends it ('"abc"') without its quotes."""
+    return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
+
+
 def posix_time(value: Any) -> float:
     """LastModified as POSIX seconds, from the raw text S3 sent.
 

@@ -59,6 +59,7 @@ from ._objects import (
     not_s3,
     posix_time,
     raise_for_answer,
+    strip_quotes,
 )
 
 _NO_CREDENTIALS_HINT = (
@@ -175,15 +176,11 @@ def object_errors(key: str) -> Iterator[None]:
 # -- the client ---------------------------------------------------------------
 
 
-def _strip_quotes(etag: str) -> str:
-    return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
-
-
 def _listed_object(item: Mapping[str, Any]) -> RemoteObject:
     return RemoteObject(
         key=item["Key"],
         size=int(item.get("Size", 0)),
-        etag=_strip_quotes(item.get("ETag", "")),
+        etag=strip_quotes(item.get("ETag", "")),
         last_modified=posix_time(item.get("LastModified")),
         checksum_algorithms=tuple(item.get("ChecksumAlgorithm", ())),
     )
@@ -203,7 +200,7 @@ def _headers(response: Mapping[str, Any]) -> ObjectHeaders:
     """The fields icanhazmodel uses from a botocore GetObject/HeadObject answer."""
     length = response.get("ContentLength")
     return ObjectHeaders(
-        etag=_strip_quotes(response.get("ETag", "")),
+        etag=strip_quotes(response.get("ETag", "")),
         checksums=response_checksums(response),
         checksum_type=response.get("ChecksumType"),
         encrypted_with_key=encrypted_with_key(
