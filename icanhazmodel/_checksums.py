@@ -13,7 +13,7 @@ import hashlib
 import re
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ._models import Verification
@@ -30,6 +30,12 @@ _LEVEL = {
     "SHA256": Verification.SHA256,
     "MD5": Verification.ETAG_MD5,
     "MD5-MULTIPART": Verification.ETAG_MD5_MULTIPART,
+}
+_COMPOSITE_LEVEL = {
+    "CRC32": Verification.CRC32_COMPOSITE,
+    "CRC32C": Verification.CRC32C_COMPOSITE,
+    "SHA1": Verification.SHA1_COMPOSITE,
+    "SHA256": Verification.SHA256_COMPOSITE,
 }
 _PLAIN_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 # A multipart upload's ETag: the MD5 of its parts' MD5s, then '-' and the count.
@@ -123,11 +129,29 @@ class Expectation:
 
     algorithm: str | None  # "CRC64NVME" ... "SHA1", "MD5", "MD5-MULTIPART"; None: size only
     expected: bytes = b""
-    parts: int = 0  # MD5-MULTIPART: how many parts the upload had
+    parts: int = 0  # MD5-MULTIPART and composite checksums: how many parts the upload had
+    # A checksum of the parts' checksums (COMPOSITE). None: S3 did not say
+    # whether this CRC of a multipart upload is COMPOSITE or FULL_OBJECT, so
+    # the bytes may match either; the check settles which.
+    composite: bool | None = False
 
     @property
     def level(self) -> Verification:
-        return _LEVEL[self.algorithm] if self.algorithm else Verification.SIZE_ONLY
+        if not self.algorithm:
+            return Verification.SIZE_ONLY
+        if self.composite is not False:
+            return _COMPOSITE_LEVEL[self.algorithm]
+        return _LEVEL[self.algorithm]
+
+    @property
+    def by_parts(self) -> bool:
+        """Checked from a digest per part, so the part layout must be known."""
+        return self.algorithm == MULTIPART_MD5 or self.composite is not False
+
+    @property
+    def part_algorithm(self) -> str | None:
+        """What each part is digested with, for a check by parts."""
+        return "MD5" if self.algorithm == MULTIPART_MD5 else self.algorithm
 
     def describe(self, digest: bytes) -> str:
         return (
@@ -137,6 +161,10 @@ class Expectation:
 
 
 SIZE_ONLY = Expectation(None)
+# S3 keeps SHA checksums of multipart uploads only as COMPOSITE, and
+# CRC64NVME only as FULL_OBJECT; CRC32 and CRC32C can be either.
+_ONLY_COMPOSITE = ("SHA1", "SHA256")
+_ONLY_FULL_OBJECT = ("CRC64NVME",)
 
 
 def choose(
@@ -148,30 +176,61 @@ def choose(
 ) -> Expectation:
     """The strongest whole-object check available for one object.
 
-    *checksums* are S3's base64 values by algorithm. A composite checksum
-    (a multipart upload's checksum of part checksums, with a '-N' suffix)
-    is passed over; so is any checksum of a multipart upload whose type S3
-    did not state (a composite one may come without its suffix, as moto
-    sends it). A plain 32-hex ETag is the MD5 of the bytes, and a multipart
-    one ('<hex>-N') the MD5 of the parts' MD5s, except for SSE-KMS and SSE-C
+    *checksums* are S3's base64 values by algorithm. On an object uploaded
+    in parts (a '<hex>-N' ETag) a checksum is COMPOSITE when S3 says so or
+    its value ends in '-N'; where S3 states no type (moto's HEAD, some
+    stores), the algorithm may settle it, and a CRC32 or CRC32C is checked
+    as either kind. A checksum is preferred to the ETag: it also names the
+    part that is wrong. A plain 32-hex ETag is the MD5 of the bytes, and a
+    multipart one the MD5 of the parts' MD5s, except for SSE-KMS and SSE-C
     objects (*encrypted_with_key*), whose ETags are opaque.
     """
     multipart = _MULTIPART_ETAG.match(etag)
-    if checksum_type == "FULL_OBJECT" or (checksum_type is None and not multipart):
-        for algorithm in CHECKSUM_ALGORITHMS:
-            value = checksums.get(algorithm)
-            if value and "-" not in value:
-                try:
-                    return Expectation(algorithm, base64.b64decode(value, validate=True))
-                except ValueError:
-                    continue
+    parts = int(multipart[2]) if multipart else 0
+    for algorithm in CHECKSUM_ALGORITHMS:
+        if expectation := _from_checksum(algorithm, checksums.get(algorithm), checksum_type, parts):
+            return expectation
     if encrypted_with_key:
         return SIZE_ONLY
     if _PLAIN_MD5_ETAG.match(etag):
         return Expectation("MD5", bytes.fromhex(etag))
     if multipart:
-        return Expectation(MULTIPART_MD5, bytes.fromhex(multipart[1]), int(multipart[2]))
+        return Expectation(MULTIPART_MD5, bytes.fromhex(multipart[1]), parts)
     return SIZE_ONLY
+
+
+def _from_checksum(
+    algorithm: str, value: str | None, checksum_type: str | None, parts: int
+) -> Expectation | None:
+    if not value:
+        return None
+    encoded, _, suffix = value.partition("-")
+    try:
+        expected = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return None
+    if len(expected) != _DIGEST_SIZE[algorithm]:
+        return None
+    if checksum_type == "FULL_OBJECT" and not suffix:
+        return Expectation(algorithm, expected)
+    if not parts:  # one PUT: a '-N' value or a COMPOSITE type makes no sense
+        return Expectation(algorithm, expected) if not (suffix or checksum_type) else None
+    if suffix and suffix != str(parts):
+        return None  # another count of parts than the ETag's: trust neither
+    if checksum_type == "COMPOSITE" or suffix or algorithm in _ONLY_COMPOSITE:
+        return (
+            None
+            if algorithm in _ONLY_FULL_OBJECT
+            else Expectation(algorithm, expected, parts, True)
+        )
+    if checksum_type is None:
+        if algorithm in _ONLY_FULL_OBJECT:
+            return Expectation(algorithm, expected)
+        return Expectation(algorithm, expected, parts, None)
+    return None  # a type we do not know
+
+
+_DIGEST_SIZE = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8, "SHA1": 20, "SHA256": 32}
 
 
 def equal_parts(size: int, first: int, count: int) -> tuple[int, ...] | None:
@@ -182,16 +241,64 @@ def equal_parts(size: int, first: int, count: int) -> tuple[int, ...] | None:
     return (first,) * (count - 1) + (size - (count - 1) * first,)
 
 
+def part_spans(layout: Iterable[int]) -> list[tuple[int, int]]:
+    """[start, end) of each part, from the parts' sizes."""
+    spans, start = [], 0
+    for size in layout:
+        spans.append((start, start + size))
+        start += size
+    return spans
+
+
+def cut_within_parts(layout: tuple[int, ...], most: int) -> int:
+    """A range size of at most *most* bytes whose ranges never cross a part
+    boundary: a whole part, or an even share of one. 0 if none fits."""
+    first = layout[0]
+    if any(size % first for size in layout[:-1]):
+        return 0  # unequal parts: no one size fits
+    for share in range(-(-first // most), 65):
+        if first % share == 0:
+            return first // share
+    return 0
+
+
+def within_parts(range_size: int, layout: tuple[int, ...]) -> bool:
+    """Whether ranges of *range_size* (cut from offset 0) never cross a part boundary."""
+    return range_size > 0 and all(size % range_size == 0 for size in layout[:-1])
+
+
+def crcs_by_part(
+    algorithm: str, ranges: Iterable[tuple[int, int, int]], layout: tuple[int, ...]
+) -> list[bytes] | None:
+    """Each part's CRC, combined from (start, end, crc) ranges that tile the
+    object; None where a range crosses a part boundary or leaves a gap."""
+    by_start = sorted(ranges)
+    digests: list[bytes] = []
+    i = 0
+    for start, end in part_spans(layout):
+        crc, at = 0, start
+        while i < len(by_start) and by_start[i][0] < end:
+            range_start, range_end, range_crc = by_start[i]
+            if range_start != at or range_end > end:
+                return None
+            crc = crc_combine(algorithm, crc, range_crc, range_end - range_start)
+            at = range_end
+            i += 1
+        if at != end:
+            return None
+        digests.append(crc_bytes(algorithm, crc))
+    return digests if i == len(by_start) else None
+
+
 class PartsDigest:
-    """The MD5 of each part's MD5, fed the object's bytes in order: what a
-    multipart upload's ETag is, given where its parts end."""
+    """A digest per part, fed the object's bytes in order: what a multipart
+    ETag or a COMPOSITE checksum is checked from, given where the parts end."""
 
-    algorithm = MULTIPART_MD5
-
-    def __init__(self, layout: Iterable[int]) -> None:
+    def __init__(self, layout: Iterable[int], algorithm: str = "MD5") -> None:
+        self.algorithm = algorithm  # of each part
         self._left = list(layout)  # bytes still to come in each part, first part first
         self._parts: list[bytes] = []
-        self._md5 = new_hash("MD5")
+        self._digest = Digest(algorithm)
         self.crc = 0
 
     def update(self, data: bytes | memoryview) -> None:
@@ -200,29 +307,37 @@ class PartsDigest:
             if not self._left:
                 raise ValueError("more bytes than the parts hold")
             take = min(len(view), self._left[0])
-            self._md5.update(view[:take])
+            self._digest.update(view[:take])
             view = view[take:]
             self._left[0] -= take
             if self._left[0] == 0:
                 self._next_part()
 
     def _next_part(self) -> None:
-        self._parts.append(self._md5.digest())
-        self._md5 = new_hash("MD5")
+        self._parts.append(self._digest.value())
+        self._digest = Digest(self.algorithm)
         self._left.pop(0)
 
-    def value(self) -> bytes:
+    def part_digests(self) -> list[bytes] | None:
+        """Each part's digest; None if not every byte arrived."""
         while self._left and self._left[0] == 0:  # zero-byte parts
             self._next_part()
-        if self._left:
-            return b""  # not every byte arrived: matches nothing
-        return md5_of(b"".join(self._parts))
+        return None if self._left else list(self._parts)
+
+    def value(self) -> bytes:
+        """The multipart ETag's MD5 (of the parts' MD5s); b"" if bytes are missing."""
+        digests = self.part_digests()
+        return b"" if digests is None else digest_of(self.algorithm, b"".join(digests))
+
+
+def digest_of(algorithm: str, data: bytes) -> bytes:
+    digest = Digest(algorithm)
+    digest.update(data)
+    return digest.value()
 
 
 def md5_of(data: bytes) -> bytes:
-    md5 = new_hash("MD5")
-    md5.update(data)
-    return md5.digest()
+    return digest_of("MD5", data)
 
 
 def multipart_parts(etag: str) -> int | None:
@@ -232,14 +347,53 @@ def multipart_parts(etag: str) -> int | None:
 
 
 def make_digest(
-    algorithm: str | None, layout: tuple[int, ...] | None = None
+    expectation: Expectation, layout: tuple[int, ...] | None = None
 ) -> Digest | PartsDigest:
-    """A running checksum for *algorithm*; MD5-MULTIPART needs the part layout."""
-    if algorithm == MULTIPART_MD5:
+    """A running checksum for *expectation*; a check by parts needs the part layout."""
+    if expectation.by_parts:
         if layout is None:
-            raise ValueError("a multipart ETag is checked only with its part layout")
-        return PartsDigest(layout)
-    return Digest(algorithm)
+            raise ValueError("a check by parts needs the part layout")
+        return PartsDigest(layout, expectation.part_algorithm or "MD5")
+    return Digest(expectation.algorithm)
+
+
+def settle(
+    expectation: Expectation, part_digests: list[bytes] | None, layout: tuple[int, ...]
+) -> Expectation:
+    """Check a check by parts from each part's digest. Returns the expectation
+    met (a CRC S3 left untyped settles as COMPOSITE or FULL_OBJECT); raises
+    ChecksumMismatch."""
+    algorithm = expectation.part_algorithm
+    if not expectation.by_parts or algorithm is None:
+        raise ValueError("not a check by parts")
+    if part_digests is None or len(part_digests) != len(layout):
+        raise ChecksumMismatch(f"{expectation.level.value} mismatch: not every part arrived")
+    composite = digest_of(algorithm, b"".join(part_digests))
+    if composite == expectation.expected:
+        return (
+            expectation
+            if expectation.composite is not None
+            else replace(expectation, composite=True)
+        )
+    if expectation.composite is None:
+        whole = 0
+        for digest, size in zip(part_digests, layout, strict=True):
+            whole = crc_combine(algorithm, whole, int.from_bytes(digest, "big"), size)
+        if crc_bytes(algorithm, whole) == expectation.expected:
+            return Expectation(algorithm, expectation.expected)
+    raise ChecksumMismatch(expectation.describe(composite))
+
+
+def check_whole(
+    expectation: Expectation, digest: Digest | PartsDigest, layout: tuple[int, ...] | None
+) -> Expectation:
+    """Check a running digest made by make_digest; see settle."""
+    if isinstance(digest, PartsDigest):
+        assert layout is not None
+        return settle(expectation, digest.part_digests(), layout)
+    if digest.value() != expectation.expected:
+        raise ChecksumMismatch(expectation.describe(digest.value()))
+    return expectation
 
 
 class Digest:
@@ -250,7 +404,7 @@ class Digest:
         self.crc = 0
         self._hash = new_hash(algorithm) if algorithm and not is_crc(algorithm) else None
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if self._hash is not None:
             self._hash.update(data)
         elif self.algorithm:

@@ -46,6 +46,7 @@ from ._objects import (
     HeadResult,
     NeedsBotocore,
     ObjectError,
+    PartHead,
     TransientObjectError,
     byte_range,
     checked,
@@ -462,15 +463,15 @@ class DirectSource:
             raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
         return head_result(obj.key, obj.version_id, size, headers, modified)
 
-    async def part_size(self, obj: RemoteObject, number: int) -> int | None:
+    async def part_head(self, obj: RemoteObject, number: int) -> PartHead | None:
         try:
             with _no_fallback(), direct_errors(obj.key):
-                size, _, _ = await self._gets.head(obj.key, obj.version_id, number)
+                size, headers, _ = await self._gets.head(obj.key, obj.version_id, number)
         except TransientObjectError:
             raise
         except ObjectError:
             return None
-        return size
+        return PartHead(size, dict(headers.checksums))
 
     async def aclose(self) -> None:
         await self._gets.aclose()

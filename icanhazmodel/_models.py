@@ -94,6 +94,11 @@ class Verification(enum.StrEnum):
     SHA256 = "sha256"
     ETAG_MD5 = "etag-md5"
     ETAG_MD5_MULTIPART = "etag-md5-multipart"
+    # A multipart upload's COMPOSITE checksum: the checksum of its parts' checksums.
+    CRC32_COMPOSITE = "crc32-composite"
+    CRC32C_COMPOSITE = "crc32c-composite"
+    SHA1_COMPOSITE = "sha1-composite"
+    SHA256_COMPOSITE = "sha256-composite"
     SIZE_ONLY = "size-only"
 
 

@@ -152,6 +152,14 @@ def posix_time(value: Any) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class PartHead:
+    """One part of a multipart upload, as a HEAD with its part number tells."""
+
+    size: int
+    checksums: dict[str, str]  # base64 by algorithm; a store may send the object's instead
+
+
+@dataclass(frozen=True, slots=True)
 class HeadResult:
     obj: RemoteObject
     headers: ObjectHeaders
@@ -202,8 +210,8 @@ class ObjectSource(Protocol):
 
     async def stat(self, obj: RemoteObject) -> HeadResult: ...
 
-    async def part_size(self, obj: RemoteObject, number: int) -> int | None:
-        """The size of part *number* of a multipart upload; None if S3 cannot tell."""
+    async def part_head(self, obj: RemoteObject, number: int) -> PartHead | None:
+        """Part *number* of a multipart upload; None if S3 cannot tell."""
 
 
 def byte_range(obj: RemoteObject, start: int, end: int) -> str | None:

@@ -53,6 +53,7 @@ from ._objects import (
     HeadResult,
     NeedsBotocore,
     ObjectError,
+    PartHead,
     TransientObjectError,
     byte_range,
     checked,
@@ -394,16 +395,21 @@ class S3:
             raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
         return _head_result(obj.key, response, obj.version_id)
 
-    async def part_size(self, obj: RemoteObject, number: int) -> int | None:
-        """HEAD one part of a multipart upload: its size (None if S3 cannot tell).
+    async def part_head(self, obj: RemoteObject, number: int) -> PartHead | None:
+        """HEAD one part of a multipart upload: its size and checksum (None if S3 cannot tell).
 
         Its ETag is not compared: stores differ on whether a part HEAD sends
         the part's or the object's, and every GET is pinned by If-Match anyway.
         """
         if (direct := await self._direct_gets()) is not None:
             with contextlib.suppress(NeedsBotocore):
-                return await DirectSource(direct, self.bucket).part_size(obj, number)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": obj.key, "PartNumber": number}
+                return await DirectSource(direct, self.bucket).part_head(obj, number)
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": obj.key,
+            "PartNumber": number,
+            "ChecksumMode": "ENABLED",
+        }
         if obj.version_id:
             kwargs["VersionId"] = obj.version_id
         try:
@@ -414,7 +420,7 @@ class S3:
         except ObjectError:
             return None
         length = response.get("ContentLength")
-        return None if length is None else int(length)
+        return None if length is None else PartHead(int(length), response_checksums(response))
 
     async def list_pages(self, prefix: str) -> AsyncIterator[ListPage]:
         """Yield the objects under *prefix* one listing page at a time."""

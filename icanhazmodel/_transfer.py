@@ -21,7 +21,6 @@ No file reaches its final path before its size and checksum are checked.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import random
@@ -32,22 +31,25 @@ from typing import Protocol
 import anyio
 
 from ._checksums import (
-    MULTIPART_MD5,
     RANGE_CRC,
     SIZE_ONLY,
     ChecksumMismatch,
     Digest,
     Expectation,
     PartsDigest,
+    check_whole,
     choose,
     contiguous_end,
     crc_bytes,
     crc_of_ranges,
-    equal_parts,
+    crcs_by_part,
+    cut_within_parts,
     is_crc,
     make_digest,
-    md5_of,
     multipart_parts,
+    part_spans,
+    settle,
+    within_parts,
 )
 from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
 from ._files import (
@@ -68,6 +70,13 @@ from ._objects import (
     RangeIgnored,
     TransientObjectError,
     etag_problem,
+)
+from ._parts import (
+    PART_HEADS_IN_FLIGHT,
+    ask_every_part,
+    damaged_parts,
+    equal_layout,
+    part_checksum,
 )
 from ._plan import byte_ranges
 from ._progress import Notes, Reporter
@@ -92,7 +101,6 @@ MAX_RESTARTS = 1
 # such uploads are hashed serially instead.
 MAX_ALIGNED_PART = 64 * MiB
 # HEADs in flight while learning a multipart upload's real part sizes.
-PART_HEADS_IN_FLIGHT = 16
 
 
 @dataclass(eq=False)
@@ -123,10 +131,13 @@ class FileJob:
     restart: str | None = None
     restarts: int = 0
     needs_botocore: bool = False  # the direct path alone cannot serve it
-    layout: tuple[int, ...] | None = None  # part sizes, for a multipart ETag
-    # Ranges cut at the parts of a multipart upload: each part's MD5, by start,
-    # hashed as it streams (None: not cut at parts).
-    part_md5s: dict[int, bytes] | None = None
+    layout: tuple[int, ...] | None = None  # part sizes, for a check by parts
+    # Ranges cut at the parts of a multipart upload: each part's hash (MD5,
+    # SHA) by start, hashed as it streams (None: not cut at parts). Part
+    # CRCs need no such thing: they are combined from the ranges' CRCs.
+    part_hashes: dict[int, bytes] | None = None
+    # What S3 says each part's checksum is (from part HEADs, after a mismatch).
+    part_checksums: list[bytes | None] | None = None
     # Temp files an earlier run left for this object, best first: adopted
     # (or cleared away) just before its ranges are queued, wherever it runs.
     resume_candidates: tuple[PartialRecord, ...] = ()
@@ -268,7 +279,7 @@ class Transfers:
     async def _expect(self, job: FileJob, headers: ObjectHeaders) -> Expectation:
         if job.expectation is None:
             job.expectation = self._expectation(headers)
-        if job.expectation.algorithm == MULTIPART_MD5 and job.layout is None:
+        if job.expectation.by_parts and job.layout is None:
             await self._learn_layout(job, job.expectation.parts)
         return job.expectation
 
@@ -285,11 +296,13 @@ class Transfers:
         """Where a multipart upload's parts end: uploaders make every part but
         the last one size, so part 1's size tells (and is checked to add up).
         Where S3 cannot tell, the object is checked by size only."""
+        # (A CRC that may be FULL_OBJECT could still be checked whole here;
+        # stores that cannot tell part sizes have not been seen to send one.)
         if parts == 1:
             job.layout = (job.obj.size,)
             return
         try:
-            layout = await self._equal_layout(job.obj, parts)
+            layout = await equal_layout(self.s3, job.obj, parts)
         except (TransientObjectError, ObjectChanged):
             raise
         except ObjectError:
@@ -298,15 +311,12 @@ class Transfers:
             job.expectation = SIZE_ONLY
         job.layout = layout
 
-    async def _equal_layout(self, obj: RemoteObject, parts: int) -> tuple[int, ...] | None:
-        """The layout uploaders make (equal parts but the last), from part 1's size."""
-        first = await self.s3.part_size(obj, 1)
-        return equal_parts(obj.size, first, parts) if first else None
-
     async def align_to_parts(self, job: FileJob) -> None:
         """Cut an object uploaded in equal parts at its parts, before its ranges
-        are queued: each part is then hashed as it streams, in parallel, and
-        the multipart ETag checked from the parts' MD5s without reading back."""
+        are queued: each part is then digested as it streams, in parallel, and
+        the multipart ETag or COMPOSITE checksum checked from the parts'
+        digests without reading back. Parts over MAX_ALIGNED_PART are cut in
+        even shares (part CRCs combine from them; a hash is then fed in order)."""
         parts = multipart_parts(job.obj.etag)
         if (
             not self.verify
@@ -317,36 +327,28 @@ class Transfers:
         ):
             return
         try:
-            layout = await self._equal_layout(job.obj, parts)
+            layout = await equal_layout(self.s3, job.obj, parts)
         except ObjectError:
             return  # the first range's HEAD will tell what it can
-        if layout is None or layout[0] > MAX_ALIGNED_PART:
+        cut = cut_within_parts(layout, MAX_ALIGNED_PART) if layout else 0
+        if layout is None or not cut:
             return
         job.layout = layout
-        job.part_size = layout[0]
-        job.part_md5s = {}
+        job.part_size = cut
+        if cut == layout[0]:
+            job.part_hashes = {}
 
     async def _real_layout(self, job: FileJob) -> bool:
-        """After a multipart ETag did not match: ask S3 each part's size. True
-        if the parts are not as guessed (the bytes may be right after all)."""
+        """After a check by parts failed: ask S3 each part's size (and checksum).
+        True if the parts are not as guessed (the bytes may be right after all)."""
         expectation = job.expectation
-        if expectation is None or expectation.algorithm != MULTIPART_MD5 or expectation.parts < 2:
+        if expectation is None or not expectation.by_parts or expectation.parts < 2:
             return False
-        sizes: list[int | None] = [None] * expectation.parts
-        in_flight = anyio.Semaphore(PART_HEADS_IN_FLIGHT)
-
-        async def ask(number: int) -> None:
-            # A size S3 will not tell stays None, and so the layout stays unknown.
-            async with in_flight:
-                with contextlib.suppress(ObjectError):
-                    sizes[number - 1] = await self.s3.part_size(job.obj, number)
-
-        async with anyio.create_task_group() as tg:
-            for number in range(1, expectation.parts + 1):
-                tg.start_soon(ask, number)
-        if any(size is None for size in sizes) or sum(s or 0 for s in sizes) != job.obj.size:
+        heads = await ask_every_part(self.s3, job.obj, expectation.parts)
+        if heads is None:
             return False
-        real = tuple(s or 0 for s in sizes)
+        job.part_checksums = [part_checksum(expectation, head) for head in heads]
+        real = tuple(head.size for head in heads)
         if real == job.layout:
             return False
         job.layout = real
@@ -390,11 +392,10 @@ class Transfers:
     def _check_and_write_small(self, job: FileJob, chunks: list[bytes]) -> os.stat_result:
         expectation = job.expectation or SIZE_ONLY
         if expectation.algorithm:
-            digest = make_digest(expectation.algorithm, job.layout)
+            digest = make_digest(expectation, job.layout)
             for chunk in chunks:
                 digest.update(chunk)
-            if digest.value() != expectation.expected:
-                raise ChecksumMismatch(expectation.describe(digest.value()))
+            job.expectation = check_whole(expectation, digest, job.layout)
         return write_whole(self.tree, job.parts, chunks, job.obj.last_modified)
 
     # -- larger objects: ranges streamed into a temp file -------------------------
@@ -421,11 +422,12 @@ class Transfers:
         head = await self.s3.stat(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
-        algorithm = (await self._expect(job, head.headers)).algorithm
+        expectation = await self._expect(job, head.headers)
+        algorithm = expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
-        if algorithm and algorithm != job.crc_algorithm and not _hashes_parts(job):
-            job.sequential = make_digest(algorithm, job.layout)
+        if algorithm and not _crcs_tell(job) and not _hashes_parts(job):
+            job.sequential = make_digest(expectation, job.layout)
 
     def _create_partial(self, job: FileJob) -> None:
         # Registered here, in the writer thread, so a run cancelled meanwhile
@@ -448,16 +450,17 @@ class Transfers:
         partial = await self._open_partial(job)
         cursor = _Cursor(work.start)
         digest = Digest(job.crc_algorithm) if job.multi_range else None
-        part_md5 = Digest("MD5") if _hashes_parts(job) else None
+        expectation = job.expectation or SIZE_ONLY
+        part_hash = Digest(expectation.part_algorithm) if _hashes_parts(job) else None
         failures = 0
         while cursor.offset < work.end and job.error is None and job.restart is None:
             try:
-                await self._stream(job, partial, cursor, work.end, digest, part_md5)
+                await self._stream(job, partial, cursor, work.end, digest, part_hash)
             except TransientObjectError as exc:
                 failures = await self._count_failure(failures, exc)
         if digest is not None and cursor.offset == work.end:
-            if part_md5 is not None and job.part_md5s is not None:
-                job.part_md5s[work.start] = part_md5.value()
+            if part_hash is not None and job.part_hashes is not None:
+                job.part_hashes[work.start] = part_hash.value()
             self._range_done(job, work.start, work.end, digest.crc)
             await self._hash_in_order(job)
 
@@ -484,7 +487,7 @@ class Transfers:
         cursor: _Cursor,
         end: int,
         range_digest: Digest | PartsDigest | None,
-        part_md5: Digest | None = None,
+        part_hash: Digest | None = None,
     ) -> None:
         """GET [cursor, end) into the file, moving the cursor past what landed.
 
@@ -497,7 +500,7 @@ class Transfers:
         )
         if first:
             expectation = await self._expect_from_body(job, body)
-            job.digest = make_digest(expectation.algorithm, job.layout)
+            job.digest = make_digest(expectation, job.layout)
         digest = range_digest if job.multi_range else job.digest
         asked = end - cursor.offset
         batch: list[bytes] = []
@@ -512,7 +515,7 @@ class Transfers:
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= WRITE_BATCH:
-                    await self._write(job, partial, cursor, batch, digest, part_md5)
+                    await self._write(job, partial, cursor, batch, digest, part_hash)
                     batch, batched = [], 0
             if await body.read(1):
                 # Read to the end: a body longer than asked for is another
@@ -523,12 +526,12 @@ class Transfers:
                 )
         except TransientObjectError:
             if batch:
-                await self._write(job, partial, cursor, batch, digest, part_md5)
+                await self._write(job, partial, cursor, batch, digest, part_hash)
             raise
         finally:
             body.close()
         if batch:
-            await self._write(job, partial, cursor, batch, digest, part_md5)
+            await self._write(job, partial, cursor, batch, digest, part_hash)
 
     async def _write(
         self,
@@ -537,10 +540,10 @@ class Transfers:
         cursor: _Cursor,
         batch: list[bytes],
         digest: Digest | PartsDigest | None,
-        part_md5: Digest | None = None,
+        part_hash: Digest | None = None,
     ) -> None:
         size = sum(len(chunk) for chunk in batch)
-        await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest, part_md5)
+        await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest, part_hash)
         cursor.offset += size
         job.written += size
         self.reporter.advanced(job.obj.key, size)
@@ -551,25 +554,33 @@ class Transfers:
         self, job: FileJob, partial: PartialFile, from_disk: bool = False
     ) -> os.stat_result:
         expectation = job.expectation or SIZE_ONLY
-        algorithm = expectation.algorithm
-        if algorithm:
-            if from_disk:  # read back, with what is now known (a multipart layout)
-                value = _digest_of(partial, make_digest(algorithm, job.layout), job.obj.size)
-            elif not job.multi_range:
-                value = job.digest.value() if job.digest else b""
-            elif (
-                _hashes_parts(job) and job.part_md5s and len(job.part_md5s) == len(job.layout or ())
-            ):
-                value = md5_of(b"".join(job.part_md5s[start] for start in sorted(job.part_md5s)))
-            elif algorithm == job.crc_algorithm:
-                value = crc_bytes(algorithm, crc_of_ranges(algorithm, job.done_ranges))
-            elif job.sequential is not None and job.sequential_upto == job.obj.size:
-                value = job.sequential.value()
-            else:  # ranges resumed before the hash was set up: read it back
-                value = _digest_of(partial, make_digest(algorithm, job.layout), job.obj.size)
-            if value != expectation.expected:
-                raise ChecksumMismatch(expectation.describe(value))
+        if expectation.algorithm:
+            # Settled: a CRC S3 left untyped is now known COMPOSITE or whole.
+            job.expectation = self._check(job, partial, expectation, from_disk)
         return partial.commit(job.obj.last_modified)
+
+    def _check(
+        self, job: FileJob, partial: PartialFile, expectation: Expectation, from_disk: bool
+    ) -> Expectation:
+        """The bytes of *job* against *expectation*, from what was digested as
+        they streamed where that covers them, else read back from disk."""
+        size = job.obj.size
+        if from_disk:  # read back, with what is now known (a multipart layout)
+            return check_whole(expectation, _read_back(partial, expectation, job), job.layout)
+        if not job.multi_range:
+            return check_whole(expectation, job.digest or Digest(None), job.layout)
+        if expectation.by_parts and job.layout and (digests := _streamed_parts(job)) is not None:
+            return settle(expectation, digests, job.layout)
+        if not expectation.by_parts and expectation.algorithm == job.crc_algorithm:
+            crc = crc_bytes(job.crc_algorithm, crc_of_ranges(job.crc_algorithm, job.done_ranges))
+            if crc != expectation.expected:
+                raise ChecksumMismatch(expectation.describe(crc))
+            return expectation
+        if job.sequential is not None and job.sequential_upto == size:
+            return check_whole(expectation, job.sequential, job.layout)
+        # Ranges resumed before the digest was set up, or parts that turned
+        # out not to be as guessed: read it back.
+        return check_whole(expectation, _read_back(partial, expectation, job), job.layout)
 
     async def _finish(self, job: FileJob) -> None:
         """After an object's last range: land it, start it over, or report it."""
@@ -587,6 +598,9 @@ class Transfers:
                 job.error = describe_os_error(exc)
             if job.restart is not None and await self._real_layout(job):
                 await self._land_from_disk(job, partial)
+            if job.restart is not None and (damaged := _damaged_parts(job)):
+                await self._refetch(job, damaged)
+                return
         self.open_jobs.discard(job)
         if job.landed is not None:
             self._forget_partial(job, remove=False)
@@ -598,6 +612,36 @@ class Transfers:
             return
         reason = job.error or f"{job.restart} (also after starting over)"
         self.outcomes.failed(job, reason)
+
+    async def _refetch(self, job: FileJob, parts: list[tuple[int, int]]) -> None:
+        """Fetch again only the ranges of the parts S3 says differ; the object
+        is then checked whole again before it lands."""
+        self.reporter.message(
+            f"refetching {len(parts)} of {len(job.layout or ())} parts of {job.obj.key!r}: "
+            f"{job.restart}"
+        )
+        job.restarts += 1
+        job.restart = None
+        ranges = [(s, e) for s, e, _ in job.done_ranges if any(a <= s < b for a, b in parts)]
+        starts = {start for start, _ in ranges}
+        job.done_ranges = [r for r in job.done_ranges if r[0] not in starts]
+        if job.part_hashes is not None:
+            for start in starts:
+                job.part_hashes.pop(start, None)
+        lost = sum(end - start for start, end in ranges)
+        job.written -= lost
+        job.resumed = min(job.resumed, job.written)
+        self.reporter.advanced(job.obj.key, -lost)
+        job.ranges_left = len(ranges)
+        in_flight = anyio.CapacityLimiter(PART_HEADS_IN_FLIGHT)
+
+        async def again(start: int, end: int) -> None:
+            async with in_flight:
+                await self.run(Work(job, start, end))
+
+        async with anyio.create_task_group() as tg:
+            for start, end in ranges:
+                tg.start_soon(again, start, end)
 
     async def _land_from_disk(self, job: FileJob, partial: PartialFile) -> None:
         """Check the bytes on disk again against the layout S3 just told."""
@@ -682,31 +726,76 @@ def hash_span(partial: PartialFile, digest: Digest | PartsDigest, start: int, en
         digest.update(block)
 
 
-def _digest_of(partial: PartialFile, digest: Digest | PartsDigest, size: int) -> bytes:
-    hash_span(partial, digest, 0, size)
-    return digest.value()
-
-
 def _write_and_hash(
     partial: PartialFile,
     offset: int,
     batch: list[bytes],
     digest: Digest | PartsDigest | None,
-    part_md5: Digest | None = None,
+    part_hash: Digest | None = None,
 ) -> None:
     # One pwritev for the batch (one GIL hand-over), and no joined copy: a
     # copy per batch per range adds up to many MiB of peak memory.
     partial.write(offset, batch)
-    for running in (digest, part_md5):
+    for running in (digest, part_hash):
         if running is not None:
             for chunk in batch:
                 running.update(chunk)
 
 
 def _hashes_parts(job: FileJob) -> bool:
-    """Whether this job's ranges are parts to MD5 as they stream."""
+    """Whether this job's ranges are parts to hash (MD5, SHA) as they stream."""
+    expectation = job.expectation
     return (
-        job.part_md5s is not None
-        and job.expectation is not None
-        and job.expectation.algorithm == MULTIPART_MD5
+        job.part_hashes is not None
+        and expectation is not None
+        and expectation.by_parts
+        and not is_crc(expectation.part_algorithm or "")
     )
+
+
+def _crcs_tell(job: FileJob) -> bool:
+    """Whether the ranges' CRCs alone will check this job: a whole-object CRC
+    (ranges combine), or part CRCs from ranges that stay within parts."""
+    expectation = job.expectation or SIZE_ONLY
+    if expectation.part_algorithm != job.crc_algorithm:
+        return False
+    if not expectation.by_parts:
+        return True
+    return job.layout is not None and within_parts(job.part_size, job.layout)
+
+
+def _streamed_parts(job: FileJob) -> list[bytes] | None:
+    """Each part's digest as its bytes streamed; None where that did not cover them."""
+    expectation = job.expectation or SIZE_ONLY
+    layout = job.layout or ()
+    if _hashes_parts(job) and job.part_hashes is not None:
+        starts = [start for start, _ in part_spans(layout)]
+        if set(job.part_hashes) == set(starts):
+            return [job.part_hashes[start] for start in starts]
+        return None
+    if expectation.part_algorithm == job.crc_algorithm:
+        return crcs_by_part(job.crc_algorithm, job.done_ranges, layout)
+    return None
+
+
+def _damaged_parts(job: FileJob) -> list[tuple[int, int]]:
+    """After a check by parts failed: the parts to fetch again (see damaged_parts),
+    where S3 told each part's checksum and this run has not refetched parts yet."""
+    if (
+        job.expectation is None
+        or job.layout is None
+        or job.part_checksums is None
+        or job.partial is None
+        or job.restarts >= MAX_RESTARTS
+        or (received := _streamed_parts(job)) is None
+    ):
+        return []
+    return damaged_parts(job.expectation, job.layout, received, job.part_checksums)
+
+
+def _read_back(
+    partial: PartialFile, expectation: Expectation, job: FileJob
+) -> Digest | PartsDigest:
+    digest = make_digest(expectation, job.layout)
+    hash_span(partial, digest, 0, job.obj.size)
+    return digest

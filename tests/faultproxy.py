@@ -46,14 +46,17 @@ class Fault:
     exact_path: str | None = None  # only this path, e.g. "/bucket" for its listings
     error: tuple[int, str] | None = None  # answer (status, S3 error code) without asking upstream
     once_per_path: bool = False  # never hit the same object twice
+    query_contains: str = ""  # e.g. "partNumber=2"
+    add_headers: dict[str, str] = field(default_factory=dict)  # added to the answer
     applied: int = 0
     hit_paths: set[str] = field(default_factory=set)
 
-    def matches(self, method: str, path: str, dice: random.Random) -> bool:
+    def matches(self, method: str, path: str, dice: random.Random, query: str = "") -> bool:
         hit = (
             self.applied < self.times
             and method == self.method
             and self.key_contains in path
+            and self.query_contains in query
             and (self.exact_path is None or path == self.exact_path)
             and not (self.once_per_path and path in self.hit_paths)
             and (self.probability >= 1.0 or dice.random() < self.probability)
@@ -113,11 +116,13 @@ class FaultProxy:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _pick_fault(self, method: str, path: str, headers: dict[str, str]) -> Fault | None:
+    def _pick_fault(
+        self, method: str, path: str, headers: dict[str, str], query: str = ""
+    ) -> Fault | None:
         with self._lock:
             chosen = None
             for fault in self.faults:
-                if fault.matches(method, path, self._dice):
+                if fault.matches(method, path, self._dice, query):
                     fault.applied += 1
                     chosen = fault
                     break
@@ -144,7 +149,7 @@ class FaultProxy:
                         return
                     body += more
                 path = unquote(urlsplit(target).path)
-                fault = self._pick_fault(method, path, headers)
+                fault = self._pick_fault(method, path, headers, urlsplit(target).query)
                 if fault is not None and fault.status_503:
                     _send_error(client, 503, _SLOWDOWN_BODY)
                     return
@@ -182,6 +187,8 @@ class FaultProxy:
                 for line in response_head.split(b"\r\n")
                 if not line.lower().startswith(b"connection:")
             ]
+            if fault is not None:
+                lines += [f"{name}: {value}".encode() for name, value in fault.add_headers.items()]
             client.sendall(b"\r\n".join(lines) + b"\r\nConnection: close\r\n\r\n")
             sent = 0
             chunk = rest
