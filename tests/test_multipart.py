@@ -44,10 +44,11 @@ def upload_in_parts(
     sizes: list[int],
     checksum: str | None,
     checksum_type: str | None = None,
+    **create: str,
 ) -> str:
     extra = {"ChecksumAlgorithm": checksum} if checksum else {}
     typed = {"ChecksumType": checksum_type} if checksum_type else {}
-    upload = client.create_multipart_upload(Bucket=bucket, Key=key, **extra, **typed)
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, **extra, **typed, **create)
     parts, start = [], 0
     for number, size in enumerate(sizes, 1):
         part = client.upload_part(
@@ -261,6 +262,25 @@ def test_every_checksum_kind_of_a_multipart_upload_is_verified(
     data = pattern(layout + checksum, sum(sizes))
     client = bucket.plain_client()
     upload_in_parts(client, bucket.name, "p/w.bin", data, sizes, checksum, checksum_type)
+    result = fetch(bucket.endpoint, bucket, tmp_path)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {"p/w.bin": data}
+    assert result.verification == {level: 1}
+
+
+@pytest.mark.usefixtures("request_path")
+@pytest.mark.parametrize(("checksum", "level"), [("CRC32", "crc32-composite"), (None, "size-only")])
+def test_an_sse_kms_upload_in_parts_is_verified_by_its_checksum(
+    bucket: Bucket, tmp_path: Path, checksum: str | None, level: str
+) -> None:
+    """Its ETag is no MD5: a checksum is the only content check, and the one
+    case left to size only is such an object uploaded without one."""
+    sizes = LAYOUTS["5 MiB, uneven last"]
+    data = pattern("kms", sum(sizes))
+    client = bucket.plain_client()
+    upload_in_parts(
+        client, bucket.name, "p/w.bin", data, sizes, checksum, ServerSideEncryption="aws:kms"
+    )
     result = fetch(bucket.endpoint, bucket, tmp_path)
     assert result.ok, result.problems
     assert tree_of(tmp_path) == {"p/w.bin": data}
