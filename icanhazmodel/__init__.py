@@ -5,7 +5,7 @@
 writes every object under that key to ``ptms/<key>``.
 """
 
-from ._api import fetch, plan
+from ._api import FetchOptions, FileIterator, fetch, iter_files, plan, stream
 from ._config import DEFAULT_CONCURRENCY, FetchConfig
 from ._errors import (
     AccessDenied,
@@ -22,6 +22,7 @@ from ._errors import (
 from ._models import (
     Action,
     FetchResult,
+    LandedFile,
     ObjectReport,
     Plan,
     PlannedObject,
@@ -30,6 +31,7 @@ from ._models import (
 )
 from ._progress import Reporter
 from ._select import Shard, parse_shard
+from ._stream import FileStream
 from ._version import __version__
 
 __all__ = [
@@ -40,8 +42,12 @@ __all__ = [
     "CredentialsError",
     "DestinationError",
     "FetchConfig",
+    "FetchOptions",
     "FetchResult",
+    "FileIterator",
+    "FileStream",
     "IcanhazmodelError",
+    "LandedFile",
     "NotEnoughSpace",
     "NothingToFetch",
     "ObjectReport",
@@ -56,6 +62,8 @@ __all__ = [
     "Verification",
     "__version__",
     "fetch",
+    "iter_files",
     "parse_shard",
     "plan",
+    "stream",
 ]

@@ -1,22 +1,53 @@
-"""The library entry points: :func:`fetch` and :func:`plan`."""
+"""The library entry points: :func:`fetch`, :func:`plan`, :func:`stream` and
+:func:`iter_files`."""
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from ._config import DEFAULT_CONCURRENCY, FetchConfig, parse_processes
-from ._errors import DestinationError
-from ._models import FetchResult, Plan
+from ._errors import DestinationError, UsageError
+from ._models import FetchResult, LandedFile, Plan
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
 from ._select import Filters, Shard, parse_shard
+from ._stream import FileStream
 
 if TYPE_CHECKING:
     from ._files import Tree
     from ._manifest import Manifest
+    from ._pipeline import Watcher
+
+# Records a stream holds unread before the listing waits for the consumer.
+DEFAULT_BUFFER = 256
+
+
+class FetchOptions(TypedDict, total=False):
+    """The keywords :func:`stream` and :func:`iter_files` share with :func:`fetch`."""
+
+    dest: str | os.PathLike[str]
+    profile: str | None
+    endpoint_url: str | None
+    region: str | None
+    concurrency: int
+    processes: int | str | None
+    include: Sequence[str]
+    exclude: Sequence[str]
+    shard: str | Shard | None
+    verify: bool
+    force: bool
+    no_sign_request: bool
+    request_payer: str | None
+    version_id: str | None
+    ignore_space: bool
+    retries: int
+    stall_timeout: float
+    progress: bool | Reporter
 
 
 async def fetch(
@@ -42,6 +73,7 @@ async def fetch(
     retries: int = 5,
     stall_timeout: float = 30.0,
     progress: bool | Reporter = False,
+    on_file: Callable[[LandedFile], Awaitable[Any] | Any] | None = None,
 ) -> FetchResult:
     """Mirror ``s3://bucket/key`` (one object, or everything under it) to *dest*.
 
@@ -60,6 +92,10 @@ async def fetch(
     one, when the listing has work enough for them), or a count; ``1`` keeps
     everything in this process; None (the default) reads ICANHAZMODEL_PROCESSES,
     else auto. *concurrency* is requests in flight per process.
+
+    *on_file* (a function or a coroutine function) is called with each
+    object's :class:`LandedFile` as soon as it is known, as :func:`stream`
+    yields them; if it raises, the run stops and the exception propagates.
     """
     config = FetchConfig(
         bucket=bucket,
@@ -75,18 +111,187 @@ async def fetch(
         verify=verify,
         force=force,
         filters=Filters(tuple(include), tuple(exclude)),
-        shard=parse_shard(shard) if isinstance(shard, str) else shard or Shard(),
+        shard=_shard(shard),
         dry_run=dry_run,
         unsigned=no_sign_request,
         request_payer=request_payer,
         version_id=version_id,
         ignore_space=ignore_space,
     )
+    if on_file is not None and dry_run:
+        raise UsageError("on_file is called as files land; a dry run lands none (use plan())")
+    if on_file is not None:
+        return await _fetch_calling(config, progress, on_file)
     reporter = _reporter(progress)
     try:
         return await run(config, reporter)
     finally:
         reporter.close()
+
+
+async def _fetch_calling(
+    config: FetchConfig,
+    progress: bool | Reporter,
+    on_file: Callable[[LandedFile], Awaitable[Any] | Any],
+) -> FetchResult:
+    async with _stream(config, progress, DEFAULT_BUFFER) as files:
+        async for record in files:
+            outcome = on_file(record)
+            if inspect.isawaitable(outcome):
+                await outcome
+    return files.result
+
+
+@asynccontextmanager
+async def stream(
+    *, bucket: str, key: str, buffer: int = DEFAULT_BUFFER, **options: Unpack[FetchOptions]
+) -> AsyncIterator[FileStream]:
+    """Fetch as :func:`fetch` does, yielding each object as soon as it is known::
+
+        async with icanhazmodel.stream(bucket="data", key="shards/") as files:
+            async for f in files:  # in the order they land
+                if f.ok:
+                    tokenize(f.path)
+        print(files.result.downloaded)
+
+    Each :class:`LandedFile` says where the file is, its size, ETag, status
+    (``downloaded`` once it is on disk and checked, ``skipped`` when already
+    there, or ``failed``/``refused``/``locally-modified`` with the reason) and
+    how it was verified. ``files.result`` is the :class:`FetchResult` once
+    every record is read. A run-wide error (bad credentials, a full disk) is
+    raised from the loop after the records before it.
+
+    A slow consumer never stalls a download: records wait in memory, and
+    once *buffer* of them are unread the listing pauses (downloads under
+    way still finish). Leaving the ``async with`` early (``break``, an
+    exception, cancellation) stops the run as Ctrl-C does: temp files are
+    tidied or kept for resuming, worker processes stopped.
+    """
+    if options.get("dry_run"):
+        raise UsageError("stream() downloads; use plan() to see what a run would do")
+    config = _config(bucket, key, options)
+    async with _stream(config, options.get("progress", False), buffer) as files:
+        yield files
+
+
+def iter_files(
+    *, bucket: str, key: str, buffer: int = DEFAULT_BUFFER, **options: Unpack[FetchOptions]
+) -> FileIterator:
+    """:func:`stream` for code that is not async: a plain iterator of
+    :class:`LandedFile`. The run's event loop lives in a thread of its own;
+    closing the iterator (``break`` in a ``with`` block, ``.close()``, or
+    garbage collection) stops the run. ``.result`` is the :class:`FetchResult`
+    once it is exhausted.
+
+        with icanhazmodel.iter_files(bucket="data", key="shards/") as files:
+            for f in files:
+                load(f.path)
+    """
+    if options.get("dry_run"):
+        raise UsageError("iter_files() downloads; use plan() to see what a run would do")
+    return FileIterator(_config(bucket, key, options), options.get("progress", False), buffer)
+
+
+class FileIterator:
+    """The iterator :func:`iter_files` returns."""
+
+    def __init__(self, config: FetchConfig, progress: bool | Reporter, buffer: int) -> None:
+        self.result: FetchResult | None = None
+        self._records = self._run(config, progress, buffer)
+
+    def _run(
+        self, config: FetchConfig, progress: bool | Reporter, buffer: int
+    ) -> Generator[LandedFile, None, None]:
+        from anyio.from_thread import start_blocking_portal
+
+        with (
+            start_blocking_portal() as portal,
+            portal.wrap_async_context_manager(_stream(config, progress, buffer)) as files,
+        ):
+            while True:
+                try:
+                    record = portal.call(files.__anext__)
+                except StopAsyncIteration:
+                    break
+                yield record
+            self.result = files.result
+
+    def __iter__(self) -> FileIterator:
+        return self
+
+    def __next__(self) -> LandedFile:
+        return next(self._records)
+
+    def close(self) -> None:
+        """Stop the run, if it is still going, and wait until it has stopped."""
+        self._records.close()
+
+    def __enter__(self) -> FileIterator:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@asynccontextmanager
+async def _stream(
+    config: FetchConfig, progress: bool | Reporter, buffer: int
+) -> AsyncIterator[FileStream]:
+    import anyio
+
+    files = FileStream(buffer)
+    reporter = _reporter(progress)
+
+    async def drive() -> None:
+        try:
+            result = await run(config, reporter, files)
+        except Exception as exc:  # handed to the consumer, after the records before it
+            files.finish(error=exc)
+        else:
+            files.finish(result=result)
+        finally:
+            reporter.close()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drive)
+            try:
+                yield files
+            finally:
+                # Left early: stop the run (a no-op once it has finished).
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The consumer's own exception, not wrapped in the task group's.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def _config(bucket: str, key: str, options: FetchOptions) -> FetchConfig:
+    return FetchConfig(
+        bucket=bucket,
+        key=key,
+        dest=Path(options.get("dest", "ptms")),
+        profile=options.get("profile"),
+        endpoint_url=options.get("endpoint_url"),
+        region=options.get("region"),
+        concurrency=options.get("concurrency", DEFAULT_CONCURRENCY),
+        processes=parse_processes(options.get("processes")),
+        retries=options.get("retries", 5),
+        stall_timeout=options.get("stall_timeout", 30.0),
+        verify=options.get("verify", True),
+        force=options.get("force", False),
+        filters=Filters(tuple(options.get("include", ())), tuple(options.get("exclude", ()))),
+        shard=_shard(options.get("shard")),
+        unsigned=options.get("no_sign_request", False),
+        request_payer=options.get("request_payer"),
+        version_id=options.get("version_id"),
+        ignore_space=options.get("ignore_space", False),
+    )
+
+
+def _shard(shard: str | Shard | None) -> Shard:
+    return parse_shard(shard) if isinstance(shard, str) else shard or Shard()
 
 
 async def plan(
@@ -141,7 +346,9 @@ def _reporter(progress: bool | Reporter) -> Reporter:
     return progress
 
 
-async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
+async def run(
+    config: FetchConfig, reporter: Reporter, watcher: Watcher | None = None
+) -> FetchResult:
     """Run one fetch described by *config*, reporting to *reporter*.
 
     Nothing is created on disk until the first file or folder needs it.
@@ -181,7 +388,7 @@ async def run(config: FetchConfig, reporter: Reporter) -> FetchResult:
         tree.keep_temp = manifest.partial_names
         try:
             async with open_s3(options) as s3:
-                result = await Run(config, s3, tree, manifest, reporter, notes).execute()
+                result = await Run(config, s3, tree, manifest, reporter, notes, watcher).execute()
         finally:
             # Synchronous: also runs when the run is cancelled (Ctrl-C). It
             # never raises, so it cannot hide the error that ended the run.

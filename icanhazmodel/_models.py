@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,27 @@ class ObjectReport:
     reason: str = ""
     path: str | None = None  # where it goes (or would go) on disk
     size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LandedFile:
+    """One object's outcome, as :func:`icanhazmodel.stream` yields it the moment
+    it is known: on disk and checked (``downloaded``), already there
+    (``skipped``), or not landed (``failed``, ``refused``, ``locally-modified``,
+    with the reason)."""
+
+    key: str
+    path: Path | None  # where it is (or would have gone); None for a key refused as unsafe
+    size: int
+    etag: str
+    status: Status
+    verification: str | None = None  # a Verification value, for a downloaded file
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """The file is on disk and matches S3 (fetched now or earlier)."""
+        return self.status in (Status.DOWNLOADED, Status.SKIPPED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -30,6 +31,7 @@ from ._manifest import FileRecord, Manifest, PartialRecord
 from ._models import (
     Action,
     FetchResult,
+    LandedFile,
     ObjectReport,
     Plan,
     PlannedObject,
@@ -46,6 +48,16 @@ from ._select import relative_key
 from ._spread import Spread
 from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error, job_work
 from ._writer import Writer
+
+
+class Watcher(Protocol):
+    """Who hears of each object's outcome as it happens (icanhazmodel.stream)."""
+
+    def put(self, record: LandedFile) -> None: ...
+
+    async def room(self) -> None:
+        """Return when the watcher can take more: the listing waits on it."""
+
 
 MANIFEST_FLUSH_SECONDS = 1.0
 _EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
@@ -151,8 +163,10 @@ class Run:
         manifest: Manifest | None,
         reporter: Reporter,
         notes: Notes | None = None,
+        watcher: Watcher | None = None,
     ) -> None:
         self.config = config
+        self.watcher = watcher
         self.notes = notes or Notes()
         self.s3 = s3
         self.tree = tree
@@ -282,6 +296,8 @@ class Run:
         self, page: list[RemoteObject], send: ObjectSendStream[Work] | None, more: bool = False
     ) -> None:
         """Plan one listing page (*more*: further pages are coming)."""
+        if self.watcher is not None:
+            await self.watcher.room()
         jobs: list[FileJob] = []
         for obj in page:
             self.tally.listed += 1
@@ -303,6 +319,7 @@ class Run:
                 downloads.append(job)
             elif action is Action.SKIP:
                 self.tally.skipped += 1
+                self._tell(job.obj, job.final, Status.SKIPPED)
             else:
                 self._report(job.obj, Status.LOCALLY_MODIFIED, _EDITED.format(job.final), job.final)
             self._planned(job.obj, job.final, action)
@@ -337,6 +354,8 @@ class Run:
             self._plan.append(PlannedObject(obj.key, obj.size, str(path), action, reason))
 
     async def _enqueue(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
+        if self.watcher is not None:
+            await self.watcher.room()
         self.reporter.file_started(job.obj.key, job.obj.size)
         if self.spread.active:
             await self.spread.submit(job)
@@ -465,11 +484,25 @@ class Run:
         where = os.fspath(path) if path is not None else None
         self.tally.problems.append(ObjectReport(obj.key, status, reason, where, obj.size))
         self.reporter.message(f"{status.value}: {obj.key!r}: {reason}")
+        self._tell(obj, path, status, reason=reason)
+
+    def _tell(
+        self,
+        obj: RemoteObject,
+        path: os.PathLike[str] | None,
+        status: Status,
+        level: str | None = None,
+        reason: str = "",
+    ) -> None:
+        if self.watcher is not None:
+            where = Path(path) if path is not None else None
+            self.watcher.put(LandedFile(obj.key, where, obj.size, obj.etag, status, level, reason))
 
     def landed(self, job: FileJob) -> None:
         assert job.landed is not None
         self.record_landed(
             job.obj,
+            job.final,
             job.level,
             job.landed.st_size,
             job.landed.st_mtime_ns,
@@ -477,7 +510,13 @@ class Run:
         )
 
     def record_landed(
-        self, obj: RemoteObject, level: str, size: int, mtime_ns: int, new_bytes: int
+        self,
+        obj: RemoteObject,
+        path: Path,
+        level: str,
+        size: int,
+        mtime_ns: int,
+        new_bytes: int,
     ) -> None:
         """Count one landed file and record it in the manifest (wherever it landed)."""
         self.tally.downloaded += 1
@@ -488,6 +527,7 @@ class Run:
                 FileRecord(obj.key, obj.size, obj.etag, obj.version_id, level, size, mtime_ns)
             )
         self.reporter.file_done(obj.key)
+        self._tell(obj, path, Status.DOWNLOADED, level)
 
     def failed(self, job: FileJob, reason: str) -> None:
         self._report(job.obj, Status.FAILED, reason, job.final)

@@ -8,6 +8,7 @@ direct path could not serve, for the run to fetch through botocore.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -36,7 +37,13 @@ class RunOutcomes(Protocol):
     manifest: Manifest | None
 
     def record_landed(
-        self, obj: RemoteObject, level: str, size: int, mtime_ns: int, new_bytes: int
+        self,
+        obj: RemoteObject,
+        path: Path,
+        level: str,
+        size: int,
+        mtime_ns: int,
+        new_bytes: int,
     ) -> None: ...
 
     def failed(self, job: FileJob, reason: str) -> None: ...
@@ -128,7 +135,7 @@ class Spread:
 
     def landed_remote(self, job: FileJob, result: Landed) -> None:
         self._run.record_landed(
-            job.obj, result.level, result.size, result.mtime_ns, result.new_bytes
+            job.obj, job.final, result.level, result.size, result.mtime_ns, result.new_bytes
         )
 
     def failed_remote(self, job: FileJob, reason: str, needs_botocore: bool) -> None:
