@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from ._config import DEFAULT_CONCURRENCY, FetchConfig, parse_processes
 from ._errors import DestinationError, UsageError
-from ._models import FetchResult, LandedFile, Plan
+from ._models import FetchResult, LandedFile, Plan, PlannedObject
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
 from ._select import Filters, Shard, parse_shard
 from ._stream import FileStream
@@ -347,7 +347,10 @@ def _reporter(progress: bool | Reporter) -> Reporter:
 
 
 async def run(
-    config: FetchConfig, reporter: Reporter, watcher: Watcher | None = None
+    config: FetchConfig,
+    reporter: Reporter,
+    watcher: Watcher | None = None,
+    plan_sink: Callable[[PlannedObject], None] | None = None,
 ) -> FetchResult:
     """Run one fetch described by *config*, reporting to *reporter*.
 
@@ -388,7 +391,9 @@ async def run(
         tree.keep_temp = manifest.partial_names
         try:
             async with open_s3(options) as s3:
-                result = await Run(config, s3, tree, manifest, reporter, notes, watcher).execute()
+                result = await Run(
+                    config, s3, tree, manifest, reporter, notes, watcher, plan_sink
+                ).execute()
         finally:
             # Synchronous: also runs when the run is cancelled (Ctrl-C). It
             # never raises, so it cannot hide the error that ended the run.

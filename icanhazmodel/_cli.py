@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,11 +19,13 @@ from ._config import (
     split_s3_url,
 )
 from ._errors import IcanhazmodelError, UsageError
-from ._models import FetchResult
+from ._models import FetchResult, PlannedObject
 from ._output import (
     dumps,
     error_document,
+    plan_line,
     plan_lines,
+    planned_document,
     problem_lines,
     result_document,
     summary_line,
@@ -72,8 +74,11 @@ class _Option(click.Option):
 
 
 def _fail(message: str, code: int, json_context: dict[str, Any] | None = None) -> NoReturn:
+    sys.stdout.flush()  # a dry run's lines before the error
     if json_context is not None:
-        click.echo(dumps(error_document(message, code, **json_context)))
+        # A dry run's JSON is JSON Lines: its error is one line too.
+        one_line = bool(json_context.get("dry_run"))
+        click.echo(dumps(error_document(message, code, **json_context), one_line=one_line))
     click.echo(f"icanhazmodel: error: {message}", err=True)
     sys.exit(code)
 
@@ -144,9 +149,25 @@ def _build_config(**options: Any) -> FetchConfig:
     )
 
 
+def _plan_printer(json_out: bool) -> Callable[[PlannedObject], None]:
+    """Print each planned object the moment it is decided (a million-key dry
+    run never holds its plan): a line for people, a JSON Lines record for programs."""
+
+    # Buffered writes, not click.echo: it flushes every line, a write(2) per key.
+    def as_json(o: PlannedObject) -> None:
+        sys.stdout.write(dumps(planned_document(o), one_line=True) + "\n")
+
+    def as_text(o: PlannedObject) -> None:
+        sys.stdout.write(plan_line(o) + "\n")
+
+    return as_json if json_out else as_text
+
+
 def _report(result: FetchResult, config: FetchConfig, *, json_out: bool, quiet: bool) -> None:
+    sys.stdout.flush()  # the plan's lines first
     if json_out:
-        click.echo(dumps(result_document(result, **_json_context(config))))
+        document = result_document(result, **_json_context(config))
+        click.echo(dumps(document, one_line=config.dry_run))
     elif result.plan is not None:
         for line in plan_lines(result.plan):
             click.echo(line)
@@ -334,7 +355,8 @@ def main(**options: Any) -> None:
     import anyio  # here, not at the top: --help and --version need none of the run's imports
 
     try:
-        result = anyio.run(run, config, reporter)
+        printer = _plan_printer(json_out) if config.dry_run else None
+        result = anyio.run(run, config, reporter, None, printer)
     except IcanhazmodelError as exc:
         reporter.close()
         _fail(str(exc), exc.exit_code, context)

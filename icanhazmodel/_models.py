@@ -72,16 +72,24 @@ class PlannedObject:
 class Plan:
     """What a run would do, object by object, without writing anything."""
 
-    objects: tuple[PlannedObject, ...]
+    objects: tuple[PlannedObject, ...]  # empty where they were streamed out as planned
     excluded: int = 0
     other_shards: int = 0
     free_bytes: int | None = None  # free space under model_dir, if known
+    # Objects per action and bytes to download, counted as they were planned
+    # (None: count *objects*).
+    counts: Mapping[Action, int] | None = None
+    download_bytes: int | None = None
 
     def count(self, action: Action) -> int:
+        if self.counts is not None:
+            return self.counts.get(action, 0)
         return sum(1 for o in self.objects if o.action is action)
 
     @property
     def bytes_to_download(self) -> int:
+        if self.download_bytes is not None:
+            return self.download_bytes
         return sum(o.size for o in self.objects if o.action is Action.DOWNLOAD)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._models import Action, FetchResult, Plan
+from ._models import Action, FetchResult, Plan, PlannedObject
 
 MiB = 1 << 20
 
@@ -58,13 +58,27 @@ def problem_lines(result: FetchResult) -> list[str]:
     return lines
 
 
+def plan_line(o: PlannedObject) -> str:
+    """One planned object: action, size, key and where it goes."""
+    return f"{o.action.value:<10} {human_size(o.size):>10}  {o.key}" + (
+        f"  -> {o.path}" if o.action is not Action.REFUSED else f"  ({o.reason})"
+    )
+
+
+def planned_document(o: PlannedObject) -> dict[str, Any]:
+    """One planned object as a --dry-run --json line."""
+    return {
+        "key": o.key,
+        "size": o.size,
+        "path": o.path,
+        "action": o.action.value,
+        **({"reason": o.reason} if o.reason else {}),
+    }
+
+
 def plan_lines(plan: Plan) -> list[str]:
-    """One line per object: action, size, key and where it goes; then totals."""
-    lines = [
-        f"{o.action.value:<10} {human_size(o.size):>10}  {o.key}"
-        + (f"  -> {o.path}" if o.action is not Action.REFUSED else f"  ({o.reason})")
-        for o in plan.objects
-    ]
+    """One line per object held in *plan* (none where they were streamed); then totals."""
+    lines = [plan_line(o) for o in plan.objects]
     totals = [
         f"would download {plan.count(Action.DOWNLOAD)} files "
         f"({human_size(plan.bytes_to_download)})",
@@ -121,16 +135,7 @@ def result_document(result: FetchResult, **context: Any) -> dict[str, Any]:
     if result.plan is not None:
         plan = result.plan
         document["plan"] = {
-            "objects": [
-                {
-                    "key": o.key,
-                    "size": o.size,
-                    "path": o.path,
-                    "action": o.action.value,
-                    **({"reason": o.reason} if o.reason else {}),
-                }
-                for o in plan.objects
-            ],
+            **({"objects": [planned_document(o) for o in plan.objects]} if plan.objects else {}),
             "download": plan.count(Action.DOWNLOAD),
             "bytes_to_download": plan.bytes_to_download,
             "skip": plan.count(Action.SKIP),
@@ -148,5 +153,8 @@ def error_document(message: str, exit_code: int, **context: Any) -> dict[str, An
     return {**context, "ok": False, "error": message, "exit_code": exit_code}
 
 
-def dumps(document: dict[str, Any]) -> str:
+def dumps(document: dict[str, Any], *, one_line: bool = False) -> str:
+    """Indented, or on one line for JSON Lines (--dry-run --json)."""
+    if one_line:
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
     return json.dumps(document, indent=2, ensure_ascii=False)

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -164,9 +165,13 @@ class Run:
         reporter: Reporter,
         notes: Notes | None = None,
         watcher: Watcher | None = None,
+        plan_sink: Callable[[PlannedObject], None] | None = None,
     ) -> None:
         self.config = config
         self.watcher = watcher
+        # A dry run hands each planned object here as it is decided, instead
+        # of holding the whole plan: a million keys stay a few MiB.
+        self.plan_sink = plan_sink
         self.notes = notes or Notes()
         self.s3 = s3
         self.tree = tree
@@ -188,6 +193,8 @@ class Run:
         self._conflicts = ConflictTracker()
         self._prefix = ""
         self._plan: list[PlannedObject] = []
+        self._plan_counts: Counter[Action] = Counter()
+        self._plan_bytes = 0
         self._free_bytes = free_bytes(tree.root)
         self._bytes_needed = 0
         self.spread = Spread(self, s3)
@@ -237,6 +244,8 @@ class Run:
                 excluded=self.tally.excluded,
                 other_shards=self.tally.other_shards,
                 free_bytes=self._free_bytes,
+                counts=dict(self._plan_counts),
+                download_bytes=self._plan_bytes,
             )
             result = replace(result, plan=plan)
         return result
@@ -350,8 +359,16 @@ class Run:
             )
 
     def _planned(self, obj: RemoteObject, path: Path, action: Action, reason: str = "") -> None:
-        if self.config.dry_run:
-            self._plan.append(PlannedObject(obj.key, obj.size, str(path), action, reason))
+        if not self.config.dry_run:
+            return
+        self._plan_counts[action] += 1
+        if action is Action.DOWNLOAD:
+            self._plan_bytes += obj.size
+        planned = PlannedObject(obj.key, obj.size, str(path), action, reason)
+        if self.plan_sink is not None:
+            self.plan_sink(planned)
+        else:
+            self._plan.append(planned)
 
     async def _enqueue(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
         if self.watcher is not None:

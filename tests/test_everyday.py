@@ -114,13 +114,27 @@ def test_json_summary_on_stdout(filled: Bucket, tmp_path: Path) -> None:
     assert "refused" in result.stderr  # people still get their messages on stderr
 
 
-def test_json_dry_run_is_the_plan(filled: Bucket, tmp_path: Path) -> None:
+def test_json_dry_run_is_the_plan_as_json_lines(filled: Bucket, tmp_path: Path) -> None:
+    """One object a line as it is planned (a million keys never sit in memory),
+    then one line with the totals."""
     result = cli(filled, "-k", "m", "-m", str(tmp_path), "--json", "--dry-run")
     assert result.code == 0, result.stderr
-    plan = json.loads(result.stdout)["plan"]
+    *objects, summary = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {o["key"] for o in objects if o["action"] == "download"} == set(FILES)
+    assert all(set(o) >= {"key", "size", "path", "action"} for o in objects)
+    plan = summary["plan"]
     assert plan["download"] == len(FILES)
-    assert {o["key"] for o in plan["objects"] if o["action"] == "download"} == set(FILES)
+    assert plan["bytes_to_download"] == sum(len(data) for data in FILES.values())
+    assert "objects" not in plan
+    assert summary["dry_run"] is True
     assert tree_of(tmp_path) == {}
+
+
+def test_json_dry_run_errors_are_one_line(bucket: Bucket, tmp_path: Path) -> None:
+    result = cli(bucket, "-k", "missing", "-m", str(tmp_path), "--json", "--dry-run")
+    assert result.code == 1
+    (line,) = result.stdout.splitlines()
+    assert "nothing at" in json.loads(line)["error"]
 
 
 def test_json_errors_are_json_too(bucket: Bucket, tmp_path: Path) -> None:
