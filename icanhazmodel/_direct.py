@@ -309,13 +309,23 @@ class DirectGets:
             raise FallBack(f"{response.status} {code}")
         raise DirectError(response.status, code, message)
 
-    async def list_page(self, prefix: str, token: str | None) -> ListPage:
+    async def list_page(
+        self,
+        prefix: str,
+        token: str | None,
+        delimiter: str | None = None,
+        start_after: str | None = None,
+    ) -> ListPage:
         """One ListObjectsV2 page. Any answer but a listing this path can
         read raises FallBack: botocore then lists from this page on."""
         path = self._base_path.rstrip("/") or "/"
         query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         if token is not None:
             query["continuation-token"] = token
+        if delimiter is not None:
+            query["delimiter"] = delimiter
+        if start_after is not None:
+            query["start-after"] = start_after
         headers: dict[str, str] = {"Accept-Encoding": "identity"}
         if self._request_payer:
             headers["x-amz-request-payer"] = self._request_payer

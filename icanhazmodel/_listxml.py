@@ -10,7 +10,7 @@ can hand the page to botocore rather than guess.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
@@ -27,7 +27,14 @@ class NotAListing(ValueError):
 @dataclass(frozen=True, slots=True)
 class ListPage:
     objects: list[RemoteObject]
-    next_token: str | None  # None: this was the last page
+    next_token: str | None  # None: this was the last page of this request's chain
+    prefixes: list[str] = field(default_factory=list)  # CommonPrefixes, with a delimiter
+    more_to_come: bool = False  # pages follow from other chains (a fanned-out listing)
+
+    @property
+    def more(self) -> bool:
+        """Whether more objects follow this page."""
+        return self.next_token is not None or self.more_to_come
 
 
 def _local(tag: str) -> str:
@@ -51,10 +58,16 @@ def parse_list_page(body: bytes) -> ListPage:
     truncated: str | None = None
     token: str | None = None
     objects: list[RemoteObject] = []
+    prefixes: list[str] = []
     for element in root:
         name = _local(element.tag)
         if name == "Contents":
             objects.append(_object(element, url_encoded))
+        elif name == "CommonPrefixes":
+            prefix = element.findtext(_NS + "Prefix") or element.findtext("Prefix")
+            if not prefix:
+                raise NotAListing("a CommonPrefixes without a Prefix")
+            prefixes.append(unquote_plus(prefix) if url_encoded else prefix)
         elif name == "IsTruncated":
             truncated = (element.text or "").strip().lower()
         elif name == "NextContinuationToken":
@@ -62,10 +75,10 @@ def parse_list_page(body: bytes) -> ListPage:
     if truncated not in ("true", "false"):
         raise NotAListing("a listing without IsTruncated")
     if truncated == "false":
-        return ListPage(objects, None)
+        return ListPage(objects, None, prefixes)
     if not token:
         raise NotAListing("a truncated listing without NextContinuationToken")
-    return ListPage(objects, token)
+    return ListPage(objects, token, prefixes)
 
 
 def _object(element: ElementTree.Element, url_encoded: bool) -> RemoteObject:
@@ -74,9 +87,9 @@ def _object(element: ElementTree.Element, url_encoded: bool) -> RemoteObject:
     etag = ""
     modified = ""
     algorithms: list[str] = []
-    for field in element:
-        name = _local(field.tag)
-        text = field.text or ""
+    for child in element:
+        name = _local(child.tag)
+        text = child.text or ""
         if name == "Key":
             key = unquote_plus(text) if url_encoded else text
         elif name == "Size":

@@ -145,6 +145,11 @@ def _most_telling(error: BaseException) -> BaseException:
     return flat[0]
 
 
+def _fan_out() -> bool:
+    """Whether big prefixes are listed in parallel (ICANHAZMODEL_LIST_FANOUT=0: one chain)."""
+    return os.environ.get("ICANHAZMODEL_LIST_FANOUT", "1") != "0"
+
+
 def _local_file(path: str | os.PathLike[str]) -> LocalFile | None:
     try:
         st = os.lstat(path)
@@ -285,9 +290,25 @@ class Run:
             await self._plan_page([exact], send)
         else:
             self._prefix = directory_prefix(self.config.key)
-            async for page in self.s3.list_pages(self._prefix):
-                await self._plan_page(page.objects, send, more=page.next_token is not None)
+            await self._list_prefix(send)
+        if (listing_done := getattr(self.reporter, "listing_done", None)) is not None:
+            listing_done()
         self._check_something_selected()
+
+    async def _list_prefix(self, send: ObjectSendStream[Work] | None) -> None:
+        """List the prefix: one page, and if it holds more than that, the rest
+        fanned out over its sub-prefixes (in the same key order)."""
+        pages = self.s3.list_pages(self._prefix)
+        first = await anext(pages)
+        await self._plan_page(first.objects, send, more=first.more)
+        if first.more and first.objects and _fan_out():
+            await pages.aclose()
+            async with self.s3.fanned_out(self._prefix, first.objects[-1].key) as rest:
+                async for page in rest:
+                    await self._plan_page(page.objects, send, more=page.more)
+            return
+        async for page in pages:
+            await self._plan_page(page.objects, send, more=page.more)
 
     def _check_something_selected(self) -> None:
         where = f"s3://{self.s3.bucket}/{self._prefix}"

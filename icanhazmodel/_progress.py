@@ -23,6 +23,10 @@ FILE_BAR_MIN_BYTES = 4 << 20
 
 
 class Reporter(Protocol):
+    """What a run tells about its progress. A reporter may also have
+    ``listing_done()``: called once the whole listing is in, so the totals
+    stop growing (optional; the built-in bars say "listing" until then)."""
+
     def listed(self, files: int, nbytes: int) -> None:
         """More objects were found: grow the totals."""
 
@@ -112,6 +116,7 @@ class TqdmReporter:
         self._stream = stream or sys.stderr
         self._files_total = 0
         self._files_done = 0
+        self._listing = True  # the totals still grow
         self._total = self._tqdm(
             total=0,
             unit="B",
@@ -128,7 +133,14 @@ class TqdmReporter:
         self._free_slots = list(range(FILE_BAR_SLOTS, 0, -1))
 
     def _postfix(self) -> None:
-        self._total.set_postfix_str(f"{self._files_done}/{self._files_total} files", refresh=False)
+        files = f"{self._files_done}/{self._files_total}"
+        what = f"{files}+ files, listing" if self._listing else f"{files} files"
+        self._total.set_postfix_str(what, refresh=False)
+
+    def listing_done(self) -> None:
+        self._listing = False
+        self._postfix()
+        self._total.refresh()
 
     def listed(self, files: int, nbytes: int) -> None:
         self._files_total += files
@@ -209,6 +221,10 @@ class LineReporter(MessageReporter):
         self._bytes_done = 0
         self._started = clock()
         self._next = self._started + every
+        self._listing = True
+
+    def listing_done(self) -> None:
+        self._listing = False
 
     def listed(self, files: int, nbytes: int) -> None:
         self._files_total += files
@@ -230,7 +246,8 @@ class LineReporter(MessageReporter):
         elapsed = now - self._started
         rate = self._bytes_done / elapsed / (1 << 20) if elapsed > 0 else 0.0
         self.message(
-            f"progress: {self._files_done}/{self._files_total} files, "
+            f"progress: {self._files_done}/{self._files_total}"
+            f"{'+ files (listing)' if self._listing else ' files'}, "
             f"{self._bytes_done / (1 << 20):.1f}/{self._bytes_total / (1 << 20):.1f} MiB, "
             f"{rate:.1f} MiB/s"
         )

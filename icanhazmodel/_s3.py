@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -42,6 +43,7 @@ from ._errors import (
     S3Error,
     UsageError,
 )
+from ._fanout import fanned_out
 from ._light import LightStart, light_start
 from ._listxml import ListPage
 from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
@@ -422,7 +424,7 @@ class S3:
         length = response.get("ContentLength")
         return None if length is None else PartHead(int(length), response_checksums(response))
 
-    async def list_pages(self, prefix: str) -> AsyncIterator[ListPage]:
+    async def list_pages(self, prefix: str) -> AsyncGenerator[ListPage, None]:
         """Yield the objects under *prefix* one listing page at a time."""
         what = f"listing s3://{self.bucket}/{prefix}"
         if self._denied_head is not None and prefix == self._denied_head + "/":
@@ -437,21 +439,49 @@ class S3:
                 raise S3Error(f"S3 sent the same continuation token twice while {what}")
             token = page.next_token
 
-    async def _list_page(self, prefix: str, token: str | None, what: str) -> ListPage:
+    def fanned_out(
+        self, prefix: str, start_after: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[ListPage]]:
+        """The rest of a big prefix after *start_after*, listed in parallel, in
+        key order (see _fanout)."""
+        what = f"listing s3://{self.bucket}/{prefix}"
+
+        async def page(
+            sub: str, token: str | None, delimiter: str | None, after: str | None
+        ) -> ListPage:
+            return await self._list_page(sub, token, what, delimiter, after, first=False)
+
+        return fanned_out(page, prefix, start_after)
+
+    async def _list_page(
+        self,
+        prefix: str,
+        token: str | None,
+        what: str,
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        *,
+        first: bool | None = None,
+    ) -> ListPage:
         direct = await self._direct_lister()
         if direct is not None:
             try:
-                return await direct.list_page(prefix, token)
+                return await direct.list_page(prefix, token, delimiter, start_after)
             except FallBack:
-                self._list_through_botocore(first=token is None)
+                self._list_through_botocore(first=token is None if first is None else first)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, **self._extra()}
         if token is not None:
             kwargs["ContinuationToken"] = token
+        if delimiter is not None:
+            kwargs["Delimiter"] = delimiter
+        if start_after is not None:
+            kwargs["StartAfter"] = start_after
         with run_errors(self.bucket, what):
             response = await (await self._client()).list_objects_v2(**kwargs)
         objects = [_listed_object(item) for item in response.get("Contents", ())]
+        prefixes = [str(item["Prefix"]) for item in response.get("CommonPrefixes", ())]
         more = response.get("IsTruncated") and response.get("NextContinuationToken")
-        return ListPage(objects, str(more) if more else None)
+        return ListPage(objects, str(more) if more else None, prefixes)
 
     async def open_body(
         self,

@@ -43,6 +43,8 @@ class Filters:
         return bool(self.include or self.exclude)
 
     def selects(self, relative_key: str) -> bool:
+        if not self.active:  # the usual case, once per listed key
+            return True
         name = relative_key.rstrip("/").rsplit("/", 1)[-1]
         candidates = (relative_key, name)
         if _matches(self._exclude_re, candidates):

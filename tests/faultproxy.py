@@ -72,6 +72,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     fault: Fault | None
+    query: str = ""
 
 
 @dataclass
@@ -126,7 +127,7 @@ class FaultProxy:
                     fault.applied += 1
                     chosen = fault
                     break
-            self.seen.append(Seen(method, path, headers, chosen))
+            self.seen.append(Seen(method, path, headers, chosen, query))
             return chosen
 
     def _serve(self, client: socket.socket) -> None:

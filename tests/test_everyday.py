@@ -304,8 +304,12 @@ def test_progress_in_a_log_is_a_plain_line_now_and_then() -> None:
     reporter.advanced("a", 50)
     reporter.file_done("a")
     assert out.getvalue().count("\n") == 1
-    assert "0/2 files" in out.getvalue()
+    assert "0/2+ files (listing)" in out.getvalue()  # the totals may still grow
     assert "\r" not in out.getvalue()
+    reporter.listing_done()
+    now[0] = 12.0
+    reporter.file_done("b")
+    assert out.getvalue().splitlines()[-1].startswith("progress: 2/2 files,")
 
 
 def test_region_is_the_signing_region(filled: Bucket, tmp_path: Path) -> None:

@@ -201,3 +201,22 @@ def test_the_exact_key_is_looked_up_directly(
     assert heads
     assert all(h.headers.get("user-agent", "").startswith("icanhazmodel/") for h in heads)
     assert not listing_requests(proxy, bucket)  # found by HEAD: no listing needed
+
+
+def test_common_prefixes_are_read_and_decoded() -> None:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<EncodingType>url</EncodingType><IsTruncated>false</IsTruncated>"
+        b"<Contents><Key>p/a%2Bb</Key><Size>1</Size><ETag>&quot;e&quot;</ETag>"
+        b"<LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>"
+        b"<CommonPrefixes><Prefix>p/d%C3%A9/</Prefix></CommonPrefixes>"
+        b"<CommonPrefixes><Prefix>p/e+f/</Prefix></CommonPrefixes>"
+        b"</ListBucketResult>"
+    )
+    page = parse_list_page(body)
+    assert [o.key for o in page.objects] == ["p/a+b"]
+    assert page.prefixes == ["p/d\u00e9/", "p/e f/"]
+    assert not page.more
+    with pytest.raises(NotAListing):
+        parse_list_page(body.replace(b"<Prefix>p/e+f/</Prefix>", b""))

@@ -60,19 +60,29 @@ def serve(count: int, delay_ms: float, port_file: str) -> None:
         query = request.query
         await asyncio.sleep(delay_ms / 1000)
         prefix = query.get("prefix", "")
-        token = query.get("continuation-token") or query.get("start-after") or ""
+        delimiter = query.get("delimiter", "")
+        after = max(query.get("continuation-token", ""), query.get("start-after", ""))
         limit = min(int(query.get("max-keys", "1000")), 1000)
-        start = bisect.bisect_right(keys, token) if token else bisect.bisect_left(keys, prefix)
-        page = []
-        for key in keys[start:]:
-            if not key.startswith(prefix) or len(page) == limit:
+        i = bisect.bisect_left(keys, prefix)
+        if after:
+            i = max(i, bisect.bisect_right(keys, after))
+        page: list[str] = []
+        prefixes: list[str] = []
+        last, more = "", False
+        while i < len(keys) and keys[i].startswith(prefix):
+            if len(page) + len(prefixes) == limit:
+                more = True
                 break
-            page.append(key)
-        more = (
-            len(page) == limit
-            and start + limit < len(keys)
-            and keys[start + limit].startswith(prefix)
-        )
+            rest = keys[i][len(prefix) :]
+            if delimiter and delimiter in rest:
+                common = prefix + rest[: rest.index(delimiter) + 1]
+                prefixes.append(common)
+                last = common + "\U0010ffff"
+                i = bisect.bisect_left(keys, last)  # past every key under it
+                continue
+            page.append(keys[i])
+            last = keys[i]
+            i += 1
         encode = query.get("encoding-type") == "url"
         contents = "".join(
             f"<Contents><Key>{escape(quote(k) if encode else k)}</Key>"
@@ -80,15 +90,18 @@ def serve(count: int, delay_ms: float, port_file: str) -> None:
             "<Size>1</Size><StorageClass>STANDARD</StorageClass></Contents>"
             for k in page
         )
-        token_xml = (
-            f"<NextContinuationToken>{escape(page[-1])}</NextContinuationToken>" if more else ""
+        commons = "".join(
+            f"<CommonPrefixes><Prefix>{escape(quote(c) if encode else c)}</Prefix></CommonPrefixes>"
+            for c in prefixes
         )
+        token_xml = f"<NextContinuationToken>{escape(last)}</NextContinuationToken>" if more else ""
         xml = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-            f"<Name>{BUCKET}</Name><Prefix>{escape(prefix)}</Prefix><KeyCount>{len(page)}</KeyCount>"
-            f"<MaxKeys>{limit}</MaxKeys><IsTruncated>{'true' if more else 'false'}</IsTruncated>"
-            f"{'<EncodingType>url</EncodingType>' if encode else ''}{contents}{token_xml}"
+            f"<Name>{BUCKET}</Name><Prefix>{escape(prefix)}</Prefix>"
+            f"<KeyCount>{len(page) + len(prefixes)}</KeyCount><MaxKeys>{limit}</MaxKeys>"
+            f"<IsTruncated>{'true' if more else 'false'}</IsTruncated>"
+            f"{'<EncodingType>url</EncodingType>' if encode else ''}{contents}{commons}{token_xml}"
             "</ListBucketResult>"
         )
         return web.Response(body=xml.encode(), content_type="application/xml")

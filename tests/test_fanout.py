@@ -1,0 +1,217 @@
+"""A big prefix listed in parallel yields exactly what one listing does, in
+the same order (issue 12): against a model of ListObjectsV2 for adversarial
+key sets (hypothesis), and against moto over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import icanhazmodel
+from icanhazmodel import _fanout
+from icanhazmodel._fanout import fanned_out
+from icanhazmodel._listxml import ListPage
+from icanhazmodel._models import RemoteObject
+from tests.conftest import Bucket, tree_of
+from tests.faultproxy import fault_proxy
+
+HIGHEST = "\U0010ffff"
+
+
+class ModelS3:
+    """ListObjectsV2 as S3 documents it: keys in UTF-8 (code point) order;
+    with a delimiter, keys that hold it after the prefix roll up into one
+    CommonPrefix, counted once toward max-keys; StartAfter and continuation
+    tokens resume strictly after a key (after a whole CommonPrefix for a
+    token). Every request is recorded."""
+
+    def __init__(self, keys: set[str], max_keys: int) -> None:
+        self.keys = sorted(keys)
+        self.max_keys = max_keys
+        self.requests: list[tuple[str, str | None, str | None, str | None]] = []
+
+    async def list_page(
+        self, prefix: str, token: str | None, delimiter: str | None, start_after: str | None
+    ) -> ListPage:
+        self.requests.append((prefix, token, delimiter, start_after))
+        await asyncio.sleep(0)  # let the other listings run in between
+        after = max(token or "", start_after or "")
+        start = bisect.bisect_left(self.keys, prefix)
+        if after:
+            start = max(start, bisect.bisect_right(self.keys, after))
+        objects: list[RemoteObject] = []
+        prefixes: list[str] = []
+        last = ""
+        for key in self.keys[start:]:
+            if not key.startswith(prefix):
+                break  # keys under a prefix are contiguous
+            rest = key[len(prefix) :]
+            if delimiter and delimiter in rest:
+                common = prefix + rest[: rest.index(delimiter) + len(delimiter)]
+                if prefixes and prefixes[-1] == common:
+                    continue
+                if len(objects) + len(prefixes) == self.max_keys:
+                    return ListPage(objects, last, prefixes)
+                prefixes.append(common)
+                last = common + HIGHEST  # a token resumes after the whole prefix
+            else:
+                if len(objects) + len(prefixes) == self.max_keys:
+                    return ListPage(objects, last, prefixes)
+                objects.append(RemoteObject(key, 1, "e", 0.0))
+                last = key
+        return ListPage(objects, None, prefixes)
+
+
+def sequential(model: ModelS3, prefix: str) -> list[str]:
+    async def run() -> list[str]:
+        keys, token = [], None
+        while True:
+            page = await model.list_page(prefix, token, None, None)
+            keys += [o.key for o in page.objects]
+            if page.next_token is None:
+                return keys
+            token = page.next_token
+
+    return asyncio.run(run())
+
+
+def parallel(model: ModelS3, prefix: str) -> list[str]:
+    """A first page as a run makes it, then the rest fanned out after its last key."""
+
+    async def run() -> list[str]:
+        first = await model.list_page(prefix, None, None, None)
+        keys = [o.key for o in first.objects]
+        if first.next_token is None or not keys:
+            return keys
+        async with fanned_out(model.list_page, prefix, keys[-1]) as pages:
+            async for page in pages:
+                assert page.more
+                keys += [o.key for o in page.objects]
+        return keys
+
+    return asyncio.run(run())
+
+
+segment = st.sampled_from(["a", "b", "a.b", "é", "a-", "0", "", "/", "ß", "a/"])
+adversarial_keys = st.sets(
+    st.lists(segment, min_size=1, max_size=5).map("/".join).map(lambda k: "p/" + k),
+    min_size=0,
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=adversarial_keys,
+    noise=st.sets(st.sampled_from(["o", "p", "pa/x", "q/p/x", "p"]), max_size=3),
+    max_keys=st.integers(1, 7),
+    lookahead=st.integers(1, 4),
+)
+def test_fanned_out_listing_equals_one_listing(
+    keys: set[str], noise: set[str], max_keys: int, lookahead: int
+) -> None:
+    """Deep and flat trees, keys that are prefixes of others, '/' runs, empty
+    segments, unicode, markers, keys outside the prefix; pages of 1 to 7."""
+    model = ModelS3(keys | noise, max_keys)
+    original = _fanout.LOOKAHEAD
+    _fanout.LOOKAHEAD = lookahead
+    try:
+        assert (
+            parallel(model, "p/")
+            == sequential(model, "p/")
+            == sorted(k for k in keys | noise if k.startswith("p/"))
+        )
+    finally:
+        _fanout.LOOKAHEAD = original
+
+
+def test_a_wide_tree_is_listed_concurrently() -> None:
+    keys = {f"p/d{i:02d}/f{j:02d}" for i in range(20) for j in range(10)}
+    model = ModelS3(keys, 5)
+    in_flight = peak = 0
+    inner = model.list_page
+
+    async def counting(*args: str | None) -> ListPage:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.001)
+            return await inner(*args)  # type: ignore[arg-type]
+        finally:
+            in_flight -= 1
+
+    model.list_page = counting  # type: ignore[method-assign]
+    assert parallel(model, "p/") == sorted(keys)
+    assert peak > 4
+
+
+def test_a_failing_sub_listing_stops_the_listing_with_its_error() -> None:
+    keys = {f"p/d{i}/f{j}" for i in range(5) for j in range(5)}
+    model = ModelS3(keys, 3)
+    inner = model.list_page
+
+    async def failing(
+        prefix: str, token: str | None, delimiter: str | None, after: str | None
+    ) -> ListPage:
+        if after == "p/d3":  # the chain that starts at p/d3/
+            raise icanhazmodel.S3Error("listing p/d3/ broke")
+        return await inner(prefix, token, delimiter, after)
+
+    model.list_page = failing  # type: ignore[method-assign]
+    with pytest.raises(icanhazmodel.S3Error, match="p/d3/"):
+        parallel(model, "p/")
+
+
+@pytest.mark.usefixtures("request_path")  # both listing paths: direct and botocore
+def test_a_run_over_a_wide_prefix_on_moto_fans_out_and_gets_everything(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Over HTTP (moto's delimiter and start-after), with a first page of 1,000
+    keys: the fan-out lists the rest; the plan (in its order), the refusals
+    and the files are the sequential listing's."""
+    objects = {f"p/d{i % 40:02d}/f{i:04d}.bin": bytes([i % 251]) for i in range(1300)}
+    objects["p/d05"] = b"a file beside the folder d05/"
+    objects["p/d05.txt"] = b"sorts before d05/"
+    for key, data in objects.items():
+        bucket.client.put_object(Bucket=bucket.name, Key=key, Body=data)
+
+    def run(fanout: str) -> tuple[list[tuple[str, str]], set[str], dict[str, bytes], int]:
+        os.environ["ICANHAZMODEL_LIST_FANOUT"] = fanout
+        dest = tmp_path / fanout
+        try:
+            with fault_proxy(bucket.endpoint) as proxy:
+                plan = asyncio.run(
+                    icanhazmodel.plan(
+                        bucket=bucket.name, key="p", dest=dest, endpoint_url=proxy.endpoint
+                    )
+                )
+                result = asyncio.run(
+                    icanhazmodel.fetch(
+                        bucket=bucket.name, key="p", dest=dest, endpoint_url=proxy.endpoint
+                    )
+                )
+                fanned = sum("delimiter=" in seen.query for seen in proxy.requests("GET"))
+        finally:
+            del os.environ["ICANHAZMODEL_LIST_FANOUT"]
+        planned = [(o.key, o.action.value) for o in plan.objects]
+        problems = {f"{p.key} {p.status}" for p in result.problems}
+        return planned, problems, tree_of(dest), fanned
+
+    *fanned, delimited = run("1")
+    *one_by_one, none = run("0")
+    assert fanned == one_by_one  # the same plan, in the same order, and the same files
+    assert delimited == 2  # one delimiter listing in each run (plan, fetch)
+    assert none == 0
+    planned, problems, files = fanned
+    assert {key for key, _ in planned} == set(objects)
+    # p/d05 is a file and a folder: the keys under the folder are refused either way.
+    refused = {key for key in objects if key.startswith("p/d05/")}
+    assert problems == {f"{key} refused" for key in refused}
+    assert files == {key: data for key, data in objects.items() if key not in refused}
