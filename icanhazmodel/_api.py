@@ -97,27 +97,26 @@ async def fetch(
     object's :class:`LandedFile` as soon as it is known, as :func:`stream`
     yields them; if it raises, the run stops and the exception propagates.
     """
-    config = FetchConfig(
-        bucket=bucket,
-        key=key,
-        dest=Path(dest),
+    options = FetchOptions(
+        dest=dest,
         profile=profile,
         endpoint_url=endpoint_url,
         region=region,
         concurrency=concurrency,
-        processes=parse_processes(processes),
-        retries=retries,
-        stall_timeout=stall_timeout,
+        processes=processes,
+        include=include,
+        exclude=exclude,
+        shard=shard,
         verify=verify,
         force=force,
-        filters=Filters(tuple(include), tuple(exclude)),
-        shard=_shard(shard),
-        dry_run=dry_run,
-        unsigned=no_sign_request,
+        no_sign_request=no_sign_request,
         request_payer=request_payer,
         version_id=version_id,
         ignore_space=ignore_space,
+        retries=retries,
+        stall_timeout=stall_timeout,
     )
+    config = replace(_config(bucket, key, options), dry_run=dry_run)
     if on_file is not None and dry_run:
         raise UsageError("on_file is called as files land; a dry run lands none (use plan())")
     if on_file is not None:

@@ -72,7 +72,6 @@ from ._objects import (
     etag_problem,
 )
 from ._parts import (
-    PART_HEADS_IN_FLIGHT,
     ask_every_part,
     damaged_parts,
     equal_layout,
@@ -100,7 +99,8 @@ MAX_RESTARTS = 1
 # Parts bigger than this are not one range each (too few ranges in flight):
 # such uploads are hashed serially instead.
 MAX_ALIGNED_PART = 64 * MiB
-# HEADs in flight while learning a multipart upload's real part sizes.
+# Damaged parts fetched again at once, on top of the run's own requests.
+REFETCHES_IN_FLIGHT = 4
 
 
 @dataclass(eq=False)
@@ -648,7 +648,7 @@ class Transfers:
         job.resumed = min(job.resumed, job.written)
         self.reporter.advanced(job.obj.key, -lost)
         job.ranges_left = len(ranges)
-        in_flight = anyio.CapacityLimiter(PART_HEADS_IN_FLIGHT)
+        in_flight = anyio.CapacityLimiter(REFETCHES_IN_FLIGHT)
 
         async def again(start: int, end: int) -> None:
             async with in_flight:
