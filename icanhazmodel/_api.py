@@ -178,9 +178,8 @@ def iter_files(
 ) -> FileIterator:
     """:func:`stream` for code that is not async: a plain iterator of
     :class:`LandedFile`. The run's event loop lives in a thread of its own;
-    closing the iterator (``break`` in a ``with`` block, ``.close()``, or
-    garbage collection) stops the run. ``.result`` is the :class:`FetchResult`
-    once it is exhausted.
+    closing the iterator (leaving its ``with`` block, or ``.close()``) stops
+    the run. ``.result`` is the :class:`FetchResult` once it is exhausted.
 
         with icanhazmodel.iter_files(bucket="data", key="shards/") as files:
             for f in files:
