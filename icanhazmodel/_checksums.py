@@ -134,6 +134,7 @@ class Expectation:
     # whether this CRC of a multipart upload is COMPOSITE or FULL_OBJECT, so
     # the bytes may match either; the check settles which.
     composite: bool | None = False
+    why: str = ""  # for size only: why nothing stronger could be checked
 
     @property
     def level(self) -> Verification:
@@ -161,6 +162,14 @@ class Expectation:
 
 
 SIZE_ONLY = Expectation(None)
+NO_VERIFY = "--no-verify"
+
+
+def size_only(why: str) -> Expectation:
+    """A check by size alone, saying why (reported per object in --json)."""
+    return Expectation(None, why=why)
+
+
 # S3 keeps SHA checksums of multipart uploads only as COMPOSITE, and
 # CRC64NVME only as FULL_OBJECT; CRC32 and CRC32C can be either.
 _ONLY_COMPOSITE = ("SHA1", "SHA256")
@@ -191,12 +200,12 @@ def choose(
         if expectation := _from_checksum(algorithm, checksums.get(algorithm), checksum_type, parts):
             return expectation
     if encrypted_with_key:
-        return SIZE_ONLY
+        return size_only("SSE-KMS/SSE-C: its ETag is not an MD5, and S3 holds no checksum for it")
     if _PLAIN_MD5_ETAG.match(etag):
         return Expectation("MD5", bytes.fromhex(etag))
     if multipart:
         return Expectation(MULTIPART_MD5, bytes.fromhex(multipart[1]), parts)
-    return SIZE_ONLY
+    return size_only(f"its ETag ({etag[:40]!r}) is not an MD5, and S3 holds no checksum for it")
 
 
 def _from_checksum(

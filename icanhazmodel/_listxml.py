@@ -17,8 +17,6 @@ from xml.etree import ElementTree
 from ._models import RemoteObject
 from ._objects import posix_time, strip_quotes
 
-_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
 
 class NotAListing(ValueError):
     """The answer is not a ListObjectsV2 page this parser can vouch for."""
@@ -54,7 +52,8 @@ def parse_list_page(body: bytes) -> ListPage:
         raise NotAListing(f"not XML: {exc}") from None
     if _local(root.tag) != "ListBucketResult":
         raise NotAListing(f"a <{_local(root.tag)}> document, not a listing")
-    url_encoded = (root.findtext(_NS + "EncodingType") or root.findtext("EncodingType")) == "url"
+    # By local name: stores differ on the namespace (s3rver uses another one).
+    url_encoded = any(_local(e.tag) == "EncodingType" and e.text == "url" for e in root)
     truncated: str | None = None
     token: str | None = None
     objects: list[RemoteObject] = []
@@ -64,7 +63,8 @@ def parse_list_page(body: bytes) -> ListPage:
         if name == "Contents":
             objects.append(_object(element, url_encoded))
         elif name == "CommonPrefixes":
-            prefix = element.findtext(_NS + "Prefix") or element.findtext("Prefix")
+            # By local name, as everywhere here: stores differ on the namespace.
+            prefix = next((c.text for c in element if _local(c.tag) == "Prefix"), None)
             if not prefix:
                 raise NotAListing("a CommonPrefixes without a Prefix")
             prefixes.append(unquote_plus(prefix) if url_encoded else prefix)

@@ -73,6 +73,7 @@ class Landed:
     size: int
     mtime_ns: int
     new_bytes: int
+    unverified: str = ""  # why it was checked by size only
 
 
 @dataclass(frozen=True, slots=True)

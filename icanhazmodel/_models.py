@@ -166,6 +166,9 @@ class FetchResult:
     kept_local: int = 0  # edited on disk since icanhazmodel wrote them: kept
     processes: int = 1  # processes that fetched: 1, or the worker processes
     manifest_error: str | None = None  # records of this run could not be saved
+    # Files checked by size alone though content checks were on, and why
+    # (an SSE-KMS ETag without a checksum, a store that hides part sizes).
+    size_only: tuple[ObjectReport, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -131,6 +131,7 @@ def result_document(result: FetchResult, **context: Any) -> dict[str, Any]:
             }
             for p in result.problems
         ],
+        "size_only": [{"key": s.key, "path": s.path, "why": s.reason} for s in result.size_only],
     }
     if result.plan is not None:
         plan = result.plan

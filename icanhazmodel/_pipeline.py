@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.to_thread import run_sync
 
+from ._checksums import NO_VERIFY
 from ._config import FetchConfig
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch
 from ._files import Tree
@@ -62,6 +63,8 @@ class Watcher(Protocol):
 
 MANIFEST_FLUSH_SECONDS = 1.0
 _EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
+# Files checked by size only named in the result (and --json); more are counted.
+SIZE_ONLY_LISTED = 1000
 
 
 def _sizes_apart(needed: int, free: int) -> tuple[str, str]:
@@ -106,6 +109,7 @@ class Tally:
     bytes_downloaded: int = 0
     verification: Counter[str] = field(default_factory=Counter)
     problems: list[ObjectReport] = field(default_factory=list)
+    size_only: list[ObjectReport] = field(default_factory=list)
 
     def result(self, seconds: float) -> FetchResult:
         return FetchResult(
@@ -121,6 +125,7 @@ class Tally:
             excluded=self.excluded,
             other_shards=self.other_shards,
             kept_local=self.kept_local,
+            size_only=tuple(self.size_only),
         )
 
 
@@ -545,6 +550,7 @@ class Run:
             job.landed.st_size,
             job.landed.st_mtime_ns,
             job.written - job.resumed,
+            job.unverified,
         )
 
     def record_landed(
@@ -555,8 +561,13 @@ class Run:
         size: int,
         mtime_ns: int,
         new_bytes: int,
+        unverified: str = "",
     ) -> None:
         """Count one landed file and record it in the manifest (wherever it landed)."""
+        if unverified and unverified != NO_VERIFY and len(self.tally.size_only) < SIZE_ONLY_LISTED:
+            self.tally.size_only.append(
+                ObjectReport(obj.key, Status.DOWNLOADED, unverified, str(path), obj.size)
+            )
         self.tally.downloaded += 1
         self.tally.bytes_downloaded += new_bytes
         self.tally.verification[level] += 1

@@ -44,6 +44,7 @@ class RunOutcomes(Protocol):
         size: int,
         mtime_ns: int,
         new_bytes: int,
+        unverified: str = "",
     ) -> None: ...
 
     def failed(self, job: FileJob, reason: str) -> None: ...
@@ -135,7 +136,13 @@ class Spread:
 
     def landed_remote(self, job: FileJob, result: Landed) -> None:
         self._run.record_landed(
-            job.obj, job.final, result.level, result.size, result.mtime_ns, result.new_bytes
+            job.obj,
+            job.final,
+            result.level,
+            result.size,
+            result.mtime_ns,
+            result.new_bytes,
+            result.unverified,
         )
 
     def failed_remote(self, job: FileJob, reason: str, needs_botocore: bool) -> None:

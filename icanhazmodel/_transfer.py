@@ -31,6 +31,7 @@ from typing import Protocol
 import anyio
 
 from ._checksums import (
+    NO_VERIFY,
     RANGE_CRC,
     SIZE_ONLY,
     ChecksumMismatch,
@@ -49,6 +50,7 @@ from ._checksums import (
     multipart_parts,
     part_spans,
     settle,
+    size_only,
     within_parts,
 )
 from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
@@ -162,6 +164,11 @@ class FileJob:
     def level(self) -> str:
         """How the file was (or will be) checked: a Verification value."""
         return (self.expectation or SIZE_ONLY).level.value
+
+    @property
+    def unverified(self) -> str:
+        """Why the file was checked by size only ("" if it was not)."""
+        return (self.expectation or SIZE_ONLY).why
 
     @property
     def multi_range(self) -> bool:
@@ -283,7 +290,7 @@ class Transfers:
     def _expectation(self, headers: ObjectHeaders) -> Expectation:
         """What the object's bytes will be checked against (size only with --no-verify)."""
         if not self.verify:
-            return SIZE_ONLY
+            return size_only(NO_VERIFY)
         return choose(
             headers.checksums,
             headers.checksum_type,
@@ -323,7 +330,10 @@ class Transfers:
         except ObjectError:
             layout = None
         if layout is None:
-            job.expectation = SIZE_ONLY
+            job.expectation = size_only(
+                f"uploaded in {parts} parts, and S3 did not tell the parts' sizes "
+                "(HEAD with partNumber)"
+            )
         job.layout = layout
 
     async def align_to_parts(self, job: FileJob) -> None:
@@ -432,7 +442,7 @@ class Transfers:
     async def _expect_from_head(self, job: FileJob) -> None:
         """A ranged GET carries no whole-object checksum: HEAD tells it."""
         if not self.verify:
-            job.expectation = SIZE_ONLY
+            job.expectation = size_only(NO_VERIFY)
             return
         head = await self.s3.stat(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):

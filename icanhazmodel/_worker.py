@@ -101,6 +101,7 @@ class Worker:
                 job.landed.st_size,
                 job.landed.st_mtime_ns,
                 job.written - job.resumed,
+                job.unverified,
             )
         )
 

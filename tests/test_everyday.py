@@ -111,6 +111,7 @@ def test_json_summary_on_stdout(filled: Bucket, tmp_path: Path) -> None:
     assert document["problems"][0]["key"] == "m/bad\\key"
     assert document["problems"][0]["status"] == "refused"
     assert document["verification"] == {"crc32": len(FILES)}
+    assert document["size_only"] == []
     assert "refused" in result.stderr  # people still get their messages on stderr
 
 

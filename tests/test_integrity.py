@@ -73,6 +73,7 @@ def test_no_verify_skips_content_hashing(bucket: Bucket, tmp_path: Path) -> None
     bucket.put("p/f", b"abc", ChecksumAlgorithm="SHA256")
     result = fetch(bucket.endpoint, bucket, "p", tmp_path, verify=False)
     assert result.verification == {"size-only": 1}
+    assert result.size_only == ()  # asked for: not listed as a shortfall
 
 
 @pytest.mark.parametrize("size", [1000, 3 * MiB, BIG], ids=["small", "one-range", "ranges"])

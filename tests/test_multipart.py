@@ -285,6 +285,12 @@ def test_an_sse_kms_upload_in_parts_is_verified_by_its_checksum(
     assert result.ok, result.problems
     assert tree_of(tmp_path) == {"p/w.bin": data}
     assert result.verification == {level: 1}
+    if checksum is None:  # and the result says why, per object
+        (only,) = result.size_only
+        assert only.key == "p/w.bin"
+        assert "SSE-KMS" in only.reason
+    else:
+        assert result.size_only == ()
 
 
 def part_checksums(data: bytes, sizes: list[int], algorithm: str) -> list[str]:

@@ -366,6 +366,8 @@ def main() -> int:
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
+        # ICANHAZMODEL_* settings (e.g. ICANHAZMODEL_LIST_FANOUT=0) reach the tool.
+        **{k: v for k, v in os.environ.items() if k.startswith("ICANHAZMODEL_")},
     }
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
     warm_up_memory(work, 3 * 1024 * MiB)
