@@ -143,7 +143,12 @@ async def _fetch_calling(
 
 @asynccontextmanager
 async def stream(
-    *, bucket: str, key: str, buffer: int = DEFAULT_BUFFER, **options: Unpack[FetchOptions]
+    *,
+    bucket: str,
+    key: str,
+    buffer: int = DEFAULT_BUFFER,
+    folders: bool = False,
+    **options: Unpack[FetchOptions],
 ) -> AsyncIterator[FileStream]:
     """Fetch as :func:`fetch` does, yielding each object as soon as it is known::
 
@@ -156,7 +161,9 @@ async def stream(
     Each :class:`LandedFile` says where the file is, its size, ETag, status
     (``downloaded`` once it is on disk and checked, ``skipped`` when already
     there, or ``failed``/``refused``/``locally-modified`` with the reason) and
-    how it was verified. ``files.result`` is the :class:`FetchResult` once
+    how it was verified. With *folders*, folder markers (keys ending in
+    '/') come too, as ``folder`` once their directory exists.
+    ``files.result`` is the :class:`FetchResult` once
     every record is read. A run-wide error (bad credentials, a full disk) is
     raised from the loop after the records before it.
 
@@ -169,12 +176,17 @@ async def stream(
     if options.get("dry_run"):
         raise UsageError("stream() downloads; use plan() to see what a run would do")
     config = _config(bucket, key, options)
-    async with _stream(config, options.get("progress", False), buffer) as files:
+    async with _stream(config, options.get("progress", False), buffer, folders) as files:
         yield files
 
 
 def iter_files(
-    *, bucket: str, key: str, buffer: int = DEFAULT_BUFFER, **options: Unpack[FetchOptions]
+    *,
+    bucket: str,
+    key: str,
+    buffer: int = DEFAULT_BUFFER,
+    folders: bool = False,
+    **options: Unpack[FetchOptions],
 ) -> FileIterator:
     """:func:`stream` for code that is not async: a plain iterator of
     :class:`LandedFile`. The run's event loop lives in a thread of its own;
@@ -187,24 +199,27 @@ def iter_files(
     """
     if options.get("dry_run"):
         raise UsageError("iter_files() downloads; use plan() to see what a run would do")
-    return FileIterator(_config(bucket, key, options), options.get("progress", False), buffer)
+    progress = options.get("progress", False)
+    return FileIterator(_config(bucket, key, options), progress, buffer, folders)
 
 
 class FileIterator:
     """The iterator :func:`iter_files` returns."""
 
-    def __init__(self, config: FetchConfig, progress: bool | Reporter, buffer: int) -> None:
+    def __init__(
+        self, config: FetchConfig, progress: bool | Reporter, buffer: int, folders: bool
+    ) -> None:
         self.result: FetchResult | None = None
-        self._records = self._run(config, progress, buffer)
+        self._records = self._run(config, progress, buffer, folders)
 
     def _run(
-        self, config: FetchConfig, progress: bool | Reporter, buffer: int
+        self, config: FetchConfig, progress: bool | Reporter, buffer: int, folders: bool
     ) -> Generator[LandedFile, None, None]:
         from anyio.from_thread import start_blocking_portal
 
         with (
             start_blocking_portal() as portal,
-            portal.wrap_async_context_manager(_stream(config, progress, buffer)) as files,
+            portal.wrap_async_context_manager(_stream(config, progress, buffer, folders)) as files,
         ):
             while True:
                 try:
@@ -233,11 +248,11 @@ class FileIterator:
 
 @asynccontextmanager
 async def _stream(
-    config: FetchConfig, progress: bool | Reporter, buffer: int
+    config: FetchConfig, progress: bool | Reporter, buffer: int, folders: bool = False
 ) -> AsyncIterator[FileStream]:
     import anyio
 
-    files = FileStream(buffer)
+    files = FileStream(buffer, folders=folders)
     reporter = _reporter(progress)
 
     async def drive() -> None:

@@ -45,6 +45,7 @@ class Status(enum.StrEnum):
     REFUSED = "refused"  # cannot be mirrored safely; never requested
     FAILED = "failed"
     LOCALLY_MODIFIED = "locally-modified"  # kept: edited since icanhazmodel wrote it
+    FOLDER = "folder"  # a folder marker, mirrored as a directory (stream(folders=True))
 
 
 class Action(enum.StrEnum):
@@ -139,8 +140,8 @@ class LandedFile:
 
     @property
     def ok(self) -> bool:
-        """The file is on disk and matches S3 (fetched now or earlier)."""
-        return self.status in (Status.DOWNLOADED, Status.SKIPPED)
+        """It is on disk as S3 has it (fetched now or earlier, or a folder made)."""
+        return self.status in (Status.DOWNLOADED, Status.SKIPPED, Status.FOLDER)
 
 
 @dataclass(frozen=True, slots=True)

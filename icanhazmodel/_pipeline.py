@@ -476,6 +476,7 @@ class Run:
             self._report(obj, Status.FAILED, describe_os_error(exc), self.tree.path(parts))
             return
         self.tally.folders += 1
+        self._tell(obj, self.tree.path(parts), Status.FOLDER)
 
     # -- what is already on disk (runs in a worker thread) --------------------------
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections import deque
 
-from ._models import FetchResult, LandedFile
+from ._models import FetchResult, LandedFile, Status
 
 
 class FileStream:
     """An async iterator of :class:`LandedFile`, in the order they landed."""
 
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, *, folders: bool = False) -> None:
         # Imported here: `import icanhazmodel` (and so --help) stays light.
         from anyio import Event
 
@@ -26,6 +26,7 @@ class FileStream:
             raise ValueError("buffer must be at least 1")
         self._event = Event
         self._buffer = buffer
+        self._folders = folders  # yield folder markers too
         self._records: deque[LandedFile] = deque()
         self._arrived = Event()
         self._taken = Event()
@@ -36,6 +37,8 @@ class FileStream:
     # -- the run's side ----------------------------------------------------------------
 
     def put(self, record: LandedFile) -> None:
+        if record.status is Status.FOLDER and not self._folders:
+            return
         self._records.append(record)
         self._arrived.set()
 

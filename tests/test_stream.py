@@ -269,3 +269,29 @@ def test_closing_iter_files_early_stops_the_run(bucket: Bucket, tmp_path: Path) 
 def test_a_dry_run_is_not_a_stream(bucket: Bucket, tmp_path: Path) -> None:
     with pytest.raises(icanhazmodel.UsageError, match="plan"):
         icanhazmodel.iter_files(bucket=bucket.name, key="p", dest=tmp_path, dry_run=True)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("folders", [False, True])
+def test_folder_markers_come_only_when_asked(bucket: Bucket, tmp_path: Path, folders: bool) -> None:
+    objects = fill(bucket, 2)
+    bucket.put("p/empty/")  # a folder marker: a directory to make, no file
+
+    async def consume() -> list[LandedFile]:
+        async with icanhazmodel.stream(
+            bucket=bucket.name,
+            key="p",
+            dest=tmp_path,
+            endpoint_url=bucket.endpoint,
+            folders=folders,
+        ) as files:
+            return [f async for f in files]
+
+    seen = asyncio.run(consume())
+    marked = [f for f in seen if f.status is Status.FOLDER]
+    assert sorted(f.key for f in seen if f.status is Status.DOWNLOADED) == sorted(objects)
+    assert (tmp_path / "p" / "empty").is_dir()
+    if folders:
+        assert [(f.key, f.ok) for f in marked] == [("p/empty/", True)]
+        assert marked[0].path == tmp_path / "p" / "empty"
+    else:
+        assert marked == []
