@@ -29,6 +29,10 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.bench import _vm_hwm_kib  # noqa: E402  (the same VmHWM poll as make bench)
+
 BUCKET = "wide"
 MODIFIED = "Tue, 03 Mar 2026 10:00:00 GMT"
 MODIFIED_ISO = "2026-03-03T10:00:00.000Z"
@@ -143,7 +147,7 @@ def measure(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, 
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     while proc.poll() is None:
-        peak = max(peak, _hwm_kib(proc.pid))
+        peak = max(peak, _vm_hwm_kib(proc.pid))
         chunk = proc.stdout.read()
         if chunk:
             out_tail = (out_tail + chunk)[-4096:]
@@ -156,16 +160,6 @@ def measure(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, 
         sys.exit(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.read()[-2000:]!r}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, peak / 1024, out_tail.decode(errors="replace")
-
-
-def _hwm_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def main() -> None:
