@@ -22,6 +22,7 @@ from ._models import Verification
 # (fast, and they combine across ranges), then the hashes.
 CHECKSUM_ALGORITHMS = ("CRC64NVME", "CRC32C", "CRC32", "SHA256", "SHA1")
 _CRC_WIDTH = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8}
+_DIGEST_SIZE = {**_CRC_WIDTH, "SHA1": 20, "SHA256": 32}
 _LEVEL = {
     "CRC32": Verification.CRC32,
     "CRC32C": Verification.CRC32C,
@@ -239,9 +240,6 @@ def _from_checksum(
     return None  # a type we do not know
 
 
-_DIGEST_SIZE = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8, "SHA1": 20, "SHA256": 32}
-
-
 def equal_parts(size: int, first: int, count: int) -> tuple[int, ...] | None:
     """Part sizes if all but the last are *first* bytes, as uploaders make
     them; None where that cannot add up to *size*."""
@@ -308,7 +306,6 @@ class PartsDigest:
         self._left = list(layout)  # bytes still to come in each part, first part first
         self._parts: list[bytes] = []
         self._digest = Digest(algorithm)
-        self.crc = 0
 
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -343,10 +340,6 @@ def digest_of(algorithm: str, data: bytes) -> bytes:
     digest = Digest(algorithm)
     digest.update(data)
     return digest.value()
-
-
-def md5_of(data: bytes) -> bytes:
-    return digest_of("MD5", data)
 
 
 def multipart_parts(etag: str) -> int | None:
