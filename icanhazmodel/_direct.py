@@ -315,9 +315,11 @@ class DirectGets:
         token: str | None,
         delimiter: str | None = None,
         start_after: str | None = None,
+        below: str | None = None,
     ) -> ListPage:
-        """One ListObjectsV2 page. Any answer but a listing this path can
-        read raises FallBack: botocore then lists from this page on."""
+        """One ListObjectsV2 page (with *below*, cut before that key). Any
+        answer but a listing this path can read raises FallBack: botocore
+        then lists from this page on."""
         path = self._base_path.rstrip("/") or "/"
         query = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
         if token is not None:
@@ -342,7 +344,7 @@ class DirectGets:
         if status != 200:
             raise FallBack(f"{status} {_error_fields(body)[0]} on a listing")
         try:
-            return parse_list_page(body)
+            return parse_list_page(body, below)
         except NotAListing as exc:
             raise FallBack(f"listing: {exc}") from exc
 

@@ -24,7 +24,7 @@ holds. A flat prefix (no sub-prefixes) stays one chain.
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,11 +37,13 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectSendStream
 
 LOOKAHEAD = 16  # chains listed at once, ahead of the one being read
-PAGES_AHEAD = 2  # pages each of them may hold before it waits
-CHAINS_PER_PAGE = 32  # chains cut from one delimiter page's sub-prefixes
+PAGES_AHEAD = 3  # pages each of them may hold before it waits
+CHAIN_PAGES = 2  # pages of keys a chain is cut to hold, once the tree's density is known
+CHAINS_PER_PAGE = 32  # chains cut from one delimiter page's sub-prefixes, until then
 
-# (prefix, continuation token, delimiter, start after) -> one page
-ListPageFn = Callable[[str, str | None, str | None, str | None], Awaitable[ListPage]]
+# (prefix, continuation token, delimiter, start after, below) -> one page,
+# without the objects from the key *below* on (ListPage.cut says some were)
+ListPageFn = Callable[[str, str | None, str | None, str | None, str | None], Awaitable[ListPage]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +54,50 @@ class _Range:
     start: str
     low: str | None
     high: str | None
+    subs: int  # sub-prefixes it spans
+
+
+class _Density:
+    """Keys per sub-prefix, as seen so far: from the first page, then from
+    every chain listed to its end.
+
+    A chain is listed one page after another, so the reader waits on one
+    that holds more than the pages it could list ahead; one that holds many
+    fewer costs requests for nothing. Cutting chains to about CHAIN_PAGES
+    pages of keys needs to know how many keys a sub-prefix holds.
+    """
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = max(1, page_size)
+        self.keys = 0
+        self.subs = 0
+
+    def seen(self, keys: int, subs: int) -> None:
+        self.keys += keys
+        self.subs += subs
+
+    def step(self, fallback: int) -> int:
+        """Sub-prefixes to a chain (*fallback* until a chain or the first page told)."""
+        if self.subs == 0:
+            return fallback
+        return max(1, round(CHAIN_PAGES * self.page_size * self.subs / max(1, self.keys)))
+
+
+def first_page_density(keys: Sequence[str], prefix: str, delimiter: str) -> _Density:
+    """What the first page (the keys up to start_after) says of the tree."""
+    density = _Density(len(keys))
+    subs = {
+        key[len(prefix) :].split(delimiter, 1)[0] for key in keys if delimiter in key[len(prefix) :]
+    }
+    density.seen(sum(delimiter in key[len(prefix) :] for key in keys), len(subs))
+    return density
 
 
 @asynccontextmanager
 async def fanned_out(
-    list_page: ListPageFn, prefix: str, start_after: str, delimiter: str = "/"
+    list_page: ListPageFn, prefix: str, first_page: Sequence[str], delimiter: str = "/"
 ) -> AsyncIterator[AsyncIterator[ListPage]]:
-    """The objects under *prefix* after the key *start_after*, as pages in key order.
+    """The objects under *prefix* after the keys of its *first_page*, as pages in key order.
 
     Use as ``async with fanned_out(...) as pages: async for page in pages``:
     the listing tasks live in the ``async with``, so leaving it (or an error
@@ -67,6 +106,8 @@ async def fanned_out(
     import anyio
     from anyio.streams.memory import MemoryObjectReceiveStream
 
+    start_after = first_page[-1]
+    density = first_page_density(first_page, prefix, delimiter)
     chains_in, chains_out = anyio.create_memory_object_stream[MemoryObjectReceiveStream[ListPage]](
         LOOKAHEAD
     )
@@ -79,15 +120,20 @@ async def fanned_out(
 
     async def list_range(where: _Range, send: MemoryObjectSendStream[ListPage]) -> None:
         token: str | None = None
+        listed = 0
         async with send:
             while True:
-                page = await list_page(prefix, token, None, None if token else where.start)
-                keys = [obj.key for obj in page.objects]
-                first = bisect.bisect_left(keys, where.low) if where.low is not None else 0
-                end = bisect.bisect_left(keys, where.high) if where.high is not None else len(keys)
-                if first < end:
-                    await send.send(ListPage(page.objects[first:end], None, more_to_come=True))
-                if end < len(keys) or page.next_token is None:
+                page = await list_page(
+                    prefix, token, None, None if token else where.start, where.high
+                )
+                objects = page.objects
+                if where.low is not None and objects and objects[0].key < where.low:
+                    objects = objects[bisect.bisect_left([o.key for o in objects], where.low) :]
+                if objects:
+                    listed += len(objects)
+                    await send.send(ListPage(objects, None, more_to_come=True))
+                if page.cut or page.next_token is None:
+                    density.seen(listed, where.subs)
                     return  # past the range's end, or the prefix's
                 if page.next_token == token:  # a store that would loop forever
                     raise S3Error(f"S3 sent the same continuation token twice listing {prefix}")
@@ -103,20 +149,23 @@ async def fanned_out(
         """Cut the key range after start_after at every few sub-prefixes."""
         token: str | None = None
         begin, low = start_after, None
+        taken = 0  # sub-prefixes in the chain being cut
         async with chains_in:
             while True:
-                page = await list_page(prefix, token, delimiter, start_after)
+                page = await list_page(prefix, token, delimiter, start_after, None)
                 # The sub-prefix holding start_after is not a boundary: the
                 # chain before covers the rest of it.
                 subs = [sub for sub in page.prefixes if sub > start_after]
-                step = max(1, -(-len(subs) // CHAINS_PER_PAGE))
-                for boundary in subs[step::step] if low is None else subs[::step]:
-                    await start(tg, _Range(begin, low, boundary))
-                    # Listed from just before the boundary; what sorts between
-                    # that and the boundary is the previous chain's, and dropped.
-                    begin, low = boundary[: -len(delimiter)], boundary
+                fallback = max(1, -(-len(subs) // CHAINS_PER_PAGE))
+                for sub in subs:
+                    if taken and taken >= density.step(fallback):
+                        await start(tg, _Range(begin, low, sub, taken))
+                        # Listed from just before the boundary; what sorts between
+                        # that and the boundary is the previous chain's, and dropped.
+                        begin, low, taken = sub[: -len(delimiter)], sub, 0
+                    taken += 1
                 if page.next_token is None:
-                    await start(tg, _Range(begin, low, None))
+                    await start(tg, _Range(begin, low, None, taken))
                     return
                 if page.next_token == token:
                     raise S3Error(f"S3 sent the same continuation token twice listing {prefix}")

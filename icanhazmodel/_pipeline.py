@@ -308,7 +308,7 @@ class Run:
         await self._plan_page(first.objects, send, more=first.more)
         if first.more and first.objects and _fan_out():
             await pages.aclose()
-            async with self.s3.fanned_out(self._prefix, first.objects[-1].key) as rest:
+            async with self.s3.fanned_out(self._prefix, [o.key for o in first.objects]) as rest:
                 async for page in rest:
                     await self._plan_page(page.objects, send, more=page.more)
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -45,7 +45,7 @@ from ._errors import (
 )
 from ._fanout import fanned_out
 from ._light import LightStart, light_start
-from ._listxml import ListPage
+from ._listxml import ListPage, cut_below
 from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
 from ._objects import (
     CREDENTIAL_CODES,
@@ -440,18 +440,22 @@ class S3:
             token = page.next_token
 
     def fanned_out(
-        self, prefix: str, start_after: str
+        self, prefix: str, first_page: Sequence[str]
     ) -> AbstractAsyncContextManager[AsyncIterator[ListPage]]:
-        """The rest of a big prefix after *start_after*, listed in parallel, in
-        key order (see _fanout)."""
+        """The rest of a big prefix after the keys of its *first_page*, listed
+        in parallel, in key order (see _fanout)."""
         what = f"listing s3://{self.bucket}/{prefix}"
 
         async def page(
-            sub: str, token: str | None, delimiter: str | None, after: str | None
+            sub: str,
+            token: str | None,
+            delimiter: str | None,
+            after: str | None,
+            below: str | None,
         ) -> ListPage:
-            return await self._list_page(sub, token, what, delimiter, after, first=False)
+            return await self._list_page(sub, token, what, delimiter, after, below, first=False)
 
-        return fanned_out(page, prefix, start_after)
+        return fanned_out(page, prefix, first_page)
 
     async def _list_page(
         self,
@@ -460,13 +464,14 @@ class S3:
         what: str,
         delimiter: str | None = None,
         start_after: str | None = None,
+        below: str | None = None,
         *,
         first: bool | None = None,
     ) -> ListPage:
         direct = await self._direct_lister()
         if direct is not None:
             try:
-                return await direct.list_page(prefix, token, delimiter, start_after)
+                return await direct.list_page(prefix, token, delimiter, start_after, below)
             except FallBack:
                 self._list_through_botocore(first=token is None if first is None else first)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, **self._extra()}
@@ -481,7 +486,7 @@ class S3:
         objects = [_listed_object(item) for item in response.get("Contents", ())]
         prefixes = [str(item["Prefix"]) for item in response.get("CommonPrefixes", ())]
         more = response.get("IsTruncated") and response.get("NextContinuationToken")
-        return ListPage(objects, str(more) if more else None, prefixes)
+        return cut_below(ListPage(objects, str(more) if more else None, prefixes), below)
 
     async def open_body(
         self,

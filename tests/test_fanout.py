@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import icanhazmodel
 from icanhazmodel import _fanout
 from icanhazmodel._fanout import fanned_out
-from icanhazmodel._listxml import ListPage
+from icanhazmodel._listxml import ListPage, cut_below
 from icanhazmodel._models import RemoteObject
 from tests.conftest import Bucket, tree_of
 from tests.faultproxy import fault_proxy
@@ -37,9 +37,19 @@ class ModelS3:
         self.requests: list[tuple[str, str | None, str | None, str | None]] = []
 
     async def list_page(
-        self, prefix: str, token: str | None, delimiter: str | None, start_after: str | None
+        self,
+        prefix: str,
+        token: str | None,
+        delimiter: str | None,
+        start_after: str | None,
+        below: str | None,
     ) -> ListPage:
         self.requests.append((prefix, token, delimiter, start_after))
+        return cut_below(await self._page(prefix, token, delimiter, start_after), below)
+
+    async def _page(
+        self, prefix: str, token: str | None, delimiter: str | None, start_after: str | None
+    ) -> ListPage:
         await asyncio.sleep(0)  # let the other listings run in between
         after = max(token or "", start_after or "")
         start = bisect.bisect_left(self.keys, prefix)
@@ -72,7 +82,7 @@ def sequential(model: ModelS3, prefix: str) -> list[str]:
     async def run() -> list[str]:
         keys, token = [], None
         while True:
-            page = await model.list_page(prefix, token, None, None)
+            page = await model.list_page(prefix, token, None, None, None)
             keys += [o.key for o in page.objects]
             if page.next_token is None:
                 return keys
@@ -85,11 +95,11 @@ def parallel(model: ModelS3, prefix: str) -> list[str]:
     """A first page as a run makes it, then the rest fanned out after its last key."""
 
     async def run() -> list[str]:
-        first = await model.list_page(prefix, None, None, None)
+        first = await model.list_page(prefix, None, None, None, None)
         keys = [o.key for o in first.objects]
         if first.next_token is None or not keys:
             return keys
-        async with fanned_out(model.list_page, prefix, keys[-1]) as pages:
+        async with fanned_out(model.list_page, prefix, keys) as pages:
             async for page in pages:
                 assert page.more
                 keys += [o.key for o in page.objects]
@@ -158,11 +168,11 @@ def test_a_failing_sub_listing_stops_the_listing_with_its_error() -> None:
     inner = model.list_page
 
     async def failing(
-        prefix: str, token: str | None, delimiter: str | None, after: str | None
+        prefix: str, token: str | None, delimiter: str | None, after: str | None, below: str | None
     ) -> ListPage:
         if after == "p/d3":  # the chain that starts at p/d3/
             raise icanhazmodel.S3Error("listing p/d3/ broke")
-        return await inner(prefix, token, delimiter, after)
+        return await inner(prefix, token, delimiter, after, below)
 
     model.list_page = failing  # type: ignore[method-assign]
     with pytest.raises(icanhazmodel.S3Error, match="p/d3/"):

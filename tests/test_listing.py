@@ -7,6 +7,8 @@ it cannot read hands the listing to botocore from that page on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import quote_plus
@@ -17,7 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import icanhazmodel
-from icanhazmodel._listxml import ListPage, NotAListing, parse_list_page
+from icanhazmodel._keys import RefusedKey, key_parts
+from icanhazmodel._listxml import (
+    ListPage,
+    NotAListing,
+    cut_below,
+    parse_list_page,
+    quick_list_page,
+    tree_list_page,
+)
 from icanhazmodel._models import RemoteObject
 from icanhazmodel._s3 import S3Options, open_s3
 from tests.conftest import Bucket, tree_of
@@ -223,3 +233,153 @@ def test_common_prefixes_are_read_and_decoded() -> None:
     # s3rver answers in another namespace: names count, not namespaces.
     other = body.replace(b"http://s3.amazonaws.com/doc/", b"http://doc.s3.amazonaws.com/")
     assert parse_list_page(other).prefixes == page.prefixes
+
+
+# -- the quick reader against ElementTree --------------------------------------------
+
+FIELDS = ("Key", "LastModified", "ETag", "Size", "StorageClass")
+
+
+@st.composite
+def s3_shaped_pages(draw: st.DrawFn) -> tuple[str, bool]:
+    """A ListObjectsV2 answer as stores write it, in any order and layout:
+    (the XML, whether it is written the way the quick reader expects)."""
+    url = draw(st.booleans())
+    keys = draw(
+        st.lists(
+            st.text(
+                st.characters(codec="ascii", exclude_characters="\x00"), min_size=1, max_size=12
+            ),
+            max_size=6,
+            unique=True,
+        )
+    )
+    gap = draw(st.sampled_from(["", "\n  ", " "]))
+    objects = []
+    for i, key in enumerate(sorted(keys)):
+        fields = {
+            "Key": quote_plus(key, safe="/") if url else escape(key),
+            "LastModified": draw(
+                st.sampled_from(["2026-11-28T06:00:00.000Z", "2026-01-01T00:00:00Z"])
+            ),
+            "ETag": f"&quot;{i:032x}&quot;",
+            "Size": str(draw(st.integers(0, 2**40))),
+            "StorageClass": "STANDARD",
+        }
+        order = draw(st.permutations(list(fields)))
+        extra = draw(st.lists(st.sampled_from(["CRC32", "CRC64NVME", "SHA256"]), max_size=2))
+        parts = [f"<{name}>{fields[name]}</{name}>" for name in order]
+        parts += [f"<ChecksumAlgorithm>{a}</ChecksumAlgorithm>" for a in extra]
+        if draw(st.booleans()):
+            parts.append(
+                "<Owner><ID>o</ID><DisplayName>d</DisplayName></Owner><ChecksumType>FULL_OBJECT</ChecksumType>"
+            )
+        objects.append("<Contents>" + gap.join(draw(st.permutations(parts))) + "</Contents>")
+    commons = [
+        f"<CommonPrefixes>{gap}<Prefix>{quote_plus(c, safe='/') if url else c}</Prefix>"
+        f"{gap}</CommonPrefixes>"
+        for c in draw(st.lists(st.sampled_from(["d/", "é f/", "x+y/"]), max_size=2, unique=True))
+    ]
+    truncated = draw(st.booleans())
+    top = [
+        "<Name>b</Name>",
+        "<Prefix></Prefix>",
+        f"<IsTruncated>{str(truncated).lower()}</IsTruncated>",
+    ]
+    if url:
+        top.append("<EncodingType>url</EncodingType>")
+    if truncated:
+        top.append(
+            f"<NextContinuationToken>{draw(st.sampled_from(['t0k/=', 'abc+d']))}"
+            "</NextContinuationToken>"
+        )
+    # Top-level fields anywhere among the objects, which stay in key order.
+    elements = objects + commons
+    for element in draw(st.permutations(top)):
+        elements.insert(draw(st.integers(0, len(elements))), element)
+    body = gap.join(elements)
+    # Unencoded keys with what XML must escape, or cannot carry, are the parser's.
+    expected = url or all(c >= " " and c not in "&<>" for k in keys for c in k)
+    declaration = draw(st.sampled_from(['<?xml version="1.0" encoding="UTF-8"?>\n', ""]))
+    return (
+        f'{declaration}<ListBucketResult xmlns="{NS}">{gap}{body}{gap}</ListBucketResult>',
+        expected,
+    )
+
+
+@settings(max_examples=400)
+@given(page=s3_shaped_pages(), below=st.one_of(st.none(), st.text("%+ /0Aaz~", max_size=3)))
+def test_the_quick_reader_reads_what_elementtree_reads(
+    page: tuple[str, bool], below: str | None
+) -> None:
+    """Also when told to leave out the keys from *below* on (a fanned-out
+    listing's chain at the end of its range)."""
+    text, quick_expected = page
+    quick = quick_list_page(text, below)
+    try:
+        tree: ListPage | None = cut_below(tree_list_page(text.encode()), below)
+    except NotAListing:  # not XML: an unencoded key with a character XML cannot carry
+        tree = None
+    if quick is not None and tree is None:
+        # Such a page is no XML at all; the quick reader takes those keys as
+        # sent, and every one of them is refused before it could be written.
+        odd = [o.key for o in quick.objects if any(c < " " for c in o.key)]
+        assert odd or below is not None
+        for key, is_dir in itertools.product(odd, (False, True)):
+            with pytest.raises(RefusedKey):
+                key_parts(key, is_dir_marker=is_dir)
+    else:
+        assert quick is None or quick == tree
+    if quick_expected:  # pages as S3 writes them take the quick path
+        assert quick is not None
+    if quick is not None and below is not None:
+        assert all(o.key < below for o in quick.objects)
+
+
+# Each of these is well-formed and reads fine by ElementTree; the quick
+# reader must step aside rather than read it differently.
+ODD_WRITINGS = {
+    "namespace prefix on an object": lambda t: t.replace(
+        "<Contents>", '<s3:Contents xmlns:s3="x">', 1
+    ).replace("</Contents>", "</s3:Contents>", 1),
+    "namespace prefix on a field": lambda t: t.replace(
+        "<Size>", '<s3:Size xmlns:s3="x">', 1
+    ).replace("</Size>", "</s3:Size>", 1),
+    "prefixed root": lambda t: t.replace(
+        "<ListBucketResult", '<s3:ListBucketResult xmlns:s3="x"'
+    ).replace("</ListBucketResult>", "</s3:ListBucketResult>"),
+    "attribute on a key": lambda t: t.replace("<Key>", '<Key a="1">', 1),
+    "CDATA key": lambda t: t.replace("<Key>p/a</Key>", "<Key><![CDATA[p/a]]></Key>"),
+    "comment": lambda t: t.replace("<Size>", "<!-- hi --><Size>", 1),
+    "entity in a key": lambda t: t.replace("<Key>p/a</Key>", "<Key>p/&#97;</Key>"),
+    "ETag as a numeric reference": lambda t: t.replace("&quot;", "&#34;"),
+    "carriage return": lambda t: t.replace("<Key>p/a</Key>", "<Key>p/a\r\nb</Key>"),
+    "a second Size": lambda t: t.replace("<Size>1</Size>", "<Size>1</Size><Size>2</Size>", 1),
+    "a missing ETag": lambda t: t.replace("<ETag>&quot;e1&quot;</ETag>", ""),
+    "prefixed token": lambda t: t.replace(
+        "<IsTruncated>false",
+        '<s3:NextContinuationToken xmlns:s3="x">t</s3:NextContinuationToken><IsTruncated>true',
+    ),
+    "prefixed encoding type": lambda t: t.replace(
+        "<EncodingType>url</EncodingType>", '<s3:EncodingType xmlns:s3="x">url</s3:EncodingType>'
+    ),
+}
+PLAIN = (
+    f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{NS}">'
+    "<EncodingType>url</EncodingType><IsTruncated>false</IsTruncated>"
+    "<Contents><Key>p/a</Key><Size>1</Size><ETag>&quot;e1&quot;</ETag>"
+    "<LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>"
+    "<Contents><Key>p/b%20c</Key><Size>2</Size><ETag>&quot;e2&quot;</ETag>"
+    "<LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>"
+    "</ListBucketResult>"
+)
+
+
+@pytest.mark.parametrize("name", ODD_WRITINGS)
+def test_the_quick_reader_steps_aside_for_anything_unusual(name: str) -> None:
+    assert quick_list_page(PLAIN) == tree_list_page(PLAIN.encode())
+    odd = ODD_WRITINGS[name](PLAIN)
+    assert odd != PLAIN
+    assert quick_list_page(odd) is None
+    with contextlib.suppress(NotAListing):  # what ElementTree makes of it is its own business
+        parse_list_page(odd.encode())
