@@ -154,8 +154,13 @@ def error_document(message: str, exit_code: int, **context: Any) -> dict[str, An
     return {**context, "ok": False, "error": message, "exit_code": exit_code}
 
 
+# Built once: json.dumps with options builds an encoder per call, a third of
+# the cost of a dry run's line.
+_ONE_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(document: dict[str, Any], *, one_line: bool = False) -> str:
     """Indented, or on one line for JSON Lines (--dry-run --json)."""
     if one_line:
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        return _ONE_LINE.encode(document)
     return json.dumps(document, indent=2, ensure_ascii=False)
