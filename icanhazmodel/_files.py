@@ -123,9 +123,17 @@ class Tree:
         self._swept: OrderedDict[tuple[str, ...], None] = OrderedDict()
         # Temp files a manifest still means to resume: never swept.
         self.keep_temp: Callable[[], set[str]] = set
+        # The last folder a path was made in: keys come sorted, a folder's
+        # files one after another, and a child of a made Path costs half of
+        # a join from the root (a listing makes one per key).
+        self._last_folder: tuple[tuple[str, ...], Path] = ((), root)
 
     def path(self, parts: tuple[str, ...]) -> Path:
-        return self.root.joinpath(*parts)
+        folder, made = self._last_folder  # one read: other threads may replace it
+        if parts[:-1] != folder:
+            made = self.root.joinpath(*parts[:-1])
+            self._last_folder = (parts[:-1], made)
+        return made / parts[-1]
 
     def _open_root(self, create: bool) -> int:
         if self._root_fd < 0:

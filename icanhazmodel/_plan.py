@@ -89,6 +89,18 @@ class ConflictTracker:
         """
         path = "/".join(parts)
         self._drop_passed(path)
+        if (
+            not is_dir
+            and len(parts) > 1
+            and self._open
+            and self._open[-1] == path[: -len(parts[-1]) - 1]
+            and self._is_dir[self._open[-1]]
+            and path not in self._is_dir
+        ):
+            # A file in the folder on top, as most files of a sorted listing
+            # are: that folder and all above it were checked when it came.
+            self._push(path, is_dir=False)
+            return None
         folders = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
         if is_dir:
             folders.append(path)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from icanhazmodel._keys import (
     META_DIRNAME,
     RefusedKey,
+    _check_segment,
     directory_prefix,
     is_dir_marker,
     key_parts,
@@ -115,3 +116,35 @@ def test_directory_prefix_never_matches_siblings(key: str) -> None:
     assert prefix.endswith("/")
     assert not (key + "0").startswith(prefix)
     assert not (key + ".txt").startswith(prefix)
+
+
+def _checked_character_by_character(key: str, is_dir: bool) -> tuple[str, ...] | str:
+    """key_parts as it was before its printable-ASCII shortcut: every segment
+    through every check (the parts, or the refusal's reason)."""
+    try:
+        body = key[:-1] if is_dir and key.endswith("/") else key
+        if key and not key.startswith("/") and (is_dir or not key.endswith("/")):
+            for segment in body.split("/"):
+                _check_segment(segment)
+        return key_parts(key, is_dir_marker=is_dir)
+    except RefusedKey as exc:
+        return str(exc)
+
+
+_ascii_pieces = st.sampled_from(["a", ".", "..", "", "/", "\\", "\x7f", "\x1f", "é", "\u202e"])
+
+
+@given(
+    st.one_of(
+        st.lists(_ascii_pieces, max_size=8).map("".join),
+        st.text(max_size=30),
+        st.integers(250, 260).map(lambda n: "d/" + "x" * n),
+    ),
+    st.booleans(),
+)
+def test_the_printable_ascii_shortcut_decides_as_every_check_does(key: str, is_dir: bool) -> None:
+    try:
+        quick: tuple[str, ...] | str = key_parts(key, is_dir_marker=is_dir)
+    except RefusedKey as exc:
+        quick = str(exc)
+    assert quick == _checked_character_by_character(key, is_dir)
