@@ -127,6 +127,9 @@ class Tree:
         # files one after another, and a child of a made Path costs half of
         # a join from the root (a listing makes one per key).
         self._last_folder: tuple[tuple[str, ...], Path] = ((), root)
+        # str(self.path(parts)) is this + "/".join(parts): the checked parts
+        # hold no '', '.' or '..' for pathlib to tidy.
+        self._str_prefix = "" if str(root) == "." else os.path.join(str(root), "")
 
     def path(self, parts: tuple[str, ...]) -> Path:
         folder, made = self._last_folder  # one read: other threads may replace it
@@ -134,6 +137,10 @@ class Tree:
             made = self.root.joinpath(*parts[:-1])
             self._last_folder = (parts[:-1], made)
         return made / parts[-1]
+
+    def path_str(self, parts: tuple[str, ...]) -> str:
+        """str(self.path(parts)), in a fraction of the time (for lstat, plan lines)."""
+        return self._str_prefix + "/".join(parts)
 
     def _open_root(self, create: bool) -> int:
         if self._root_fd < 0:

@@ -354,10 +354,12 @@ class Run:
                 downloads.append(job)
             elif action is Action.SKIP:
                 self.tally.skipped += 1
-                self._tell(job.obj, job.final, Status.SKIPPED)
+                if self.watcher is not None:  # else no Path is needed
+                    self._tell(job.obj, job.final, Status.SKIPPED)
             else:
                 self._report(job.obj, Status.LOCALLY_MODIFIED, _EDITED.format(job.final), job.final)
-            self._planned(job.obj, job.final, action)
+            if self.config.dry_run:
+                self._planned(job.obj, self.tree.path_str(job.parts), action)
         self._count_space(downloads)
         if send is None:
             return
@@ -384,7 +386,9 @@ class Run:
                 "or pass --ignore-space to try anyway"
             )
 
-    def _planned(self, obj: RemoteObject, path: Path, action: Action, reason: str = "") -> None:
+    def _planned(
+        self, obj: RemoteObject, path: Path | str, action: Action, reason: str = ""
+    ) -> None:
         if not self.config.dry_run:
             return
         self._plan_counts[action] += 1
@@ -410,7 +414,7 @@ class Run:
         """Fetch here, through botocore, what worker processes could not."""
         while self.spread.needs_botocore:
             job = self.spread.needs_botocore.pop()
-            fresh = FileJob(obj=job.obj, parts=job.parts, final=job.final, part_size=job.part_size)
+            fresh = FileJob(obj=job.obj, parts=job.parts, tree=job.tree, part_size=job.part_size)
             await self._run_here(fresh, send)
 
     async def _run_here(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
@@ -460,7 +464,7 @@ class Run:
             if obj.size > SMALL_OBJECT
             else max(obj.size, 1)
         )
-        return FileJob(obj=obj, parts=parts, final=self.tree.path(parts), part_size=part_size)
+        return FileJob(obj=obj, parts=parts, tree=self.tree, part_size=part_size)
 
     async def _folder(self, obj: RemoteObject, owned: bool) -> None:
         parts = self._safe_parts(obj, owned, is_dir=True)
@@ -488,7 +492,7 @@ class Run:
         actions = []
         for job in jobs:
             record = records.get(job.obj.key)
-            local = _local_file(job.final) if record else None
+            local = _local_file(self.tree.path_str(job.parts)) if record else None
             action = decide(job.obj, record, local, force=self.config.force)
             if action is Action.DOWNLOAD or partials.get(job.obj.key):
                 self._resume(job, partials.get(job.obj.key, []), use=action is Action.DOWNLOAD)

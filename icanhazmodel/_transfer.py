@@ -25,6 +25,7 @@ import errno
 import os
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -111,7 +112,7 @@ class FileJob:
 
     obj: RemoteObject
     parts: tuple[str, ...]
-    final: Path
+    tree: Tree  # the model directory it lands in, at .final
     part_size: int
     ranges_left: int = 1
     expectation: Expectation | None = None
@@ -146,6 +147,12 @@ class FileJob:
     # loop runs), a tenth of the CPU a dry run spends per key.
     _lock: anyio.Lock | None = field(default=None, repr=False)
     _hash_lock: anyio.Lock | None = field(default=None, repr=False)
+
+    @cached_property
+    def final(self) -> Path:
+        """Where it lands. Made when first asked: a rerun that skips it
+        never needs a Path (a tenth of a listed key's cost)."""
+        return self.tree.path(self.parts)
 
     @property
     def lock(self) -> anyio.Lock:
@@ -711,7 +718,7 @@ class Transfers:
                 version_id=job.obj.version_id,
             ),
             parts=job.parts,
-            final=job.final,
+            tree=job.tree,
             part_size=max(obj.size, 1),
             restarts=job.restarts + 1,
             expectation=self._expectation(head.headers),

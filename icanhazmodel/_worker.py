@@ -227,7 +227,7 @@ class Worker:
         job = FileJob(
             obj=task.obj,
             parts=task.parts,
-            final=transfers.tree.path(task.parts),
+            tree=transfers.tree,
             part_size=task.part_size,
         )
         self._ids[task.obj.key] = task.id

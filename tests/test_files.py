@@ -170,3 +170,10 @@ def test_a_sweep_removes_only_unlocked_unkept_temp_files_of_ours(tmp_path: Path)
         [kept.name, busy.name, "real.bin", "new"]
     )
     tree.close()
+
+
+@pytest.mark.parametrize("root", [".", "", "/", "ptms", "./ptms/", "/tmp/m d", "a//b/", "~"])
+def test_a_paths_string_is_made_as_pathlib_would_spell_it(root: str) -> None:
+    tree = Tree(Path(root))
+    for parts in [("a",), ("a", "b.bin"), ("a", "c"), ("x", "y", "z"), ("a", "b.bin")]:
+        assert tree.path_str(parts) == str(tree.path(parts)) == str(Path(root).joinpath(*parts))
