@@ -18,7 +18,8 @@ listing would have sent in the same order (only page boundaries differ), so
 everything that relies on that order downstream (the a-vs-a/b conflict
 check, skip decisions, --shard) is unchanged. Memory stays bounded: at most
 LOOKAHEAD chains with PAGES_AHEAD pages each wait, whatever the prefix
-holds. A flat prefix (no sub-prefixes) stays one chain.
+holds. A flat prefix (no sub-prefixes) stays one chain, started as soon as
+a delimiter page shows no folder.
 """
 
 from __future__ import annotations
@@ -164,7 +165,11 @@ async def fanned_out(
                         # that and the boundary is the previous chain's, and dropped.
                         begin, low, taken = sub[: -len(delimiter)], sub, 0
                     taken += 1
-                if page.next_token is None:
+                if page.next_token is None or not subs:
+                    # The end; or a page of files and no folder: what follows
+                    # is flat, and walking it by delimiter pages would be as
+                    # slow as the one chain that lists it anyway, which
+                    # could not start before the walk ended. One chain, now.
                     await start(tg, _Range(begin, low, None, taken))
                     return
                 if page.next_token == token:

@@ -225,3 +225,23 @@ def test_a_run_over_a_wide_prefix_on_moto_fans_out_and_gets_everything(
     refused = {key for key in objects if key.startswith("p/d05/")}
     assert problems == {f"{key} refused" for key in refused}
     assert files == {key: data for key, data in objects.items() if key not in refused}
+
+
+@pytest.mark.parametrize(
+    ("keys", "most"),
+    [
+        # Flat, then a few folders: one delimiter page, then one chain.
+        ({f"p/f{i:05d}" for i in range(5000)} | {f"p/z/d{i}/x" for i in range(3)}, 1 + 1),
+        # 100 folders of 60: chains of about two pages, each read to its end.
+        ({f"p/d{i:03d}/f{j:02d}" for i in range(100) for j in range(60)}, 30),
+    ],
+    ids=["flat", "folders"],
+)
+def test_fanning_out_costs_few_requests_beyond_the_pages(keys: set[str], most: int) -> None:
+    """A flat prefix is not walked by delimiter pages before its one chain
+    starts (that listed it twice); a wide tree's chains are cut to about
+    CHAIN_PAGES pages, so their partial last pages stay a fraction of all."""
+    model = ModelS3(keys, 100)
+    assert parallel(model, "p/") == sorted(keys)
+    pages = -(-len(keys) // 100)
+    assert len(model.requests) <= pages + most

@@ -136,30 +136,28 @@ def serve(count: int, delay_ms: float, port_file: str) -> None:
 
 
 def measure(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
-    """(wall s, CPU s, peak RSS MiB, stdout tail) of one run."""
+    """(wall s, CPU s, peak RSS MiB, stdout tail) of one run.
+
+    Output goes to files, not pipes: a pipe read every poll holds a tool
+    that prints 200,000 lines (ls, a dry run) to 64 KiB a poll.
+    """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    peak = 0
-    out_tail = b""
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    while proc.poll() is None:
-        peak = max(peak, _vm_hwm_kib(proc.pid))
-        chunk = proc.stdout.read()
-        if chunk:
-            out_tail = (out_tail + chunk)[-4096:]
-        time.sleep(0.02)
-    rest = proc.stdout.read() or b""
-    out_tail = (out_tail + rest)[-4096:]
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        sys.exit(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.read()[-2000:]!r}")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _vm_hwm_kib(proc.pid))
+            time.sleep(0.02)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"{argv[0]} failed ({proc.returncode}): {err.read()[-2000:]!r}")
+        out.seek(max(0, out.seek(0, os.SEEK_END) - 4096))
+        tail = out.read()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, peak / 1024, out_tail.decode(errors="replace")
+    return wall, cpu, peak / 1024, tail.decode(errors="replace")
 
 
 def main() -> None:
