@@ -88,17 +88,33 @@ class ConflictTracker:
         that other keys already use. A conflicting key is not recorded.
         """
         path = "/".join(parts)
+        stack = self._open
+        if (
+            not is_dir
+            and len(parts) > 1
+            and len(stack) >= 2
+            and stack[-2] == path[: -len(parts[-1]) - 1]
+            and self._is_dir[stack[-2]]
+            and not self._is_dir[stack[-1]]
+            and path > stack[-1] + "/"
+            and path not in self._is_dir
+        ):
+            # The next file of a folder, as most keys of a sorted listing
+            # are: the one before it (on top, above the folder) is passed;
+            # the folder and all above it were checked when it came.
+            del self._is_dir[stack.pop()]
+            self._push(path, is_dir=False)
+            return None
         self._drop_passed(path)
         if (
             not is_dir
             and len(parts) > 1
-            and self._open
-            and self._open[-1] == path[: -len(parts[-1]) - 1]
-            and self._is_dir[self._open[-1]]
+            and stack
+            and stack[-1] == path[: -len(parts[-1]) - 1]
+            and self._is_dir[stack[-1]]
             and path not in self._is_dir
         ):
-            # A file in the folder on top, as most files of a sorted listing
-            # are: that folder and all above it were checked when it came.
+            # A file in the folder on top: the first of its folder, say.
             self._push(path, is_dir=False)
             return None
         folders = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
