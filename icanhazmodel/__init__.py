@@ -5,7 +5,7 @@
 writes every object under that key to ``ptms/<key>``.
 """
 
-from ._api import FetchOptions, FileIterator, fetch, iter_files, plan, stream
+from ._api import FetchOptions, FileIterator, fetch, iter_files, plan, plan_stream, stream
 from ._config import DEFAULT_CONCURRENCY, FetchConfig
 from ._errors import (
     AccessDenied,
@@ -31,7 +31,7 @@ from ._models import (
 )
 from ._progress import Reporter
 from ._select import Shard, parse_shard
-from ._stream import FileStream
+from ._stream import FileStream, PlanStream
 from ._version import __version__
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "NothingToFetch",
     "ObjectReport",
     "Plan",
+    "PlanStream",
     "PlannedObject",
     "ProfileNotFound",
     "Reporter",
@@ -65,5 +66,6 @@ __all__ = [
     "iter_files",
     "parse_shard",
     "plan",
+    "plan_stream",
     "stream",
 ]

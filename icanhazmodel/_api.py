@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 from ._config import DEFAULT_CONCURRENCY, FetchConfig, parse_processes
 from ._errors import DestinationError, UsageError
 from ._models import FetchResult, LandedFile, Plan, PlannedObject
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
 from ._select import Filters, Shard, parse_shard
-from ._stream import FileStream
+from ._stream import FileStream, PlanStream, RecordStream
+
+RecordStreamT = TypeVar("RecordStreamT", bound=RecordStream[Any])
 
 if TYPE_CHECKING:
     from ._files import Tree
@@ -133,7 +135,7 @@ async def _fetch_calling(
     progress: bool | Reporter,
     on_file: Callable[[LandedFile], Awaitable[Any] | Any],
 ) -> FetchResult:
-    async with _stream(config, progress, DEFAULT_BUFFER) as files:
+    async with _stream(config, progress, lambda: FileStream(DEFAULT_BUFFER)) as files:
         async for record in files:
             outcome = on_file(record)
             if inspect.isawaitable(outcome):
@@ -176,7 +178,8 @@ async def stream(
     if options.get("dry_run"):
         raise UsageError("stream() downloads; use plan() to see what a run would do")
     config = _config(bucket, key, options)
-    async with _stream(config, options.get("progress", False), buffer, folders) as files:
+    progress = options.get("progress", False)
+    async with _stream(config, progress, lambda: FileStream(buffer, folders=folders)) as files:
         yield files
 
 
@@ -219,7 +222,9 @@ class FileIterator:
 
         with (
             start_blocking_portal() as portal,
-            portal.wrap_async_context_manager(_stream(config, progress, buffer, folders)) as files,
+            portal.wrap_async_context_manager(
+                _stream(config, progress, lambda: FileStream(buffer, folders=folders))
+            ) as files,
         ):
             while True:
                 try:
@@ -248,20 +253,25 @@ class FileIterator:
 
 @asynccontextmanager
 async def _stream(
-    config: FetchConfig, progress: bool | Reporter, buffer: int, folders: bool = False
-) -> AsyncIterator[FileStream]:
+    config: FetchConfig, progress: bool | Reporter, make: Callable[[], RecordStreamT]
+) -> AsyncIterator[RecordStreamT]:
+    """Run *config* in a task, its records read from the stream *make* makes
+    (made here: its events belong to this event loop)."""
     import anyio
 
-    files = FileStream(buffer, folders=folders)
+    records = make()
     reporter = _reporter(progress)
 
     async def drive() -> None:
         try:
-            result = await run(config, reporter, files)
+            if isinstance(records, PlanStream):
+                result = await run(config, reporter, records.pacer(), records.put)
+            else:
+                result = await run(config, reporter, records)
         except Exception as exc:  # handed to the consumer, after the records before it
-            files.finish(error=exc)
+            records.finish(error=exc)
         else:
-            files.finish(result=result)
+            records.finish(result=result)
         finally:
             reporter.close()
 
@@ -269,7 +279,7 @@ async def _stream(
         async with anyio.create_task_group() as tg:
             tg.start_soon(drive)
             try:
-                yield files
+                yield records
             finally:
                 # Left early: stop the run (a no-op once it has finished).
                 tg.cancel_scope.cancel()
@@ -349,6 +359,36 @@ async def plan(
     )
     assert result.plan is not None  # a dry run always has one
     return result.plan
+
+
+@asynccontextmanager
+async def plan_stream(
+    *,
+    bucket: str,
+    key: str,
+    buffer: int = DEFAULT_BUFFER,
+    **options: Unpack[FetchOptions],
+) -> AsyncIterator[PlanStream]:
+    """:func:`plan`, one object at a time, for prefixes too big to hold::
+
+        async with icanhazmodel.plan_stream(bucket="data", key="shards/") as plans:
+            async for o in plans:  # a listing page at a time
+                if o.action is icanhazmodel.Action.DOWNLOAD:
+                    total += o.size
+        print(plans.plan.count(icanhazmodel.Action.SKIP))
+
+    Each :class:`PlannedObject` comes as soon as it is decided, in the
+    order :func:`plan` holds them (a listing page at a time: its refusals and
+    folders, then its other objects); ``plans.plan`` has the totals (its ``objects`` are empty) once
+    every one is read. Nothing is written. The listing pauses while *buffer*
+    objects are unread, so memory stays bounded whatever the prefix holds.
+    A run-wide error is raised from the loop after the objects before it;
+    leaving the ``async with`` early stops the listing.
+    """
+    config = replace(_config(bucket, key, options), dry_run=True)
+    progress = options.get("progress", False)
+    async with _stream(config, progress, lambda: PlanStream(buffer)) as plans:
+        yield plans
 
 
 def _reporter(progress: bool | Reporter) -> Reporter:

@@ -1,8 +1,9 @@
-"""Files as they land: the records a run hands to :func:`icanhazmodel.stream`.
+"""Records as a run makes them: files as they land (:func:`icanhazmodel.stream`)
+and a dry run's plan (:func:`icanhazmodel.plan_stream`).
 
-The run calls :meth:`FileStream.put` from its event loop as each object's
-outcome is known and awaits :meth:`FileStream.room` before it lists or queues
-more work. So a slow consumer never holds up a socket: downloads already
+The run calls :meth:`RecordStream.put` from its event loop as each record is
+known and awaits :meth:`RecordStream.room` before it lists or queues more
+work. So a slow consumer never holds up a socket: downloads already
 under way finish and their records wait in memory, while the listing pauses
 once *buffer* records are unread. Records in memory are at most *buffer*,
 plus a listing page's worth, plus the downloads in flight.
@@ -11,14 +12,17 @@ plus a listing page's worth, plus the downloads in flight.
 from __future__ import annotations
 
 from collections import deque
+from typing import Generic, TypeVar
 
-from ._models import FetchResult, LandedFile, Status
+from ._models import FetchResult, LandedFile, Plan, PlannedObject, Status
+
+T = TypeVar("T")
 
 
-class FileStream:
-    """An async iterator of :class:`LandedFile`, in the order they landed."""
+class RecordStream(Generic[T]):
+    """An async iterator of a run's records, in the order the run made them."""
 
-    def __init__(self, buffer: int, *, folders: bool = False) -> None:
+    def __init__(self, buffer: int) -> None:
         # Imported here: `import icanhazmodel` (and so --help) stays light.
         from anyio import Event
 
@@ -26,8 +30,7 @@ class FileStream:
             raise ValueError("buffer must be at least 1")
         self._event = Event
         self._buffer = buffer
-        self._folders = folders  # yield folder markers too
-        self._records: deque[LandedFile] = deque()
+        self._records: deque[T] = deque()
         self._arrived = Event()
         self._taken = Event()
         self._done = False
@@ -36,9 +39,7 @@ class FileStream:
 
     # -- the run's side ----------------------------------------------------------------
 
-    def put(self, record: LandedFile) -> None:
-        if record.status is Status.FOLDER and not self._folders:
-            return
+    def put(self, record: T) -> None:
         self._records.append(record)
         self._arrived.set()
 
@@ -54,10 +55,10 @@ class FileStream:
 
     # -- the consumer's side -----------------------------------------------------------
 
-    def __aiter__(self) -> FileStream:
+    def __aiter__(self) -> RecordStream[T]:
         return self
 
-    async def __anext__(self) -> LandedFile:
+    async def __anext__(self) -> T:
         while not self._records:
             if self._done:
                 if self._error is not None:
@@ -74,5 +75,45 @@ class FileStream:
     def result(self) -> FetchResult:
         """The whole run's result, once every record has been read."""
         if self._result is None or self._records:
-            raise RuntimeError("the run has not finished: read every file first")
+            raise RuntimeError("the run has not finished: read every record first")
         return self._result
+
+
+class FileStream(RecordStream[LandedFile]):
+    """Each object's :class:`LandedFile`, in the order they landed."""
+
+    def __init__(self, buffer: int, *, folders: bool = False) -> None:
+        super().__init__(buffer)
+        self._folders = folders  # yield folder markers too
+
+    def put(self, record: LandedFile) -> None:
+        if record.status is Status.FOLDER and not self._folders:
+            return
+        super().put(record)
+
+
+class PlanStream(RecordStream[PlannedObject]):
+    """A dry run's :class:`PlannedObject` records, as they are decided."""
+
+    @property
+    def plan(self) -> Plan:
+        """The plan's totals (its objects were streamed), once every record is read."""
+        plan = self.result.plan
+        assert plan is not None  # a dry run always has one
+        return plan
+
+    def pacer(self) -> _Pacer:
+        """The run's watcher: it hears of no file, and pauses the listing while
+        *buffer* planned objects are unread."""
+        return _Pacer(self)
+
+
+class _Pacer:
+    def __init__(self, plans: PlanStream) -> None:
+        self._plans = plans
+
+    def put(self, record: LandedFile) -> None:
+        """A dry run's files (refused, say) are in its plan already."""
+
+    async def room(self) -> None:
+        await self._plans.room()

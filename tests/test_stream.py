@@ -96,12 +96,15 @@ def test_unchanged_and_failed_objects_are_in_the_stream_too(bucket: Bucket, tmp_
     assert not broken.path.exists()
 
 
-def test_a_run_wide_error_is_raised_from_the_loop(bucket: Bucket, tmp_path: Path) -> None:
+@pytest.mark.parametrize("opener", ["stream", "plan_stream"])
+def test_a_run_wide_error_is_raised_from_the_loop(
+    bucket: Bucket, tmp_path: Path, opener: str
+) -> None:
     async def consume() -> None:
-        async with icanhazmodel.stream(
+        async with getattr(icanhazmodel, opener)(
             bucket=bucket.name, key="nothing-here", dest=tmp_path, endpoint_url=bucket.endpoint
-        ) as files:
-            async for _ in files:
+        ) as records:
+            async for _ in records:
                 pass
 
     with pytest.raises(NothingToFetch):
@@ -162,7 +165,7 @@ def test_result_is_refused_until_every_record_is_read(bucket: Bucket, tmp_path: 
         async with icanhazmodel.stream(
             bucket=bucket.name, key="p", dest=tmp_path, endpoint_url=bucket.endpoint
         ) as files:
-            with pytest.raises(RuntimeError, match="read every file"):
+            with pytest.raises(RuntimeError, match="read every record"):
                 _ = files.result
             assert len([f async for f in files]) == 2
             assert files.result.downloaded == 2
@@ -295,3 +298,74 @@ def test_folder_markers_come_only_when_asked(bucket: Bucket, tmp_path: Path, fol
         assert marked[0].path == tmp_path / "p" / "empty"
     else:
         assert marked == []
+
+
+# -- plan_stream: a dry run's plan, one object at a time -----------------------------
+
+
+def test_plan_stream_yields_what_plan_holds_in_the_same_order(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    objects = fill(bucket, 6)
+    bucket.put("p/006.bin/inner", b"under a file: refused")  # a file and a folder at once
+    bucket.put("p/empty/", b"")  # a folder marker
+    dest = tmp_path / "ptms"
+    first = asyncio.run(
+        icanhazmodel.fetch(
+            bucket=bucket.name, key="p/003.bin", dest=dest, endpoint_url=bucket.endpoint
+        )
+    )
+    assert first.downloaded == 1  # so the plan has a skip too
+    bucket.put("p/006.bin", b"now a file")
+    before = tree_of(dest)
+
+    async def streamed() -> tuple[list[icanhazmodel.PlannedObject], icanhazmodel.Plan]:
+        async with icanhazmodel.plan_stream(
+            bucket=bucket.name, key="p", dest=dest, endpoint_url=bucket.endpoint, buffer=1
+        ) as plans:
+            with pytest.raises(RuntimeError, match="read every record"):
+                _ = plans.plan
+            got = [o async for o in plans]
+        return got, plans.plan
+
+    got, totals = asyncio.run(streamed())
+    held = asyncio.run(
+        icanhazmodel.plan(bucket=bucket.name, key="p", dest=dest, endpoint_url=bucket.endpoint)
+    )
+    assert got == list(held.objects)
+    assert sorted(o.key for o in got) == sorted(
+        [*objects, "p/006.bin", "p/006.bin/inner", "p/empty/"]
+    )
+    actions = {o.key: o.action for o in got}
+    assert actions["p/003.bin"] is icanhazmodel.Action.SKIP
+    assert actions["p/006.bin/inner"] is icanhazmodel.Action.REFUSED
+    assert actions["p/empty/"] is icanhazmodel.Action.FOLDER
+    assert totals.objects == ()  # streamed, not held
+    for action in icanhazmodel.Action:
+        assert totals.count(action) == held.count(action)
+    assert totals.bytes_to_download == held.bytes_to_download
+    assert tree_of(dest) == before  # a plan writes nothing
+
+
+def test_a_full_stream_holds_the_run_until_a_record_is_read() -> None:
+    """What pauses the listing: room() waits while *buffer* records are unread."""
+
+    async def scenario() -> list[str]:
+        plans = icanhazmodel.PlanStream(buffer=2)
+        steps: list[str] = []
+
+        async def producer() -> None:
+            for name in ("a", "b", "c"):
+                await plans.room()
+                steps.append(f"put {name}")
+                plans.put(icanhazmodel.PlannedObject(name, 1, name, icanhazmodel.Action.DOWNLOAD))
+
+        task = asyncio.create_task(producer())
+        await asyncio.sleep(0.05)
+        steps.append("read")
+        assert (await anext(plans)).key == "a"
+        await asyncio.sleep(0.05)
+        await task
+        return steps
+
+    assert asyncio.run(scenario()) == ["put a", "put b", "read", "put c"]
