@@ -8,10 +8,16 @@ range between two boundaries is listed as a chain of its own (a plain
 listing of the prefix from just before its first boundary, stopped at the
 next), up to LOOKAHEAD chains at once, each into a small buffer of pages.
 
+Where a level is narrow (a dataset's train/ and val/), its sub-prefixes are
+listed by delimiter too, and so on down, so that a prefix whose keys sit
+under one or two folders is cut at the folders inside them: boundaries are
+any sorted strings, at whatever depth.
+
 Ranges, not one request per sub-prefix: a tree of 1,000 folders of 200 keys
-would otherwise cost 1,000 requests where one chain costs 200 pages; with
-about CHAINS_PER_PAGE chains per delimiter page, the requests stay about
-the pages plus one per chain.
+would otherwise cost 1,000 requests where one chain costs 200 pages. Each
+range is cut to hold about CHAIN_PAGES pages of keys (judged from how many
+keys a sub-prefix held so far), so the requests stay about the pages plus
+one per chain, and a chain is listed ahead as a whole.
 
 The pages are handed on in key order, exactly the keys the sequential
 listing would have sent in the same order (only page boundaries differ), so
@@ -40,7 +46,10 @@ if TYPE_CHECKING:
 LOOKAHEAD = 16  # chains listed at once, ahead of the one being read
 PAGES_AHEAD = 3  # pages each of them may hold before it waits
 CHAIN_PAGES = 2  # pages of keys a chain is cut to hold, once the tree's density is known
-CHAINS_PER_PAGE = 32  # chains cut from one delimiter page's sub-prefixes, until then
+FALLBACK_STEP = 8  # sub-prefixes to a chain until then
+NARROW = 8  # a level of at most this many sub-prefixes is cut at theirs too,
+MAX_DEPTH = 4  # this many levels down at most,
+DESCENTS = 16  # and at most this many of them followed (each is a request, in turn)
 
 # (prefix, continuation token, delimiter, start after, below) -> one page,
 # without the objects from the key *below* on (ListPage.cut says some were)
@@ -109,6 +118,7 @@ async def fanned_out(
 
     start_after = first_page[-1]
     density = first_page_density(first_page, prefix, delimiter)
+    descents = 0
     chains_in, chains_out = anyio.create_memory_object_stream[MemoryObjectReceiveStream[ListPage]](
         LOOKAHEAD
     )
@@ -146,35 +156,49 @@ async def fanned_out(
         tg.start_soon(list_range, where, send)
         await chains_in.send(receive)
 
+    async def sub_prefixes(sub: str, after: str | None, depth: int) -> AsyncIterator[str]:
+        """The sub-prefixes of *sub* after the key *after*, in key order; those
+        of a narrow level (a page of at most NARROW) are followed by their own,
+        up to DESCENTS in all. A page with no sub-prefix and more to come ends
+        the level (what follows is flat: a chain lists it)."""
+        nonlocal descents
+        token: str | None = None
+        while True:
+            page = await list_page(sub, token, delimiter, after, None)
+            narrow = token is None and page.next_token is None and len(page.prefixes) <= NARROW
+            for found in page.prefixes:
+                if after is None or found > after:
+                    yield found
+                # One holding *after* sorts before it: not a boundary, but
+                # what it holds after *after* may be cut further.
+                if narrow and depth < MAX_DEPTH and descents < DESCENTS:
+                    descents += 1
+                    inner = after if after is not None and after > found else None
+                    async for deeper in sub_prefixes(found, inner, depth + 1):
+                        yield deeper
+            if page.next_token is None or not page.prefixes:
+                return
+            if page.next_token == token:
+                raise S3Error(f"S3 sent the same continuation token twice listing {sub}")
+            token = page.next_token
+
     async def walk(tg: TaskGroup) -> None:
         """Cut the key range after start_after at every few sub-prefixes."""
-        token: str | None = None
         begin, low = start_after, None
         taken = 0  # sub-prefixes in the chain being cut
         async with chains_in:
-            while True:
-                page = await list_page(prefix, token, delimiter, start_after, None)
-                # The sub-prefix holding start_after is not a boundary: the
-                # chain before covers the rest of it.
-                subs = [sub for sub in page.prefixes if sub > start_after]
-                fallback = max(1, -(-len(subs) // CHAINS_PER_PAGE))
-                for sub in subs:
-                    if taken and taken >= density.step(fallback):
-                        await start(tg, _Range(begin, low, sub, taken))
-                        # Listed from just before the boundary; what sorts between
-                        # that and the boundary is the previous chain's, and dropped.
-                        begin, low, taken = sub[: -len(delimiter)], sub, 0
-                    taken += 1
-                if page.next_token is None or not subs:
-                    # The end; or a page of files and no folder: what follows
-                    # is flat, and walking it by delimiter pages would be as
-                    # slow as the one chain that lists it anyway, which
-                    # could not start before the walk ended. One chain, now.
-                    await start(tg, _Range(begin, low, None, taken))
-                    return
-                if page.next_token == token:
-                    raise S3Error(f"S3 sent the same continuation token twice listing {prefix}")
-                token = page.next_token
+            async for sub in sub_prefixes(prefix, start_after, 0):
+                if taken and taken >= density.step(FALLBACK_STEP):
+                    await start(tg, _Range(begin, low, sub, taken))
+                    # Listed from just before the boundary; what sorts between
+                    # that and the boundary is the previous chain's, and dropped.
+                    begin, low, taken = sub[: -len(delimiter)], sub, 0
+                taken += 1
+            # The end; or a page of files and no folder: what follows is flat,
+            # and walking it by delimiter pages would be as slow as the one
+            # chain that lists it anyway, which could not start before the
+            # walk ended. One chain, now.
+            await start(tg, _Range(begin, low, None, taken))
 
     async def in_order() -> AsyncIterator[ListPage]:
         async with chains_out:

@@ -234,8 +234,18 @@ def test_a_run_over_a_wide_prefix_on_moto_fans_out_and_gets_everything(
         ({f"p/f{i:05d}" for i in range(5000)} | {f"p/z/d{i}/x" for i in range(3)}, 1 + 1),
         # 100 folders of 60: chains of about two pages, each read to its end.
         ({f"p/d{i:03d}/f{j:02d}" for i in range(100) for j in range(60)}, 30),
+        # The same under train/ and val/: cut inside them (two more delimiter pages).
+        (
+            {
+                f"p/{s}/d{i:03d}/f{j:02d}"
+                for s in ("train", "val")
+                for i in range(50)
+                for j in range(60)
+            },
+            32,
+        ),
     ],
-    ids=["flat", "folders"],
+    ids=["flat", "folders", "narrow-top"],
 )
 def test_fanning_out_costs_few_requests_beyond_the_pages(keys: set[str], most: int) -> None:
     """A flat prefix is not walked by delimiter pages before its one chain
@@ -245,3 +255,30 @@ def test_fanning_out_costs_few_requests_beyond_the_pages(keys: set[str], most: i
     assert parallel(model, "p/") == sorted(keys)
     pages = -(-len(keys) // 100)
     assert len(model.requests) <= pages + most
+
+
+def test_a_narrow_level_is_cut_at_the_folders_inside_it() -> None:
+    """A dataset's train/ and val/ hold everything: the fan-out follows them
+    down and lists their folders concurrently, not train/ as one chain."""
+    keys = {
+        f"p/{s}/d{i:02d}/f{j:02d}" for s in ("train", "val") for i in range(30) for j in range(8)
+    }
+    model = ModelS3(keys, 5)
+    in_flight = peak = 0
+    inner = model.list_page
+
+    async def counting(*args: str | None) -> ListPage:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.001)
+            return await inner(*args)  # type: ignore[arg-type]
+        finally:
+            in_flight -= 1
+
+    model.list_page = counting  # type: ignore[method-assign]
+    assert parallel(model, "p/") == sorted(keys)
+    assert peak > 4
+    delimited = {prefix for prefix, _, delimiter, _ in model.requests if delimiter}
+    assert delimited == {"p/", "p/train/", "p/val/"}
