@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import S3Error
+from ._flat import FlatGuess, just_before
 from ._listxml import ListPage
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class _Range:
     low: str | None
     high: str | None
     subs: int  # sub-prefixes it spans
+    flat: bool = False  # cut where no folder is (see _flat)
 
 
 class _Density:
@@ -119,6 +121,9 @@ async def fanned_out(
     start_after = first_page[-1]
     density = first_page_density(first_page, prefix, delimiter)
     descents = 0
+    flat_sample: list[str] = []  # the keys of the page that showed no folder
+    guess: FlatGuess | None = None
+    ended = False  # a chain listed to the prefix's last key
     chains_in, chains_out = anyio.create_memory_object_stream[MemoryObjectReceiveStream[ListPage]](
         LOOKAHEAD
     )
@@ -130,6 +135,7 @@ async def fanned_out(
     ]
 
     async def list_range(where: _Range, send: MemoryObjectSendStream[ListPage]) -> None:
+        nonlocal ended
         token: str | None = None
         listed = 0
         async with send:
@@ -144,7 +150,11 @@ async def fanned_out(
                     listed += len(objects)
                     await send.send(ListPage(objects, None, more_to_come=True))
                 if page.cut or page.next_token is None:
-                    density.seen(listed, where.subs)
+                    ended = ended or page.next_token is None
+                    if where.flat and guess is not None and where.low and where.high:
+                        guess.learned(listed, where.low, where.high)
+                    elif where.subs:
+                        density.seen(listed, where.subs)
                     return  # past the range's end, or the prefix's
                 if page.next_token == token:  # a store that would loop forever
                     raise S3Error(f"S3 sent the same continuation token twice listing {prefix}")
@@ -177,6 +187,8 @@ async def fanned_out(
                     async for deeper in sub_prefixes(found, inner, depth + 1):
                         yield deeper
             if page.next_token is None or not page.prefixes:
+                if page.next_token is not None and depth == 0:
+                    flat_sample.extend(obj.key for obj in page.objects)
                 return
             if page.next_token == token:
                 raise S3Error(f"S3 sent the same continuation token twice listing {sub}")
@@ -195,9 +207,20 @@ async def fanned_out(
                     begin, low, taken = sub[: -len(delimiter)], sub, 0
                 taken += 1
             # The end; or a page of files and no folder: what follows is flat,
-            # and walking it by delimiter pages would be as slow as the one
-            # chain that lists it anyway, which could not start before the
-            # walk ended. One chain, now.
+            # and walking it by delimiter pages would be as slow as one chain
+            # that lists it. Cut it where the sample says (as long as no
+            # chain has seen the prefix's end), then one chain for the rest.
+            nonlocal guess
+            guess = FlatGuess.from_sample(flat_sample, CHAIN_PAGES * density.page_size, prefix)
+            after = flat_sample[-1] if flat_sample else ""
+            flat = False  # the range being cut starts at a guessed boundary
+            while guess is not None and not ended:
+                boundary = guess.next_boundary(after)
+                if boundary is None:
+                    break
+                await start(tg, _Range(begin, low, boundary, taken, flat=flat))
+                begin, low, taken, after = just_before(boundary), boundary, 0, boundary
+                flat = True
             await start(tg, _Range(begin, low, None, taken))
 
     async def in_order() -> AsyncIterator[ListPage]:

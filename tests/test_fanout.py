@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import icanhazmodel
-from icanhazmodel import _fanout
+from icanhazmodel import _fanout, _flat
 from icanhazmodel._fanout import fanned_out
 from icanhazmodel._listxml import ListPage, cut_below
 from icanhazmodel._models import RemoteObject
@@ -230,8 +231,9 @@ def test_a_run_over_a_wide_prefix_on_moto_fans_out_and_gets_everything(
 @pytest.mark.parametrize(
     ("keys", "most"),
     [
-        # Flat, then a few folders: one delimiter page, then one chain.
-        ({f"p/f{i:05d}" for i in range(5000)} | {f"p/z/d{i}/x" for i in range(3)}, 1 + 1),
+        # Flat, then a few folders: one delimiter page, then chains cut where
+        # the sample says (see _flat), each one request more than its pages.
+        ({f"p/f{i:05d}" for i in range(5000)} | {f"p/z/d{i}/x" for i in range(3)}, 20),
         # 100 folders of 60: chains of about two pages, each read to its end.
         ({f"p/d{i:03d}/f{j:02d}" for i in range(100) for j in range(60)}, 30),
         # The same under train/ and val/: cut inside them (two more delimiter pages).
@@ -248,9 +250,9 @@ def test_a_run_over_a_wide_prefix_on_moto_fans_out_and_gets_everything(
     ids=["flat", "folders", "narrow-top"],
 )
 def test_fanning_out_costs_few_requests_beyond_the_pages(keys: set[str], most: int) -> None:
-    """A flat prefix is not walked by delimiter pages before its one chain
-    starts (that listed it twice); a wide tree's chains are cut to about
-    CHAIN_PAGES pages, so their partial last pages stay a fraction of all."""
+    """A flat prefix is not walked by delimiter pages to its end (that listed
+    it twice); chains are cut to about CHAIN_PAGES pages, so their partial
+    last pages stay a fraction of all."""
     model = ModelS3(keys, 100)
     assert parallel(model, "p/") == sorted(keys)
     pages = -(-len(keys) // 100)
@@ -282,3 +284,63 @@ def test_a_narrow_level_is_cut_at_the_folders_inside_it() -> None:
     assert peak > 4
     delimited = {prefix for prefix, _, delimiter, _ in model.requests if delimiter}
     assert delimited == {"p/", "p/train/", "p/val/"}
+
+
+flat_names = st.sampled_from(
+    [
+        lambda i: f"p/f{i:05d}",
+        lambda i: f"p/{i * 7919 % 65536:04x}.bin",
+        lambda i: f"p/img_{i * 3:08d}.jpg",
+        lambda i: f"p/{'ab'[i % 2]}{i:03d}",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=flat_names,
+    count=st.integers(30, 400),
+    extra=st.sets(st.sampled_from(["p/z/x", "p/f", "p/~", "p/0/0", "p/img_", "p/é"]), max_size=3),
+    max_keys=st.integers(3, 9),
+)
+def test_a_flat_prefix_cut_by_guessed_boundaries_lists_every_key_once(
+    name: Callable[[int], str], count: int, extra: set[str], max_keys: int
+) -> None:
+    """Keys side by side (counters, hashes, gaps), with odd ones mixed in:
+    guessed boundaries fall anywhere, and every key still comes once, in order."""
+    keys = {name(i) for i in range(count)} | extra
+    model = ModelS3(keys, max_keys)
+    original = _flat.MIN_SAMPLE
+    _flat.MIN_SAMPLE = 3  # pages of a few keys here
+    try:
+        assert parallel(model, "p/") == sequential(model, "p/") == sorted(keys)
+    finally:
+        _flat.MIN_SAMPLE = original
+
+
+def test_a_flat_prefix_is_listed_concurrently() -> None:
+    keys = {f"p/img_{i:08d}.jpg" for i in range(5000)}
+    model = ModelS3(keys, 100)
+    assert parallel(model, "p/") == sorted(keys)
+    chains = [r for r in model.requests if r[1] is None and r[2] is None]
+    assert len(chains) > 10  # one chain before (and the walk first)
+
+
+@given(st.lists(st.text("0123456789abf_.", max_size=10), min_size=2, max_size=30))
+def test_a_flat_guess_keeps_key_order(suffixes: list[str]) -> None:
+    """Values never reverse key order, boundaries only grow, and a range's
+    StartAfter sorts before its low end."""
+    keys = sorted({"p/" + s for s in suffixes})
+    sample = [f"p/{i:04d}" for i in range(120)]
+    guess = _flat.FlatGuess.from_sample(sample, 10, "p/")
+    assert guess is not None
+    values = [guess.value(k) for k in keys]
+    assert values == sorted(values)
+    after = sample[-1]
+    for _ in range(20):
+        boundary = guess.next_boundary(after)
+        if boundary is None:
+            break
+        assert boundary > after
+        assert _flat.just_before(boundary) < boundary
+        after = boundary
