@@ -24,8 +24,9 @@ listing would have sent in the same order (only page boundaries differ), so
 everything that relies on that order downstream (the a-vs-a/b conflict
 check, skip decisions, --shard) is unchanged. Memory stays bounded: at most
 LOOKAHEAD chains with PAGES_AHEAD pages each wait, whatever the prefix
-holds. A flat prefix (no sub-prefixes) stays one chain, started as soon as
-a delimiter page shows no folder.
+holds. A flat stretch (a delimiter page with no folder, more to come) is
+cut at boundaries guessed from that page's keys (see _flat), as long as no
+chain has reached the prefix's end; then one chain takes the rest.
 """
 
 from __future__ import annotations

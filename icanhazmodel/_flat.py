@@ -86,31 +86,52 @@ class FlatGuess:
             number = number * self._base + digit
         return number
 
-    def key(self, number: int) -> str:
+    def key(self, number: int) -> str | None:
         """The smallest string over the alphabet whose value is at least
-        about *number* (boundaries only need to grow)."""
+        *number* (None: none is, within the width)."""
         digits = []
         for _ in range(self._width):
             number, digit = divmod(number, self._base)
             digits.append(digit)
-        chars = []
-        for digit in reversed(digits):
-            if digit == 0:
+        digits.reverse()
+        alphabet = self._alphabet
+        chars: list[str] = []
+        for i, digit in enumerate(digits):
+            if digit == 0:  # the key ends here, or its smallest next character is above
+                if any(digits[i + 1 :]):
+                    chars.append(alphabet[0])
                 break
-            chars.append(self._alphabet[min((digit - 1) // 2, len(self._alphabet) - 1)])
+            if digit % 2 == 0:  # a character of the alphabet
+                chars.append(alphabet[digit // 2 - 1])
+                continue
+            at = digit // 2  # just below alphabet[at]: round up to it
+            if at < len(alphabet):
+                chars.append(alphabet[at])
+                break
+            # Above the last character: round up an earlier one.
+            while chars and chars[-1] == alphabet[-1]:
+                chars.pop()
+            if not chars:
+                return None
+            chars[-1] = alphabet[alphabet.index(chars[-1]) + 1]
+            break
         return self.common + "".join(chars)
 
     def next_boundary(self, after: str) -> str | None:
         """The next boundary past *after*, about chain_keys keys on; None once
         the guess runs past every key under the common prefix."""
         step = max(1, round(self.per_key * self.chain_keys))
-        while True:
+        for _ in range(64):  # each turn moves on by a step at least
             self.position += step
             if self.position >= self._end:
                 return None
             boundary = self.key(self.position)
+            if boundary is None:
+                return None
+            self.position = max(self.position, self.value(boundary))
             if boundary > after:
                 return boundary
+        return None
 
     def learned(self, keys: int, low: str, high: str) -> None:
         """A range [low, high) held *keys* keys: space the next ones by what

@@ -344,3 +344,37 @@ def test_a_flat_guess_keeps_key_order(suffixes: list[str]) -> None:
         assert boundary > after
         assert _flat.just_before(boundary) < boundary
         after = boundary
+
+
+@settings(max_examples=300)
+@given(
+    alphabet=st.sets(st.sampled_from("0123456789abcxyz_-~ "), min_size=2, max_size=12).map(
+        lambda chars: "".join(sorted(chars))
+    ),
+    width=st.integers(1, 6),
+    numbers=st.lists(st.integers(0, 10**12), min_size=2, max_size=10),
+)
+def test_a_flat_guess_spells_the_smallest_key_at_or_above_a_number(
+    alphabet: str, width: int, numbers: list[int]
+) -> None:
+    """key() is value()'s ceiling: never below the number, in order, and exact
+    on keys it can spell, so boundaries only grow, a step at a time."""
+    guess = _flat.FlatGuess("p/", alphabet, width, 0, 1.0)
+    end = (2 * len(alphabet) + 2) ** width
+    spelled = []
+    for number in sorted(n % end for n in numbers):
+        key = guess.key(number)
+        if key is None:
+            continue  # above every key of the width
+        assert guess.value(key) >= number
+        assert guess.key(guess.value(key)) == key
+        spelled.append(key)
+    assert spelled == sorted(spelled)
+    guess.chain_keys = 1
+    after = "p/"
+    for _ in range(30):
+        boundary = guess.next_boundary(after)
+        if boundary is None:
+            break
+        assert boundary > after
+        after = boundary
