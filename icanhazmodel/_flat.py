@@ -29,6 +29,8 @@ _ASCII = frozenset(map(chr, range(0x20, 0x7F)))
 class FlatGuess:
     """Where the next boundaries of a flat stretch fall, as keys go on."""
 
+    chain_keys = 2000  # keys a range is cut to hold (from_sample sets it)
+
     def __init__(self, common: str, alphabet: str, width: int, start: int, per_key: float) -> None:
         self.common = common
         self._alphabet = alphabet
@@ -66,8 +68,6 @@ class FlatGuess:
         guess.per_key = (last - first) / (len(keys) - 1)
         guess.chain_keys = chain_keys
         return guess
-
-    chain_keys = 2000
 
     def value(self, key: str) -> int:
         """*key* as a number, in key order (for keys under the common prefix)."""
