@@ -49,7 +49,7 @@ LOOKAHEAD = 16  # chains listed at once, ahead of the one being read
 PAGES_AHEAD = 3  # pages each of them may hold before it waits
 CHAIN_PAGES = 2  # pages of keys a chain is cut to hold, once the tree's density is known
 FALLBACK_STEP = 8  # sub-prefixes to a chain until then
-NARROW = 8  # a level of at most this many sub-prefixes is cut at theirs too,
+NARROW = 8  # a level of at most this many (big) sub-prefixes is cut at theirs too,
 MAX_DEPTH = 4  # this many levels down at most,
 DESCENTS = 16  # and at most this many of them followed (each is a request, in turn)
 
@@ -88,6 +88,11 @@ class _Density:
     def seen(self, keys: int, subs: int) -> None:
         self.keys += keys
         self.subs += subs
+
+    def holds_pages(self) -> bool:
+        """Whether a sub-prefix holds a page of keys or more, as far as seen
+        (yes until anything is): only then is one worth cutting inside."""
+        return self.subs == 0 or self.keys >= self.subs * self.page_size
 
     def step(self, fallback: int) -> int:
         """Sub-prefixes to a chain (*fallback* until a chain or the first page told)."""
@@ -176,7 +181,12 @@ async def fanned_out(
         token: str | None = None
         while True:
             page = await list_page(sub, token, delimiter, after, None)
-            narrow = token is None and page.next_token is None and len(page.prefixes) <= NARROW
+            narrow = (
+                token is None
+                and page.next_token is None
+                and len(page.prefixes) <= NARROW
+                and density.holds_pages()
+            )
             for found in page.prefixes:
                 if after is None or found > after:
                     yield found
