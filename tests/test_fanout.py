@@ -142,9 +142,8 @@ def test_fanned_out_listing_equals_one_listing(
         _fanout.LOOKAHEAD = original
 
 
-def test_a_wide_tree_is_listed_concurrently() -> None:
-    keys = {f"p/d{i:02d}/f{j:02d}" for i in range(20) for j in range(10)}
-    model = ModelS3(keys, 5)
+def parallel_counting(model: ModelS3, prefix: str) -> tuple[list[str], int]:
+    """parallel(), and the most list requests that were in flight at once."""
     in_flight = peak = 0
     inner = model.list_page
 
@@ -159,7 +158,14 @@ def test_a_wide_tree_is_listed_concurrently() -> None:
             in_flight -= 1
 
     model.list_page = counting  # type: ignore[method-assign]
-    assert parallel(model, "p/") == sorted(keys)
+    return parallel(model, prefix), peak
+
+
+def test_a_wide_tree_is_listed_concurrently() -> None:
+    keys = {f"p/d{i:02d}/f{j:02d}" for i in range(20) for j in range(10)}
+    model = ModelS3(keys, 5)
+    listed, peak = parallel_counting(model, "p/")
+    assert listed == sorted(keys)
     assert peak > 4
 
 
@@ -266,21 +272,8 @@ def test_a_narrow_level_is_cut_at_the_folders_inside_it() -> None:
         f"p/{s}/d{i:02d}/f{j:02d}" for s in ("train", "val") for i in range(30) for j in range(8)
     }
     model = ModelS3(keys, 5)
-    in_flight = peak = 0
-    inner = model.list_page
-
-    async def counting(*args: str | None) -> ListPage:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        try:
-            await asyncio.sleep(0.001)
-            return await inner(*args)  # type: ignore[arg-type]
-        finally:
-            in_flight -= 1
-
-    model.list_page = counting  # type: ignore[method-assign]
-    assert parallel(model, "p/") == sorted(keys)
+    listed, peak = parallel_counting(model, "p/")
+    assert listed == sorted(keys)
     assert peak > 4
     delimited = {prefix for prefix, _, delimiter, _ in model.requests if delimiter}
     assert delimited == {"p/", "p/train/", "p/val/"}
