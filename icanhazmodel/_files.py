@@ -216,7 +216,7 @@ class Tree:
         if (
             relative.startswith("/")
             or any(p in ("", ".", "..") for p in parts)
-            or not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))
+            or not is_temp_name(name)
         ):
             return None
         return parts
@@ -242,11 +242,7 @@ class Tree:
         keep: set[str] | None = None
         with os.scandir(dir_fd) as entries:
             names = [
-                e.name
-                for e in entries
-                if e.name.startswith(".")
-                and e.name.endswith(PARTIAL_SUFFIX)
-                and e.is_file(follow_symlinks=False)
+                e.name for e in entries if is_temp_name(e.name) and e.is_file(follow_symlinks=False)
             ]
         for name in names:
             if keep is None:
@@ -254,6 +250,11 @@ class Tree:
             if "/".join((*dir_parts, name)) not in keep:
                 with contextlib.suppress(OSError):
                     remove_unlocked(dir_fd, name, own_only=True)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether *name* (one path component) is a temp file name icanhazmodel writes."""
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX) and "/" not in name
 
 
 def temp_name(final_name: str) -> str:
@@ -359,18 +360,31 @@ class PartialFile:
     directory never resumes into a file this run is still writing; the lock
     dies with the process, so after a crash the file can be resumed. It
     holds its directory's fd, so landing never looks the path up again.
+
+    With *join*, another worker process of the run owns the file (created,
+    holds it locked, will land it): this one only writes ranges into it,
+    then lets go with :meth:`keep`.
     """
 
     def __init__(
-        self, tree: Tree, parts: tuple[str, ...], size: int, *, resume: str | None = None
+        self,
+        tree: Tree,
+        parts: tuple[str, ...],
+        size: int,
+        *,
+        resume: str | None = None,
+        join: str | None = None,
     ) -> None:
         self.final = tree.path(parts)
         self.size = size
         self._name = parts[-1]
-        self._dir_fd = tree.directory(parts[:-1])
+        self._dir_fd = tree.directory(parts[:-1], create=join is None)
         self._fd = -1
         try:
-            if resume is None:
+            if join is not None:
+                self.tmp_name = join
+                self._join(join)
+            elif resume is None:
                 tree.sweep(parts[:-1], self._dir_fd)
                 self._fd, self.tmp_name = _create_locked(self._dir_fd, self._name)
                 # The full length up front, so ranges can land in any order.
@@ -379,15 +393,15 @@ class PartialFile:
                 self.tmp_name = resume
                 self._adopt(resume)
         except BaseException:
-            if resume is None and self._fd >= 0:
+            if resume is None and join is None and self._fd >= 0:
                 _unlink_quietly(self._dir_fd, self.tmp_name)
             self._close()
             os.close(self._dir_fd)
             raise
         self.tmp = self.final.with_name(self.tmp_name)
 
-    def _adopt(self, name: str) -> None:
-        shown = self.final.with_name(name)
+    def _open_existing(self, name: str, shown: Path) -> None:
+        """Open temp file *name*, never following or creating it."""
         try:
             self._fd = os.open(name, _EXISTING_FLAGS, dir_fd=self._dir_fd)
         except OSError as exc:
@@ -395,10 +409,31 @@ class PartialFile:
                 raise UnusableTemp(errno.ELOOP, "it is a symlink", str(shown)) from None
             raise
         _check_adoptable(self._fd, shown)
+
+    def _adopt(self, name: str) -> None:
+        shown = self.final.with_name(name)
+        self._open_existing(name, shown)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: busy
         os.set_blocking(self._fd, True)
         if os.fstat(self._fd).st_size != self.size:
             raise UnusableTemp(errno.EINVAL, "it has the wrong length to resume", str(shown))
+
+    def _join(self, name: str) -> None:
+        if not is_temp_name(name):
+            raise UnusableTemp(errno.EINVAL, "not a temp file of icanhazmodel", name)
+        shown = self.final.with_name(name)
+        self._open_existing(name, shown)
+        # Written only while its owner holds it locked: an owner that died or
+        # let go may have removed, kept or landed it, and no range goes there.
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            raise UnusableTemp(errno.ESTALE, "no process of this run is writing it", str(shown))
+        os.set_blocking(self._fd, True)
+        if os.fstat(self._fd).st_size != self.size:
+            raise UnusableTemp(errno.EINVAL, "it has the wrong length", str(shown))
 
     def write(self, offset: int, chunks: list[bytes]) -> None:
         """Write *chunks* back to back from *offset*, in one system call if it can."""

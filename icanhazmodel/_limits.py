@@ -79,16 +79,16 @@ def processes_for(
 
     *wanted* is --processes (None for auto). Auto leaves one CPU to the
     parent (listing, manifest, bars) and to the system, and starts no more
-    processes than the first page of work can keep busy, nor than it has
-    objects. A first page with *more_listed* behind it is a full page of
-    objects to fetch (1,000 on S3) and as many again at least: work for
-    every CPU.
+    processes than the first page of work can keep busy. A first page with
+    *more_listed* behind it is a full page of objects to fetch (1,000 on S3)
+    and as many again at least: work for every CPU.
     """
     if wanted is not None:
         return wanted
     if more_listed and files >= FILES_PER_PROCESS:
         return max(1, min(cpus - 1, MAX_AUTO_PROCESSES))
+    # Bytes count whatever the number of objects: a big object's ranges are
+    # spread over every process (see _pool).
     by_work = max(files // FILES_PER_PROCESS, nbytes // BYTES_PER_PROCESS)
-    # An object is fetched by one process: never more processes than objects.
-    count = min(cpus - 1, MAX_AUTO_PROCESSES, by_work, files)
+    count = min(cpus - 1, MAX_AUTO_PROCESSES, by_work)
     return count if count >= 2 else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._checksums import Expectation
 from ._direct import FrozenCredentials, Route
 from ._manifest import PartialRecord
 from ._models import RemoteObject
@@ -46,6 +47,42 @@ class Task:
     part_size: int
     resume: tuple[PartialRecord, ...] = ()  # candidates, best first
     sweep_again: bool = False  # a worker died writing here: sweep its leftovers
+    # Offer the object's ranges back (Offer), for the parent to spread over
+    # every worker: so one big object uses every process, not one.
+    share: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Some other worker's object: fetch bytes [start, end) into its temp file.
+
+    The owner created the temp file and holds it locked; this worker only
+    writes the range there and answers :class:`SpanDone`. The owner still
+    checks the whole object and lands it.
+    """
+
+    id: int
+    task: int  # the owner's task
+    obj: RemoteObject
+    parts: tuple[str, ...]
+    tmp_name: str  # in the folder of parts
+    start: int
+    end: int
+    crc_algorithm: str
+    expectation: Expectation
+    hash_part: bool  # also digest the range as one part (MD5 or SHA parts)
+
+
+@dataclass(frozen=True, slots=True)
+class SpanResult:
+    """To an owner: one of its offered ranges is on disk (*crc* set), or was
+    not fetched (*crc* None: fetch it yourself)."""
+
+    task: int
+    start: int
+    end: int
+    crc: int | None
+    part_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +120,41 @@ class Failed:
     needs_botocore: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """An owner's object is open (temp file made and locked, checks known):
+    these of its ranges may go to any worker."""
+
+    task: int
+    tmp_name: str
+    crc_algorithm: str
+    expectation: Expectation
+    hash_part: bool
+    ranges: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpanDone:
+    id: int
+    crc: int | None  # None: not fetched (any error: the owner tries it itself)
+    part_hash: bytes | None = None
+
+
 @dataclass(slots=True)
 class Events:
     """What happened in one worker since its last batch."""
 
     progress: dict[int, int] = field(default_factory=dict)  # task id -> bytes (may be < 0)
-    results: list[Landed | Failed] = field(default_factory=list)
+    results: list[Landed | Failed | SpanDone] = field(default_factory=list)
+    offers: list[Offer] = field(default_factory=list)
     ranges: list[tuple[PartialRecord, int, int, int]] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.progress or self.results or self.ranges or self.drops or self.notes)
+        return bool(
+            self.progress or self.results or self.offers or self.ranges or self.drops or self.notes
+        )
 
 
 @dataclass(frozen=True, slots=True)

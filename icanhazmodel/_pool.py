@@ -3,10 +3,17 @@
 The parent lists, plans and decides (manifest, filters, shards, conflicts,
 free space); each object to fetch becomes a :class:`~._messages.Task` sent to
 the worker with the fewest bytes outstanding, up to a bounded number of
-tasks per worker. Each worker fetches all of an object's byte ranges with
-its own event loop, connections and writer threads (``_worker``), and sends
-back progress, results, resume records and notes, which the parent alone
-turns into bars and manifest records.
+tasks per worker. Each worker fetches an object with its own event loop,
+connections and writer threads (``_worker``), and sends back progress,
+results, resume records and notes, which the parent alone turns into bars
+and manifest records.
+
+An object of several byte ranges is shared: its worker (the owner) makes
+the temp file, then offers its other ranges back; the parent hands them out
+as :class:`~._messages.Span` items to whichever workers have the fewest bytes
+to fetch, ahead of new objects, and relays each outcome to the owner, which
+checks the whole object and lands it as before. So one big file uses every
+process, not one.
 
 A worker that dies (OOM killer, ``kill -9``) loses nothing: its unanswered
 tasks go to the others, once, and the folders it wrote in are swept again.
@@ -43,10 +50,14 @@ from ._messages import (
     Landed,
     NewCredentials,
     NoMoreTasks,
+    Offer,
+    Span,
+    SpanDone,
+    SpanResult,
     Task,
     WorkerSettings,
 )
-from ._transfer import FileJob
+from ._transfer import SMALL_OBJECT, FileJob
 
 # Tasks a worker holds (queued or running) per request it keeps in flight:
 # enough that it never waits for the parent, few enough to balance the load.
@@ -73,16 +84,23 @@ class _Worker:
     proc: subprocess.Popen[bytes]
     conn: Connection
     capacity: int
+    span_capacity: int
     outstanding: dict[int, int] = field(default_factory=dict)  # task id -> bytes
+    spans: dict[int, int] = field(default_factory=dict)  # span id -> bytes
     alive: bool = True
     said_bye: bool = False
 
     @property
     def load(self) -> int:
-        return sum(self.outstanding.values())
+        return sum(self.outstanding.values()) + sum(self.spans.values())
 
     def has_room(self) -> bool:
         return self.alive and len(self.outstanding) < self.capacity
+
+    def has_room_for_span(self) -> bool:
+        # Counted apart from tasks: an owner's task waits on its spans, so
+        # tasks filling every slot must never keep spans out.
+        return self.alive and len(self.spans) < self.span_capacity
 
 
 def _spawn(settings: WorkerSettings) -> tuple[subprocess.Popen[bytes], Connection]:
@@ -113,18 +131,28 @@ class Pool:
         self._settings = settings
         self._loop = asyncio.get_running_loop()
         self._workers = [
-            _Worker(i, *_spawn(settings), capacity=settings.concurrency * TASKS_PER_REQUEST)
+            _Worker(
+                i,
+                *_spawn(settings),
+                capacity=settings.concurrency * TASKS_PER_REQUEST,
+                span_capacity=settings.concurrency,
+            )
             for i in range(count)
         ]
         self._jobs: dict[int, FileJob] = {}
         self._tasks: dict[int, Task] = {}
+        self._owner_of: dict[int, _Worker] = {}  # task id -> the worker it was sent to
+        self._spans: deque[Span] = deque()  # offered, not yet sent
+        self._span_of: dict[int, Span] = {}  # span id -> span, until its owner hears
+        self.spans_sent = 0
         self._attempts: dict[int, int] = {}
         self._pending: deque[Task] = deque()
         self._max_pending = sum(w.capacity for w in self._workers)
         self._waiters: list[asyncio.Future[None]] = []
         self._fatal: BaseException | None = None
         self._next_id = 0
-        self._advanced: dict[int, int] = {}  # task id -> bytes reported so far
+        # Bytes reported so far, by task id (with its spans' bytes) and by span id.
+        self._advanced: dict[int, int] = {}
         for worker in self._workers:
             threading.Thread(target=self._read, args=(worker,), daemon=True).start()
 
@@ -160,16 +188,23 @@ class Pool:
             self._check_fatal()
             await self._changed()
         self._check_fatal()
-        task_id, self._next_id = self._next_id, self._next_id + 1
-        task = Task(task_id, job.obj, job.parts, job.part_size, resume)
+        task_id = self._new_id()
+        # The worker shares it if it turns out to be several ranges (cut at
+        # its upload's parts, perhaps, which only the worker learns).
+        share = len(self._workers) > 1 and job.obj.size > SMALL_OBJECT
+        task = Task(task_id, job.obj, job.parts, job.part_size, resume, share=share)
         self._jobs[task_id] = job
         self._tasks[task_id] = task
         self._pending.append(task)
         self._dispatch()
 
+    def _new_id(self) -> int:
+        new, self._next_id = self._next_id, self._next_id + 1
+        return new
+
     async def finish(self) -> None:
         """Wait until every task is answered, then let the workers go."""
-        while self._pending or self._unanswered():
+        while self._pending or self._spans or self._unanswered():
             self._check_fatal()
             if not any(w.alive for w in self._workers):
                 self._fail_everything("every worker process died")
@@ -212,6 +247,15 @@ class Pool:
         return sum(len(w.outstanding) for w in self._workers)
 
     def _dispatch(self) -> None:
+        while self._spans:  # first: they finish objects already begun
+            ready = [w for w in self._workers if w.has_room_for_span()]
+            if not ready:
+                break
+            worker = min(ready, key=lambda w: w.load)
+            span = self._spans.popleft()
+            worker.spans[span.id] = span.end - span.start
+            self.spans_sent += 1
+            self._send(worker, span)
         while self._pending:
             ready = [w for w in self._workers if w.has_room()]
             if not ready:
@@ -219,6 +263,7 @@ class Pool:
             worker = min(ready, key=lambda w: (w.load, len(w.outstanding)))
             task = self._pending.popleft()
             worker.outstanding[task.id] = task.obj.size
+            self._owner_of[task.id] = worker
             self._send(worker, task)
         self._wake()  # room in the queue for the producer
 
@@ -229,6 +274,7 @@ class Pool:
             self._died(worker)
 
     def _fail_everything(self, reason: str) -> None:
+        self._spans.clear()
         while self._pending:
             task = self._pending.popleft()
             self._owner.failed_remote(self._jobs.pop(task.id), reason, False)
@@ -268,13 +314,26 @@ class Pool:
             owner.drop_partial(tmp_name)
         for text in events.notes:
             owner.note(text)
-        for task_id, nbytes in events.progress.items():
-            if task_id in self._jobs:
-                self._advanced[task_id] = self._advanced.get(task_id, 0) + nbytes
-                owner.progress(self._jobs[task_id], nbytes)
+        for offer in events.offers:
+            self._offered(worker, offer)
+        for some_id, nbytes in events.progress.items():
+            if (span := self._span_of.get(some_id)) is not None:
+                self._advanced[some_id] = self._advanced.get(some_id, 0) + nbytes
+                task_id = span.task
+            elif some_id in self._jobs:
+                task_id = some_id
+            else:
+                continue  # a span of an object that started over elsewhere
+            self._advanced[task_id] = self._advanced.get(task_id, 0) + nbytes
+            owner.progress(self._jobs[task_id], nbytes)
         for result in events.results:
+            if isinstance(result, SpanDone):
+                worker.spans.pop(result.id, None)
+                self._span_done(result)
+                continue
             worker.outstanding.pop(result.id, None)
             self._tasks.pop(result.id, None)
+            self._owner_of.pop(result.id, None)
             self._advanced.pop(result.id, None)
             job = self._jobs.pop(result.id)
             if isinstance(result, Landed):
@@ -282,6 +341,54 @@ class Pool:
             else:
                 assert isinstance(result, Failed)
                 owner.failed_remote(job, result.reason, result.needs_botocore)
+
+    # -- objects shared between workers ----------------------------------------------------
+
+    def _offered(self, worker: _Worker, offer: Offer) -> None:
+        job = self._jobs.get(offer.task)
+        if job is None or self._owner_of.get(offer.task) is not worker:
+            return
+        for start, end in offer.ranges:
+            span = Span(
+                self._new_id(),
+                offer.task,
+                job.obj,
+                job.parts,
+                offer.tmp_name,
+                start,
+                end,
+                offer.crc_algorithm,
+                offer.expectation,
+                offer.hash_part,
+            )
+            self._span_of[span.id] = span
+            self._spans.append(span)
+            worker.outstanding[offer.task] -= end - start  # its own share is the rest
+
+    def _span_done(self, result: SpanDone) -> None:
+        span = self._span_of.pop(result.id, None)
+        advanced = self._advanced.pop(result.id, 0)
+        if span is None:
+            return  # its owner died: the object starts over elsewhere
+        if result.crc is None:  # the owner fetches it again, and reports that
+            self._unadvance(span.task, advanced)
+        self._send(
+            self._owner_of[span.task],
+            SpanResult(span.task, span.start, span.end, result.crc, result.part_hash),
+        )
+
+    def _unadvance(self, task_id: int, nbytes: int) -> None:
+        if nbytes:
+            self._advanced[task_id] = self._advanced.get(task_id, 0) - nbytes
+            self._owner.progress(self._jobs[task_id], -nbytes)
+
+    def _drop_spans(self, task_id: int) -> None:
+        """Forget every span of *task_id*: its owner died, and whoever takes
+        the object over starts it again (a late SpanDone is then ignored)."""
+        self._spans = deque(span for span in self._spans if span.task != task_id)
+        for span_id in [i for i, span in self._span_of.items() if span.task == task_id]:
+            del self._span_of[span_id]
+            self._advanced.pop(span_id, None)
 
     def _died(self, worker: _Worker) -> None:
         """A worker went away without Bye: hand its tasks to the others, once."""
@@ -293,10 +400,13 @@ class Pool:
             f"note: worker process {worker.proc.pid} stopped"
             + (f" (exit {code})" if code is not None else "")
             + f"; its {len(worker.outstanding)} objects go to the others"
+            + (f", {len(worker.spans)} ranges back to their owners" if worker.spans else "")
         )
         for task_id in list(worker.outstanding):
             del worker.outstanding[task_id]
             task = self._tasks[task_id]
+            self._owner_of.pop(task_id, None)
+            self._drop_spans(task_id)
             self._owner.progress(self._jobs[task_id], -self._advanced.pop(task_id, 0))
             self._attempts[task_id] = self._attempts.get(task_id, 0) + 1
             if self._attempts[task_id] > 1:
@@ -308,6 +418,14 @@ class Pool:
             # Its partial records were streamed to the parent; the new worker
             # sweeps the folder, so what the dead one left unrecorded goes too.
             self._pending.appendleft(
-                Task(task.id, task.obj, task.parts, task.part_size, (), sweep_again=True)
+                Task(task.id, task.obj, task.parts, task.part_size, (), True, share=task.share)
             )
+        # Ranges it was fetching for objects other workers own: back to them.
+        for span_id in list(worker.spans):
+            del worker.spans[span_id]
+            if (span := self._span_of.pop(span_id, None)) is not None:
+                self._unadvance(span.task, self._advanced.pop(span_id, 0))
+                self._send(
+                    self._owner_of[span.task], SpanResult(span.task, span.start, span.end, None)
+                )
         self._dispatch()

@@ -24,8 +24,9 @@ from __future__ import annotations
 import errno
 import os
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Protocol
 
@@ -143,6 +144,9 @@ class FileJob:
     # Temp files an earlier run left for this object, best first: adopted
     # (or cleared away) just before its ranges are queued, wherever it runs.
     resume_candidates: tuple[PartialRecord, ...] = ()
+    # Progress is reported under this name instead of the key: a range this
+    # process fetches for an object another worker process owns (a Span).
+    tag: str | None = None
     # Made on first use: an anyio.Lock costs ~10 us (it asks which event
     # loop runs), a tenth of the CPU a dry run spends per key.
     _lock: anyio.Lock | None = field(default=None, repr=False)
@@ -180,6 +184,17 @@ class FileJob:
     @property
     def multi_range(self) -> bool:
         return self.part_size < self.obj.size
+
+    @property
+    def hashes_parts(self) -> bool:
+        """Whether its ranges are parts to hash (MD5, SHA) as they stream."""
+        expectation = self.expectation
+        return (
+            self.part_hashes is not None
+            and expectation is not None
+            and expectation.by_parts
+            and not is_crc(expectation.part_algorithm or "")
+        )
 
     @property
     def resumable(self) -> bool:
@@ -274,12 +289,31 @@ class Transfers:
 
     async def run(self, work: Work) -> None:
         job = work.job
+        if job.obj.size <= SMALL_OBJECT and not job.multi_range:
+            await self._settle(job, partial(self._fetch_small, job))
+        else:
+            await self._settle(job, partial(self._fetch_range, work))
+
+    async def took_span(
+        self, job: FileJob, start: int, end: int, crc: int, part_hash: bytes | None
+    ) -> None:
+        """Another worker process wrote [start, end) of *job* (one of the
+        ranges offered): count it as this process's own range."""
+
+        async def record() -> None:
+            job.written += end - start
+            if part_hash is not None and job.part_hashes is not None:
+                job.part_hashes[start] = part_hash
+            self._range_done(job, start, end, crc)
+            await self._hash_in_order(job)
+
+        await self._settle(job, record)
+
+    async def _settle(self, job: FileJob, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one range's *step*, then land the object if it was the last."""
         if job.error is None and job.restart is None:
             try:
-                if job.obj.size <= SMALL_OBJECT and not job.multi_range:
-                    await self._fetch_small(job)
-                else:
-                    await self._fetch_range(work)
+                await step()
             except (ObjectChanged, ChecksumMismatch, RangeIgnored) as exc:
                 job.restart = str(exc)
             except ObjectError as exc:
@@ -291,6 +325,49 @@ class Transfers:
         job.ranges_left -= 1
         if job.ranges_left == 0:
             await self._finish(job)
+
+    # -- objects shared between worker processes ------------------------------------
+
+    async def open_to_share(self, job: FileJob) -> bool:
+        """Make *job*'s temp file and learn its checks before any range runs,
+        so its ranges can go to other processes (see ``_messages.Span``).
+        False: it stays here whole, and its first range meets the problem."""
+        if not job.multi_range:
+            return False
+        try:
+            await self._open_partial(job)
+        except (ObjectError, OSError):
+            return False
+        return job.partial_record is not None and job.expectation is not None
+
+    async def fetch_span(
+        self, job: FileJob, tmp_name: str, start: int, end: int
+    ) -> tuple[int, bytes | None] | None:
+        """Fetch [start, end) of an object another process owns into its temp
+        file *tmp_name*: (the range's CRC, its part hash) once on disk, None
+        if not (the owner then fetches it itself). Nothing is created, landed
+        or removed here, and nothing is recorded for resuming."""
+        try:
+            joined = await self.writer.call(
+                partial(PartialFile, self.tree, job.parts, job.obj.size, join=tmp_name)
+            )
+        except OSError:
+            return None
+        job.partial = joined
+        outcome: tuple[int, bytes | None] | None = None
+        try:
+            await self._fetch_range(Work(job, start, end))
+        except ObjectError:
+            pass
+        except OSError as exc:
+            self.check_fatal(exc)
+        else:
+            if job.done_ranges:
+                outcome = (job.done_ranges[-1][2], (job.part_hashes or {}).get(start))
+        # Not in a finally: a cancelled write may still be in a writer
+        # thread, and its descriptor must not be closed (and reused) under it.
+        joined.keep()
+        return outcome
 
     # -- small objects: whole in memory -------------------------------------------
 
@@ -458,7 +535,7 @@ class Transfers:
         algorithm = expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
-        if algorithm and not _crcs_tell(job) and not _hashes_parts(job):
+        if algorithm and not _crcs_tell(job) and not job.hashes_parts:
             job.sequential = make_digest(expectation, job.layout)
 
     def _create_partial(self, job: FileJob) -> None:
@@ -483,7 +560,7 @@ class Transfers:
         cursor = _Cursor(work.start)
         digest = Digest(job.crc_algorithm) if job.multi_range else None
         expectation = job.expectation or SIZE_ONLY
-        part_hash = Digest(expectation.part_algorithm) if _hashes_parts(job) else None
+        part_hash = Digest(expectation.part_algorithm) if job.hashes_parts else None
         failures = 0
         while cursor.offset < work.end and job.error is None and job.restart is None:
             try:
@@ -578,7 +655,7 @@ class Transfers:
         await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest, part_hash)
         cursor.offset += size
         job.written += size
-        self.reporter.advanced(job.obj.key, size)
+        self.reporter.advanced(job.tag or job.obj.key, size)
 
     # -- landing --------------------------------------------------------------------
 
@@ -774,17 +851,6 @@ def _write_and_hash(
                 running.update(chunk)
 
 
-def _hashes_parts(job: FileJob) -> bool:
-    """Whether this job's ranges are parts to hash (MD5, SHA) as they stream."""
-    expectation = job.expectation
-    return (
-        job.part_hashes is not None
-        and expectation is not None
-        and expectation.by_parts
-        and not is_crc(expectation.part_algorithm or "")
-    )
-
-
 def _crcs_tell(job: FileJob) -> bool:
     """Whether the ranges' CRCs alone will check this job: a whole-object CRC
     (ranges combine), or part CRCs from ranges that stay within parts."""
@@ -800,7 +866,7 @@ def _streamed_parts(job: FileJob) -> list[bytes] | None:
     """Each part's digest as its bytes streamed; None where that did not cover them."""
     expectation = job.expectation or SIZE_ONLY
     layout = job.layout or ()
-    if _hashes_parts(job) and job.part_hashes is not None:
+    if job.hashes_parts and job.part_hashes is not None:
         starts = [start for start, _ in part_spans(layout)]
         if set(job.part_hashes) == set(starts):
             return [job.part_hashes[start] for start in starts]

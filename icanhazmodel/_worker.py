@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream, TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ._direct import DirectGets, DirectSource, HandedCredentials
 from ._errors import IcanhazmodelError
@@ -38,6 +39,10 @@ from ._messages import (
     Landed,
     NewCredentials,
     NoMoreTasks,
+    Offer,
+    Span,
+    SpanDone,
+    SpanResult,
     Task,
     WorkerSettings,
 )
@@ -65,8 +70,11 @@ class Worker:
         self._ids: dict[str, int] = {}  # key -> task id, for progress
         self._notes = Notes()
         self._credentials = HandedCredentials(settings.credentials)
-        self._tasks: asyncio.Queue[Task | None] = asyncio.Queue()
+        self._tasks: asyncio.Queue[Task | Span | None] = asyncio.Queue()
         self._stopped = asyncio.Event()
+        self._shared: dict[int, FileJob] = {}  # task id -> an object whose ranges it offered
+        self._group: TaskGroup | None = None
+        self._transfers: Transfers | None = None
 
     # -- Reporter (progress goes to the parent) -----------------------------------
 
@@ -94,9 +102,11 @@ class Worker:
 
     def landed(self, job: FileJob) -> None:
         assert job.landed is not None
+        task = self._ids.pop(job.obj.key)
+        self._shared.pop(task, None)
         self._events.results.append(
             Landed(
-                self._ids.pop(job.obj.key),
+                task,
                 job.level,
                 job.landed.st_size,
                 job.landed.st_mtime_ns,
@@ -106,9 +116,9 @@ class Worker:
         )
 
     def failed(self, job: FileJob, reason: str) -> None:
-        self._events.results.append(
-            Failed(self._ids.pop(job.obj.key), reason, needs_botocore=job.needs_botocore)
-        )
+        task = self._ids.pop(job.obj.key)
+        self._shared.pop(task, None)
+        self._events.results.append(Failed(task, reason, needs_botocore=job.needs_botocore))
 
     def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
         self._events.ranges.append((partial, start, end, crc))
@@ -132,8 +142,11 @@ class Worker:
 
     def _on_message(self, message: Any) -> None:
         """Runs on the event loop, for each message the reader thread got."""
-        if isinstance(message, Task):
+        if isinstance(message, Task | Span):
             self._tasks.put_nowait(message)
+        elif isinstance(message, SpanResult):
+            assert self._group is not None  # results follow offers, made in the group
+            self._group.start_soon(self._took_span, message)
         elif isinstance(message, NewCredentials):
             self._credentials.frozen = message.credentials
         elif isinstance(message, NoMoreTasks):
@@ -186,6 +199,7 @@ class Worker:
             verify=settings.verify,
             notes=self._notes,
         )
+        self._transfers = transfers
         try:
             await self._run(transfers)
             self._flush()
@@ -204,17 +218,22 @@ class Worker:
 
     async def _run(self, transfers: Transfers) -> None:
         concurrency = self._settings.concurrency
-        send, receive = anyio.create_memory_object_stream[Work](concurrency)
+        send, receive = anyio.create_memory_object_stream[Work | Span](concurrency)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_periodically)
             outer.start_soon(self._watch_for_stop, outer.cancel_scope)
             async with anyio.create_task_group() as tg:
+                self._group = tg
                 for _ in range(concurrency):
-                    tg.start_soon(_work, receive.clone(), transfers)
+                    tg.start_soon(self._work, receive.clone(), transfers)
                 receive.close()
                 async with send:
                     while (task := await self._tasks.get()) is not None:
-                        await self._take(task, transfers, send)
+                        if isinstance(task, Span):
+                            self._ids[_span_tag(task.id)] = task.id
+                            await send.send(task)
+                        else:
+                            await self._take(task, transfers, send)
             outer.cancel_scope.cancel()
         if self._stopped.is_set():
             raise _Stop
@@ -223,7 +242,9 @@ class Worker:
         await self._stopped.wait()
         scope.cancel()
 
-    async def _take(self, task: Task, transfers: Transfers, send: ObjectSendStream[Work]) -> None:
+    async def _take(
+        self, task: Task, transfers: Transfers, send: MemoryObjectSendStream[Work | Span]
+    ) -> None:
         job = FileJob(
             obj=task.obj,
             parts=task.parts,
@@ -237,14 +258,84 @@ class Worker:
             job.resume_candidates = task.resume
             await transfers.writer.call(resume, transfers, job)
         await transfers.align_to_parts(job)
-        for work in job_work(job):
+        works = job_work(job)
+        if task.share and len(works) > 1:
+            assert self._group is not None
+            self._group.start_soon(self._share, task.id, job, works, send.clone())
+            return
+        for work in works:
             await send.send(work)
 
+    # -- objects spread over processes ----------------------------------------------
 
-async def _work(receive: ObjectReceiveStream[Work], transfers: Transfers) -> None:
-    async with receive:
-        async for work in receive:
-            await transfers.run(work)
+    async def _share(
+        self, task: int, job: FileJob, works: list[Work], send: MemoryObjectSendStream[Work | Span]
+    ) -> None:
+        """Offer all but the first of *job*'s ranges to the parent, which
+        spreads them over every worker (this one too); run the first here."""
+        assert self._transfers is not None
+        async with send:
+            if not await self._transfers.open_to_share(job):
+                for work in works:
+                    await send.send(work)
+                return
+            assert job.partial is not None
+            assert job.expectation is not None
+            self._shared[task] = job
+            self._events.offers.append(
+                Offer(
+                    task,
+                    job.partial.tmp_name,
+                    job.crc_algorithm,
+                    job.expectation,
+                    job.hashes_parts,
+                    tuple((work.start, work.end) for work in works[1:]),
+                )
+            )
+            self._flush()  # now: other processes are waiting for work
+            await send.send(works[0])
+
+    async def _took_span(self, result: SpanResult) -> None:
+        """One of this worker's offered ranges is back: on disk, or to fetch here."""
+        job = self._shared.get(result.task)
+        if job is None or self._transfers is None:
+            return
+        if result.crc is None:
+            await self._transfers.run(Work(job, result.start, result.end))
+        else:
+            await self._transfers.took_span(
+                job, result.start, result.end, result.crc, result.part_hash
+            )
+
+    async def _fetch_span(self, span: Span, transfers: Transfers) -> None:
+        job = FileJob(
+            obj=span.obj,
+            parts=span.parts,
+            tree=transfers.tree,
+            part_size=span.end - span.start,
+            expectation=span.expectation,
+            crc_algorithm=span.crc_algorithm,
+            part_hashes={} if span.hash_part else None,
+            tag=_span_tag(span.id),
+        )
+        outcome = await transfers.fetch_span(job, span.tmp_name, span.start, span.end)
+        del self._ids[_span_tag(span.id)]
+        crc, part_hash = outcome or (None, None)
+        self._events.results.append(SpanDone(span.id, crc, part_hash))
+        self._flush()  # its owner may be waiting for nothing else
+
+    async def _work(self, receive: ObjectReceiveStream[Work | Span], transfers: Transfers) -> None:
+        async with receive:
+            async for item in receive:
+                if isinstance(item, Span):
+                    await self._fetch_span(item, transfers)
+                else:
+                    await transfers.run(item)
+
+
+def _span_tag(span: int) -> str:
+    """The name a span's progress goes under (no key holds a NUL)."""
+    return f"\0span {span}"
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ Nothing here touches the code under test: the client only sees a different
 
 from __future__ import annotations
 
+import itertools
 import random
 import socket
 import threading
@@ -84,6 +85,10 @@ class FaultProxy:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        # Requests being answered and answered, e.g. ("GET /bucket/key", start, end).
+        self._open: dict[int, tuple[str, float]] = {}
+        self._ids = itertools.count()
+        self._answered: list[tuple[str, float, float]] = []
         self._dice = random.Random(1234)
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self.port = self._listener.getsockname()[1]
@@ -130,6 +135,33 @@ class FaultProxy:
             self.seen.append(Seen(method, path, headers, chosen, query))
             return chosen
 
+    def in_flight(self, request: str, *, for_at_least: float = 0.0) -> int:
+        """Requests like "GET /bucket/key" being answered for *for_at_least* seconds now."""
+        since = time.monotonic() - for_at_least
+        with self._lock:
+            return sum(1 for r, start in self._open.values() if r == request and start <= since)
+
+    def most_at_once(self, request: str) -> int:
+        """The most answers to *request* that overlapped, each counted at the
+        middle of another: a request starting as another one's last bytes
+        leave does not count."""
+        with self._lock:
+            spans = [(start, end) for r, start, end in self._answered if r == request]
+        middles = [(start + end) / 2 for start, end in spans]
+        return max((sum(1 for s, e in spans if s <= m <= e) for m in middles), default=0)
+
+    @contextmanager
+    def _timed(self, request: str) -> Iterator[None]:
+        key, start = next(self._ids), time.monotonic()
+        with self._lock:
+            self._open[key] = (request, start)
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._open[key]
+                self._answered.append((request, start, time.monotonic()))
+
     def _serve(self, client: socket.socket) -> None:
         try:
             with client:
@@ -169,7 +201,8 @@ class FaultProxy:
                         for line in head.split(b"\r\n")
                         if not line.lower().startswith(b"range:")
                     )
-                self._relay(client, head, body, fault)
+                with self._timed(f"{method} {path}"):
+                    self._relay(client, head, body, fault)
         except OSError:
             return
 

@@ -136,6 +136,40 @@ def test_resume_refuses_a_temp_file_with_other_links_or_another_owner(tmp_path: 
     tree.close()
 
 
+def test_a_joined_temp_file_is_written_only_while_its_owner_holds_it(tmp_path: Path) -> None:
+    """A range fetched for another worker process goes into that process's
+    temp file, and only while it is open there: never one it let go of,
+    never a link, never a file it would have to create."""
+    root = tmp_path / "root"
+    tree = Tree(root)
+    owner = PartialFile(tree, ("d", "big"), 8)
+    helper = PartialFile(tree, ("d", "big"), 8, join=owner.tmp_name)
+    helper.write(4, [b"efgh"])
+    helper.keep()
+    owner.write(0, [b"abcd"])
+    owner.commit(0.0)
+    assert (root / "d" / "big").read_bytes() == b"abcdefgh"
+
+    let_go = PartialFile(tree, ("d", "other"), 8)
+    let_go.keep()  # the owner died or stopped: its lock is gone
+    with pytest.raises(UnusableTemp, match="no process of this run is writing it"):
+        PartialFile(tree, ("d", "other"), 8, join=let_go.tmp_name)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x" * 8)
+    planted = _planted(root, ".big.abc" + PARTIAL_SUFFIX, victim)
+    with pytest.raises(UnusableTemp, match="symlink"):
+        PartialFile(tree, ("d", "big"), 8, join=planted)
+    with pytest.raises(UnusableTemp, match="not a temp file"):
+        PartialFile(tree, ("d", "big"), 8, join="../../victim")
+    with pytest.raises(FileNotFoundError):
+        PartialFile(tree, ("d", "big"), 8, join=".gone.abc" + PARTIAL_SUFFIX)
+    with pytest.raises(FileNotFoundError):  # nor a folder
+        PartialFile(tree, ("new", "big"), 8, join=".big.abc" + PARTIAL_SUFFIX)
+    assert not (root / "new").exists()
+    assert victim.read_bytes() == b"x" * 8
+    tree.close()
+
+
 def test_removing_a_stale_temp_name_removes_a_planted_link_not_its_target(
     tmp_path: Path,
 ) -> None:

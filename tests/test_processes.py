@@ -21,6 +21,7 @@ from tests.conftest import Bucket, entry_point, tree_of
 from tests.faultproxy import Fault, fault_proxy
 from tests.sample_tree import pattern
 from tests.test_errors import _auth_enforced, _iam_client, _iam_user
+from tests.test_multipart import upload_in_parts
 from tests.test_rerun import _partials, _recorded_ranges, _wait_for
 
 MiB = 1 << 20
@@ -73,9 +74,12 @@ def test_auto_leaves_small_runs_in_one_process_and_a_core_to_the_parent() -> Non
     assert processes_for(None, 1000, 16 * MiB, cpus=16, more_listed=True) == 15
     assert processes_for(None, 1000, 16 * MiB, cpus=64, more_listed=True) == 32
     assert processes_for(None, 3, 16 * MiB, cpus=16, more_listed=True) == 1  # filtered down
-    assert processes_for(None, 8, 8 << 30, cpus=16) == 8
+    assert processes_for(None, 8, 8 << 30, cpus=16) == 15
     assert processes_for(None, 8, 8 << 30, cpus=2) == 1  # one core for the parent, one to work
-    assert processes_for(None, 1, 10 << 30, cpus=16) == 1  # one object: one process
+    # One big object's ranges are spread over processes too.
+    assert processes_for(None, 1, 10 << 30, cpus=16) == 15
+    assert processes_for(None, 1, 200 << 20, cpus=16) == 3
+    assert processes_for(None, 1, 100 << 20, cpus=16) == 1
     assert processes_for(3, 1, 1, cpus=1) == 3  # asked for: given
 
 
@@ -126,6 +130,75 @@ def test_big_and_small_objects_over_four_processes(bucket: Bucket, tmp_path: Pat
     assert (tmp_path / "p/big.bin").read_bytes() == big
     rerun = fetch(bucket, "p", tmp_path, processes=4)  # the parent kept the records
     assert rerun.skipped == 101
+
+
+# -- one object over several processes ----------------------------------------------------
+
+PART = 5 * MiB
+
+
+def _big_in_parts(bucket: Bucket) -> tuple[bytes, str]:
+    """A 20 MiB object uploaded in four 5 MiB parts: four ranges even at -j 1,
+    each checked by its part's MD5 as it streams. (Its bytes, its GETs.)"""
+    big = pattern("spread", 4 * PART)
+    upload_in_parts(bucket.client, bucket.name, "p/big.bin", big, [PART] * 4, None)
+    return big, f"GET /{bucket.name}/p/big.bin"
+
+
+@pytest.mark.parametrize(("processes", "at_once"), [(1, 1), (2, 2)])
+def test_one_big_object_is_fetched_by_every_process_at_once(
+    bucket: Bucket, tmp_path: Path, processes: int, at_once: int
+) -> None:
+    big, gets = _big_in_parts(bucket)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="big.bin", times=8, throttle=8 * MiB))
+        result = fetch(
+            bucket, "p", tmp_path, processes=processes, concurrency=1, endpoint_url=proxy.endpoint
+        )
+    assert result.ok
+    assert result.processes == processes
+    assert result.verification == {"etag-md5-multipart": 1}
+    # One request in flight per process (-j 1), all on the one object.
+    assert proxy.most_at_once(gets) == at_once
+    assert len(proxy.requests("GET", "big.bin")) == 4
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    assert _partials(tmp_path) == []
+
+
+def _flock_holder(path: Path) -> int | None:
+    """The process holding a flock on *path*, from /proc/locks."""
+    inode = path.stat().st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        if fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return int(fields[4])
+    return None
+
+
+@pytest.mark.parametrize("victim", ["owner", "helper"])
+def test_a_worker_killed_mid_object_loses_nothing(
+    bucket: Bucket, tmp_path: Path, victim: str
+) -> None:
+    """The object's owner (its temp file's lock holder) or the process
+    fetching one of its ranges dies with both ranges in flight: the file
+    still lands whole and checked, and no temp file is left."""
+    big, gets = _big_in_parts(bucket)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="big.bin", times=20, throttle=4 * MiB))
+        proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "1")
+        _wait_for(lambda: proxy.in_flight(gets, for_at_least=0.2) == 2 or proc.poll() is not None)
+        [partial] = _partials(tmp_path)
+        owner = _flock_holder(partial)
+        workers = children(proc.pid)
+        assert owner in workers
+        helper = next(pid for pid in workers if pid != owner)
+        os.kill(owner if victim == "owner" else helper, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopped" in stderr
+    assert "1 files downloaded" in stderr, stderr
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    assert _partials(tmp_path) == []
 
 
 # -- faults -------------------------------------------------------------------------------
