@@ -2,8 +2,10 @@
 
 Plain, frozen dataclasses of plain values, pickled over a socket pair: no
 botocore type, no open file, nothing that differs between versions of the
-libraries. The parent sends one :class:`WorkerSettings`, then tasks; each
-worker answers with batches of events and, at the end, :class:`Bye`.
+libraries. The parent sends one :class:`WorkerSettings`, then lists of
+messages (tasks, spans, ...: what one turn of its loop queued), or
+:class:`Abort` alone; each worker answers with batches of events and, at the
+end, :class:`Bye`.
 """
 
 from __future__ import annotations

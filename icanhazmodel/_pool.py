@@ -87,12 +87,17 @@ class _Worker:
     span_capacity: int
     outstanding: dict[int, int] = field(default_factory=dict)  # task id -> bytes
     spans: dict[int, int] = field(default_factory=dict)  # span id -> bytes
+    load: int = 0  # bytes of both, kept as they change: read for every object sent
+    outbox: list[Any] = field(default_factory=list)  # sent at the loop's next turn
     alive: bool = True
     said_bye: bool = False
 
-    @property
-    def load(self) -> int:
-        return sum(self.outstanding.values()) + sum(self.spans.values())
+    def hold(self, table: dict[int, int], key: int, nbytes: int) -> None:
+        self.load += nbytes - table.get(key, 0)
+        table[key] = nbytes
+
+    def release(self, table: dict[int, int], key: int) -> None:
+        self.load -= table.pop(key, 0)
 
     def has_room(self) -> bool:
         return self.alive and len(self.outstanding) < self.capacity
@@ -253,7 +258,7 @@ class Pool:
                 break
             worker = min(ready, key=lambda w: w.load)
             span = self._spans.popleft()
-            worker.spans[span.id] = span.end - span.start
+            worker.hold(worker.spans, span.id, span.end - span.start)
             self.spans_sent += 1
             self._send(worker, span)
         while self._pending:
@@ -262,14 +267,27 @@ class Pool:
                 return
             worker = min(ready, key=lambda w: (w.load, len(w.outstanding)))
             task = self._pending.popleft()
-            worker.outstanding[task.id] = task.obj.size
+            worker.hold(worker.outstanding, task.id, task.obj.size)
             self._owner_of[task.id] = worker
             self._send(worker, task)
         self._wake()  # room in the queue for the producer
 
     def _send(self, worker: _Worker, message: Any) -> None:
+        """Queue *message* for *worker*: whatever one turn of the loop queued
+        goes as one list, one pickle and one write (per object, a message of
+        its own cost the parent more than listing and planning it)."""
+        if not worker.alive:
+            return
+        if not worker.outbox:
+            self._loop.call_soon(self._post, worker)
+        worker.outbox.append(message)
+
+    def _post(self, worker: _Worker) -> None:
+        messages, worker.outbox = worker.outbox, []
+        if not worker.alive or not messages:
+            return
         try:
-            worker.conn.send(message)
+            worker.conn.send(messages)
         except OSError:
             self._died(worker)
 
@@ -328,10 +346,10 @@ class Pool:
             owner.progress(self._jobs[task_id], nbytes)
         for result in events.results:
             if isinstance(result, SpanDone):
-                worker.spans.pop(result.id, None)
+                worker.release(worker.spans, result.id)
                 self._span_done(result)
                 continue
-            worker.outstanding.pop(result.id, None)
+            worker.release(worker.outstanding, result.id)
             self._tasks.pop(result.id, None)
             self._owner_of.pop(result.id, None)
             self._advanced.pop(result.id, None)
@@ -363,7 +381,9 @@ class Pool:
             )
             self._span_of[span.id] = span
             self._spans.append(span)
-            worker.outstanding[offer.task] -= end - start  # its own share is the rest
+        # Its own share is the rest.
+        own = worker.outstanding[offer.task] - sum(end - start for start, end in offer.ranges)
+        worker.hold(worker.outstanding, offer.task, own)
 
     def _span_done(self, result: SpanDone) -> None:
         span = self._span_of.pop(result.id, None)
@@ -403,7 +423,7 @@ class Pool:
             + (f", {len(worker.spans)} ranges back to their owners" if worker.spans else "")
         )
         for task_id in list(worker.outstanding):
-            del worker.outstanding[task_id]
+            worker.release(worker.outstanding, task_id)
             task = self._tasks[task_id]
             self._owner_of.pop(task_id, None)
             self._drop_spans(task_id)
@@ -422,7 +442,7 @@ class Pool:
             )
         # Ranges it was fetching for objects other workers own: back to them.
         for span_id in list(worker.spans):
-            del worker.spans[span_id]
+            worker.release(worker.spans, span_id)
             if (span := self._span_of.pop(span_id, None)) is not None:
                 self._unadvance(span.task, self._advanced.pop(span_id, 0))
                 self._send(

@@ -52,7 +52,8 @@ from ._transfer import FileJob, Transfers, Work, job_work
 from ._writer import Writer
 
 # How often a worker sends what happened: often enough for smooth bars,
-# rarely enough that messages cost nothing next to the bytes.
+# rarely enough that messages cost nothing next to the bytes. Answers go
+# sooner when the worker runs low on work (see _answered).
 FLUSH_SECONDS = 0.05
 
 
@@ -75,6 +76,7 @@ class Worker:
         self._shared: dict[int, FileJob] = {}  # task id -> an object whose ranges it offered
         self._group: TaskGroup | None = None
         self._transfers: Transfers | None = None
+        self._flush_queued = False
 
     # -- Reporter (progress goes to the parent) -----------------------------------
 
@@ -114,11 +116,26 @@ class Worker:
                 job.unverified,
             )
         )
+        self._answered()
 
     def failed(self, job: FileJob, reason: str) -> None:
         task = self._ids.pop(job.obj.key)
         self._shared.pop(task, None)
         self._events.results.append(Failed(task, reason, needs_botocore=job.needs_botocore))
+        self._answered()
+
+    def _answered(self) -> None:
+        """Send the answers at the loop's next turn (with whatever else is
+        answered by then) if this worker holds no more tasks than it has
+        requests in flight, or has answered that many: the parent refills it
+        as they arrive. Waiting for the timer instead left a worker of small
+        objects idle most of the time (20,000 x 16 KiB at -P 2: 16.7 s, not 6.5 s)."""
+        concurrency = self._settings.concurrency
+        if not self._flush_queued and (
+            len(self._ids) <= concurrency or len(self._events.results) >= concurrency
+        ):
+            self._flush_queued = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
         self._events.ranges.append((partial, start, end, crc))
@@ -129,6 +146,7 @@ class Worker:
     # -- talking to the parent ----------------------------------------------------
 
     def _flush(self) -> None:
+        self._flush_queued = False
         while (note := self._notes.pop()) is not None:
             self._events.notes.append(note)
         if self._events:
@@ -154,17 +172,22 @@ class Worker:
         else:  # Abort, or the parent went away
             self._stopped.set()
 
+    def _on_messages(self, messages: list[Any]) -> None:
+        for message in messages:
+            self._on_message(message)
+
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             try:
-                message = self._conn.recv()
+                received = self._conn.recv()  # a list, or Abort alone
             except (EOFError, OSError):
-                message = Abort()
+                received = Abort()
+            messages = received if isinstance(received, list) else [received]
             try:
-                loop.call_soon_threadsafe(self._on_message, message)
+                loop.call_soon_threadsafe(self._on_messages, messages)
             except RuntimeError:  # the loop is closed: nothing left to tell
                 return
-            if isinstance(message, Abort):
+            if any(isinstance(message, Abort) for message in messages):
                 return
 
     # -- the run ------------------------------------------------------------------------
