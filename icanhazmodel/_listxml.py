@@ -94,16 +94,19 @@ def quick_list_page(text: str, below: str | None = None) -> ListPage | None:
     chain of a fanned-out listing reads past its range's end on its last
     page, and making those objects would be a third of the work.
     """
+    # Each check looks for one rare character first (a memchr), and scans
+    # for the two-character sign only where that character is there: the
+    # scans for "<!" and "<?" cost 0.2 ms a page each, as '<' is everywhere.
+    root = _ROOT.match(text)
     if (
-        "<!" in text  # CDATA, a comment, a doctype
-        or text.find("<?", 1) >= 0  # a processing instruction
+        root is None  # another root
+        or ("!" in text and "<!" in text)  # CDATA, a comment, a doctype
+        or (text.find("?", root.end()) >= 0 and text.find("<?", 1) >= 0)  # an instruction
         or "\r" in text  # XML reads "\r\n" as "\n": line ends are the parser's
         or "xmlns:" in text  # namespace prefixes (each must be declared)
-        or text.count("&") != text.count("&quot;")  # entities but the ETag's quotes
+        or not text.rstrip().endswith("</ListBucketResult>")  # a cut-short answer
     ):
         return None
-    if not _ROOT.match(text) or not text.rstrip().endswith("</ListBucketResult>"):
-        return None  # another root, or a cut-short answer
     # With no prefixes, an element this does not match is one with
     # attributes, or empty (<Key/>); one missing or repeated in any object
     # breaks a count: each case is the parser's.
@@ -113,6 +116,10 @@ def quick_list_page(text: str, below: str | None = None) -> ListPage | None:
     etags = _ETAG.findall(text)
     modified = _MODIFIED.findall(text)
     if not count == len(keys) == len(sizes) == len(etags) == len(modified):
+        return None
+    # No entity but the ETags' quotes: every '&' must be one of those. Counted
+    # within the ETags (a fifth of the page), not over the whole page.
+    if text.count("&") != "".join(etags).count("&quot;"):
         return None
     truncated = _TRUNCATED.findall(text)
     tokens = _TOKEN.findall(text)
