@@ -5,7 +5,7 @@ No I/O here; everything is tested directly with plain values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._manifest import FileRecord
 from ._models import Action, RemoteObject
@@ -133,8 +133,9 @@ class ConflictTracker:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class LocalFile:
+class LocalFile(NamedTuple):
+    """A file's size and mtime on disk (a named tuple: one per listed key)."""
+
     size: int
     mtime_ns: int
 
