@@ -67,6 +67,7 @@ from ._manifest import PartialRecord
 from ._models import ObjectHeaders, RemoteObject
 from ._objects import (
     Body,
+    HeadResult,
     NeedsBotocore,
     ObjectChanged,
     ObjectError,
@@ -492,6 +493,17 @@ class Transfers:
         if received != size:
             raise TransientObjectError(f"stream ended {size - received} bytes early")
 
+    async def _head(self, obj: RemoteObject) -> HeadResult:
+        """HEAD *obj*, retried on a transient error (a 503, a broken
+        connection) as a GET is: botocore retries its own HEADs, the direct
+        path's are retried here."""
+        failures = 0
+        while True:
+            try:
+                return await self.s3.stat(obj)
+            except TransientObjectError as exc:
+                failures = await self._count_failure(failures, exc)
+
     async def _count_failure(self, failures: int, exc: TransientObjectError) -> int:
         if failures >= self.retries:
             raise ObjectError(f"gave up after {failures + 1} attempts: {exc}") from exc
@@ -528,7 +540,7 @@ class Transfers:
         if not self.verify:
             job.expectation = size_only(NO_VERIFY)
             return
-        head = await self.s3.stat(job.obj)
+        head = await self._head(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
         expectation = await self._expect(job, head.headers)
@@ -777,7 +789,7 @@ class Transfers:
         self.reporter.advanced(job.obj.key, -(job.written - job.resumed))
         self.reporter.message(f"starting over: {job.obj.key!r}: {job.restart}")
         try:
-            head = await self.s3.stat(job.obj)
+            head = await self._head(job.obj)
         except ObjectError as exc:
             self.outcomes.failed(job, f"{job.restart}; then {exc}")
             return
