@@ -543,7 +543,13 @@ class Transfers:
         head = await self._head(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
-        expectation = await self._expect(job, head.headers)
+        failures = 0
+        while True:
+            try:  # a multipart upload's layout asks S3 once more (HEAD ?partNumber=1)
+                expectation = await self._expect(job, head.headers)
+                break
+            except TransientObjectError as exc:
+                failures = await self._count_failure(failures, exc)
         algorithm = expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm

@@ -236,6 +236,22 @@ def test_objects_uploaded_in_parts_are_verified(
 
 
 @pytest.mark.usefixtures("request_path")
+def test_slowdown_answers_to_part_heads_are_retried(bucket: Bucket, tmp_path: Path) -> None:
+    """Learning where an upload's parts end asks HEAD ?partNumber=1: a 503
+    there is retried, and the object is still checked by its parts."""
+    sizes = LAYOUTS["5 MiB, uneven last"]
+    data = pattern("parthead503", sum(sizes))
+    upload_in_parts(bucket.plain_client(), bucket.name, "p/w.bin", data, sizes, None)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(method="HEAD", query_contains="partNumber", status_503=True, times=3))
+        result = fetch(proxy.endpoint, bucket, tmp_path)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {"p/w.bin": data}
+    assert result.verification == {"etag-md5-multipart": 1}
+    assert proxy.faults[0].applied == 3
+
+
+@pytest.mark.usefixtures("request_path")
 @pytest.mark.parametrize(
     ("checksum", "checksum_type", "level"),
     [
