@@ -149,7 +149,6 @@ class Pool:
         self._owner_of: dict[int, _Worker] = {}  # task id -> the worker it was sent to
         self._spans: deque[Span] = deque()  # offered, not yet sent
         self._span_of: dict[int, Span] = {}  # span id -> span, until its owner hears
-        self.spans_sent = 0
         self._attempts: dict[int, int] = {}
         self._pending: deque[Task] = deque()
         self._max_pending = sum(w.capacity for w in self._workers)
@@ -259,7 +258,6 @@ class Pool:
             worker = min(ready, key=lambda w: w.load)
             span = self._spans.popleft()
             worker.hold(worker.spans, span.id, span.end - span.start)
-            self.spans_sent += 1
             self._send(worker, span)
         while self._pending:
             ready = [w for w in self._workers if w.has_room()]
