@@ -22,6 +22,7 @@ RecordStreamT = TypeVar("RecordStreamT", bound=RecordStream[Any])
 
 if TYPE_CHECKING:
     from ._files import Tree
+    from ._launch import ForkServer
     from ._manifest import Manifest
     from ._pipeline import Watcher
 
@@ -409,6 +410,28 @@ async def run(
 
     Nothing is created on disk until the first file or folder needs it.
     """
+    from ._launch import ForkServer
+    from ._limits import may_use_processes, usable_cpus
+
+    # First of all: the fork server's imports then overlap ours and the
+    # first listing page, so workers, if the run wants them, start warm.
+    forks = None
+    if not config.dry_run and may_use_processes(config.processes, usable_cpus()):
+        forks = ForkServer.start()
+    try:
+        return await _run(config, reporter, watcher, plan_sink, forks)
+    finally:
+        if forks is not None:
+            forks.close()
+
+
+async def _run(
+    config: FetchConfig,
+    reporter: Reporter,
+    watcher: Watcher | None,
+    plan_sink: Callable[[PlannedObject], None] | None,
+    forks: ForkServer | None,
+) -> FetchResult:
     # Imported here, not at the top: aioboto3 and botocore take most of a
     # second to import, which `import icanhazmodel`, `--help` and
     # `--version` should not pay.
@@ -445,7 +468,7 @@ async def run(
         try:
             async with open_s3(options) as s3:
                 result = await Run(
-                    config, s3, tree, manifest, reporter, notes, watcher, plan_sink
+                    config, s3, tree, manifest, reporter, notes, watcher, plan_sink, forks
                 ).execute()
         finally:
             # Synchronous: also runs when the run is cancelled (Ctrl-C). It

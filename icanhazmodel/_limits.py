@@ -72,6 +72,13 @@ def _cgroup_cpus() -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
+def may_use_processes(wanted: int | None, cpus: int) -> bool:
+    """Whether a run could start worker processes, before anything is listed."""
+    if wanted is not None:
+        return wanted > 1
+    return min(cpus - 1, MAX_AUTO_PROCESSES) >= 2
+
+
 def processes_for(
     wanted: int | None, files: int, nbytes: int, cpus: int, *, more_listed: bool = False
 ) -> int:

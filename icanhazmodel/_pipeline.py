@@ -29,6 +29,7 @@ from ._config import FetchConfig
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch
 from ._files import Tree
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
+from ._launch import ForkServer
 from ._manifest import FileRecord, Manifest, PartialRecord
 from ._models import (
     Action,
@@ -176,6 +177,7 @@ class Run:
         notes: Notes | None = None,
         watcher: Watcher | None = None,
         plan_sink: Callable[[PlannedObject], None] | None = None,
+        forks: ForkServer | None = None,
     ) -> None:
         self.config = config
         self.watcher = watcher
@@ -207,7 +209,7 @@ class Run:
         self._plan_bytes = 0
         self._free_bytes = free_bytes(tree.root)
         self._bytes_needed = 0
-        self.spread = Spread(self, s3)
+        self.spread = Spread(self, s3, forks)
 
     # -- the whole run --------------------------------------------------------------
 

@@ -26,20 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Protocol
 
 from . import _errors
 from ._direct import FrozenCredentials
+from ._launch import Child
 from ._manifest import PartialRecord
 from ._messages import (
     Abort,
@@ -64,7 +60,6 @@ from ._transfer import SMALL_OBJECT, FileJob
 TASKS_PER_REQUEST = 2
 # How long stopping workers may take before they are killed.
 STOP_SECONDS = 1.5
-_BOOT = "from icanhazmodel._worker import main; main()"
 
 
 class PoolOwner(Protocol):
@@ -81,7 +76,7 @@ class PoolOwner(Protocol):
 @dataclass(eq=False)
 class _Worker:
     index: int
-    proc: subprocess.Popen[bytes]
+    child: Child
     conn: Connection
     capacity: int
     span_capacity: int
@@ -108,41 +103,28 @@ class _Worker:
         return self.alive and len(self.spans) < self.span_capacity
 
 
-def _spawn(settings: WorkerSettings) -> tuple[subprocess.Popen[bytes], Connection]:
-    ours, theirs = socket.socketpair()
-    with theirs:
-        # The child imports this very package, wherever the parent found it.
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_parent, env.get("PYTHONPATH", "")) if p
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    conn = Connection(ours.detach())
-    conn.send(settings)
-    return proc, conn
-
-
 class Pool:
     """Worker processes fed whole objects by one dispatcher on the run's loop."""
 
-    def __init__(self, owner: PoolOwner, settings: WorkerSettings, count: int) -> None:
+    def __init__(
+        self,
+        owner: PoolOwner,
+        settings: WorkerSettings,
+        started: list[tuple[Child, Connection]],
+    ) -> None:
+        """Run the workers *started* (see ``_launch``), each already sent *settings*."""
         self._owner = owner
         self._settings = settings
         self._loop = asyncio.get_running_loop()
         self._workers = [
             _Worker(
                 i,
-                *_spawn(settings),
+                child,
+                conn,
                 capacity=settings.concurrency * TASKS_PER_REQUEST,
                 span_capacity=settings.concurrency,
             )
-            for i in range(count)
+            for i, (child, conn) in enumerate(started)
         ]
         self._jobs: dict[int, FileJob] = {}
         self._tasks: dict[int, Task] = {}
@@ -165,7 +147,7 @@ class Pool:
         return len(self._workers)
 
     def pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers]
+        return [w.child.pid for w in self._workers]
 
     # -- waking the dispatcher and the producer ------------------------------------------
 
@@ -221,7 +203,8 @@ class Pool:
             self._check_fatal()
             await self._changed()
         for worker in self._workers:
-            await asyncio.to_thread(worker.proc.wait)
+            await asyncio.to_thread(worker.child.wait)
+            worker.child.release()
             with contextlib.suppress(OSError):
                 worker.conn.close()
 
@@ -238,11 +221,10 @@ class Pool:
                     worker.conn.send(Abort())
         deadline = time.monotonic() + STOP_SECONDS
         for worker in self._workers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(max(0.0, deadline - time.monotonic()))
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-                worker.proc.wait()
+            if not worker.child.wait(max(0.0, deadline - time.monotonic())):
+                worker.child.kill()
+                worker.child.wait()
+            worker.child.release()
             worker.alive = False
             with contextlib.suppress(OSError):
                 worker.conn.close()
@@ -413,9 +395,9 @@ class Pool:
         if not worker.alive:
             return
         worker.alive = False
-        code = worker.proc.poll()
+        code = worker.child.exit_code()
         self._owner.note(
-            f"note: worker process {worker.proc.pid} stopped"
+            f"note: worker process {worker.child.pid} stopped"
             + (f" (exit {code})" if code is not None else "")
             + f"; its {len(worker.outstanding)} objects go to the others"
             + (f", {len(worker.spans)} ranges back to their owners" if worker.spans else "")

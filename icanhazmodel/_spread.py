@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from ._direct import FrozenCredentials
+from ._launch import ForkServer, launch
 from ._limits import processes_for, usable_cpus
 from ._manifest import Manifest, PartialRecord
 from ._messages import Landed, WorkerSettings
@@ -53,9 +54,10 @@ class RunOutcomes(Protocol):
 class Spread:
     """The worker processes of one run, if it has any."""
 
-    def __init__(self, run: RunOutcomes, s3: S3) -> None:
+    def __init__(self, run: RunOutcomes, s3: S3, forks: ForkServer | None = None) -> None:
         self._run = run
         self._s3 = s3
+        self._forks = forks
         self.pool: Pool | None = None
         self.decided = False
         self.needs_botocore: list[FileJob] = []  # sent back by workers
@@ -83,10 +85,10 @@ class Spread:
             usable_cpus(),
             more_listed=more,
         )
-        if count < 2:
-            return
-        route = await self._s3.direct_route()
-        if route is None:  # botocore must serve this run: one process
+        route = await self._s3.direct_route() if count > 1 else None
+        if route is None:  # one process: few files, or botocore must serve the run
+            if self._forks is not None:
+                self._forks.close()  # its ~40 MiB, now rather than at the end
             return
         self._credentials = await self._s3.frozen_credentials()
         manifest = self._run.manifest
@@ -104,7 +106,9 @@ class Spread:
             request_payer=config.request_payer,
             keep_temp=frozenset(manifest.partial_names() if manifest else ()),
         )
-        self.pool = Pool(self, settings, count)
+        # In a thread: a fork waits for the server to finish its imports.
+        started = await anyio.to_thread.run_sync(launch, count, settings, self._forks)
+        self.pool = Pool(self, settings, started)
 
     async def submit(self, job: FileJob) -> None:
         assert self.pool is not None

@@ -1,7 +1,8 @@
 """A worker process: fetches the objects its parent sends, on its own event loop.
 
-Started by ``_pool`` as ``python -c 'from icanhazmodel._worker import main; main()' FD``
-with one end of a socket pair. It loads the direct GET path only (aiohttp
+Forked by the run's fork server, or started as ``python -c 'from
+icanhazmodel._worker import main; main()' FD`` (see ``_launch``), with one
+end of a socket pair. It loads the direct GET path only (aiohttp
 and icanhazmodel's own SigV4, never botocore), its own connection pool and
 writer threads, and runs the same transfer code as a one-process run. It
 never writes the manifest and draws no bar: progress, results, resume
@@ -362,8 +363,13 @@ def _span_tag(span: int) -> str:
 
 
 def main() -> None:
+    serve_on(int(sys.argv[1]))
+
+
+def serve_on(fd: int) -> None:
+    """Serve the parent on socket *fd* (spawned, or forked by ``_launch``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    conn = Connection(int(sys.argv[1]))
+    conn = Connection(fd)
     settings = conn.recv()
     assert isinstance(settings, WorkerSettings)
     asyncio.run(Worker(conn, settings).serve())

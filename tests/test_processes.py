@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import icanhazmodel
-from icanhazmodel._limits import processes_for
+from icanhazmodel import _launch
+from icanhazmodel._launch import ForkServer
+from icanhazmodel._limits import may_use_processes, processes_for
 from tests.conftest import Bucket, entry_point, tree_of
 from tests.faultproxy import Fault, fault_proxy
 from tests.sample_tree import pattern
@@ -43,6 +45,29 @@ def children(pid: int) -> list[int]:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Its children, their children, and so on."""
+    found = children(pid)
+    for child in list(found):
+        found += descendants(child)
+    return found
+
+
+def _is_fork_server(pid: int) -> bool:
+    try:
+        return b"_launch" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def workers_of(pid: int) -> list[int]:
+    """A run's worker processes: forked by its fork server, or its own children."""
+    found = []
+    for child in children(pid):
+        found += children(child) if _is_fork_server(child) else [child]
     return found
 
 
@@ -81,6 +106,18 @@ def test_auto_leaves_small_runs_in_one_process_and_a_core_to_the_parent() -> Non
     assert processes_for(None, 1, 200 << 20, cpus=16) == 3
     assert processes_for(None, 1, 100 << 20, cpus=16) == 1
     assert processes_for(3, 1, 1, cpus=1) == 3  # asked for: given
+
+
+def test_a_fork_server_starts_only_where_processes_could_follow() -> None:
+    assert may_use_processes(None, cpus=16)
+    assert not may_use_processes(None, cpus=2)  # auto on 2 cores: always one process
+    assert may_use_processes(None, cpus=3)
+    assert may_use_processes(2, cpus=1)
+    assert not may_use_processes(1, cpus=64)
+    # They agree: whenever auto could pick workers, the server was started.
+    for cpus in range(1, 40):
+        picks = {processes_for(None, f, f << 30, cpus) for f in (1, 500, 5000)}
+        assert may_use_processes(None, cpus) == (max(picks) > 1)
 
 
 def test_one_process_runs_everything_here(bucket: Bucket, tmp_path: Path) -> None:
@@ -189,7 +226,7 @@ def test_a_worker_killed_mid_object_loses_nothing(
         _wait_for(lambda: proxy.in_flight(gets, for_at_least=0.2) == 2 or proc.poll() is not None)
         [partial] = _partials(tmp_path)
         owner = _flock_holder(partial)
-        workers = children(proc.pid)
+        workers = workers_of(proc.pid)
         assert owner in workers
         helper = next(pid for pid in workers if pid != owner)
         os.kill(owner if victim == "owner" else helper, signal.SIGKILL)
@@ -199,6 +236,42 @@ def test_a_worker_killed_mid_object_loses_nothing(
     assert "1 files downloaded" in stderr, stderr
     assert (tmp_path / "p/big.bin").read_bytes() == big
     assert _partials(tmp_path) == []
+
+
+# -- how workers start ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not ForkServer.available(), reason="fork servers need Linux pidfds")
+def test_workers_are_forked_by_a_warm_server_and_leave_with_the_run(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    files = _slow_tree(bucket, 20)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="/p/", times=20, throttle=150_000))
+        proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "2")
+        _wait_for(lambda: len(workers_of(proc.pid)) == 2 or proc.poll() is not None)
+        [server] = children(proc.pid)
+        assert _is_fork_server(server)
+        assert sorted(children(server)) == sorted(workers_of(proc.pid))
+        everyone = descendants(proc.pid)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "2 processes" in stderr
+    assert tree_of(tmp_path) == files
+    assert not any(alive(pid) for pid in everyone)
+
+
+def test_workers_are_spawned_when_the_fork_server_cannot_serve(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _slow_tree(bucket, 12)
+    monkeypatch.setattr(_launch, "_SERVER", "raise SystemExit(3)")  # dies at once
+    before = set(descendants(os.getpid()))
+    result = fetch(bucket, "p", tmp_path, processes=2)
+    assert result.ok
+    assert result.processes == 2
+    assert tree_of(tmp_path) == files
+    _wait_for(lambda: not [p for p in descendants(os.getpid()) if p not in before and alive(p)])
 
 
 # -- faults -------------------------------------------------------------------------------
@@ -217,7 +290,7 @@ def test_a_killed_worker_loses_nothing(bucket: Bucket, tmp_path: Path) -> None:
         proxy.add(Fault(key_contains="/p/", times=40, throttle=150_000))
         proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "2")
         _wait_for(lambda: (tmp_path / "p/00").exists() or proc.poll() is not None)
-        workers = children(proc.pid)
+        workers = workers_of(proc.pid)
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
@@ -239,8 +312,8 @@ def test_a_signal_stops_every_process_fast_and_keeps_what_resumes(
         proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
         proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "3", "-j", "4")
         _wait_for(lambda: _recorded_ranges(tmp_path) >= 1 or proc.poll() is not None)
-        workers = children(proc.pid)
-        assert len(workers) == 3
+        assert len(workers_of(proc.pid)) == 3
+        everyone = descendants(proc.pid)  # the fork server too
         sent = time.monotonic()
         if sig is signal.SIGINT:  # Ctrl-C: the terminal signals the whole group
             os.killpg(proc.pid, sig)
@@ -251,7 +324,7 @@ def test_a_signal_stops_every_process_fast_and_keeps_what_resumes(
     assert proc.returncode == 130, stderr
     assert took < 2.0
     assert "Traceback" not in stderr
-    assert not any(alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in everyone)
     assert len(_partials(tmp_path)) == 1  # the big file's, resumable
     result = fetch(bucket, "p", tmp_path, processes=1)
     assert (tmp_path / "p/big.bin").read_bytes() == big
@@ -264,11 +337,12 @@ def test_no_worker_outlives_a_parent_killed_hard(bucket: Bucket, tmp_path: Path)
     with fault_proxy(bucket.endpoint) as proxy:
         proxy.add(Fault(key_contains="/p/", times=40, throttle=50_000))
         proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "2")
-        _wait_for(lambda: len(children(proc.pid)) == 2 or proc.poll() is not None)
-        workers = children(proc.pid)
+        _wait_for(lambda: len(workers_of(proc.pid)) == 2 or proc.poll() is not None)
+        everyone = descendants(proc.pid)
+        assert len(everyone) >= 2
         proc.kill()
         proc.communicate()
-        _wait_for(lambda: not any(alive(pid) for pid in workers), timeout=5)
+        _wait_for(lambda: not any(alive(pid) for pid in everyone), timeout=5)
 
 
 # -- credentials --------------------------------------------------------------------------
@@ -279,7 +353,7 @@ def test_rotated_credentials_reach_the_workers(
 ) -> None:
     """A credential_process hands out key A, then (on refresh) key B: the
     workers' requests switch to B without a restart."""
-    files = _slow_tree(bucket, 30)
+    files = _slow_tree(bucket, 40)
     _iam_user(bucket, monkeypatch, reader=True)
     first = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
     second = _iam_client(bucket.endpoint).create_access_key(UserName=f"reader-{bucket.name}")
@@ -287,12 +361,13 @@ def test_rotated_credentials_reach_the_workers(
     which = aws_env / "which"
     which.write_text("0")
     script = aws_env / "creds.py"
-    # Expiring 15 min + 3 s from now: botocore refreshes 15 min ahead, so in 3 s.
+    # Expiring 15 min + 1 s from now: botocore refreshes 15 min ahead, so in 1 s
+    # (and each second after), well before the run's first look, 2 s in.
     script.write_text(
         "import datetime, json, pathlib\n"
         f"keys = [{first!r}, {second_key!r}]\n"
         f"key = keys[int(pathlib.Path({str(which)!r}).read_text())]\n"
-        "expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=903)\n"
+        "expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=901)\n"
         "print(json.dumps({'Version': 1, 'AccessKeyId': key[0], 'SecretAccessKey': key[1],\n"
         "                  'Expiration': expires.isoformat()}))\n"
     )
@@ -302,7 +377,7 @@ def test_rotated_credentials_reach_the_workers(
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with _auth_enforced(bucket.endpoint), fault_proxy(bucket.endpoint) as proxy:
-        proxy.add(Fault(key_contains="/p/", times=30, throttle=60_000))
+        proxy.add(Fault(key_contains="/p/", times=40, throttle=60_000))
         proc = start_cli(
             proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "1", "-p", "rotating"
         )

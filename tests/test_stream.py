@@ -15,7 +15,7 @@ from icanhazmodel import LandedFile, NothingToFetch, Status
 from tests.conftest import Bucket, tree_of
 from tests.faultproxy import Fault, fault_proxy
 from tests.sample_tree import pattern
-from tests.test_processes import alive, children
+from tests.test_processes import alive, descendants
 
 KiB = 1 << 10
 
@@ -35,7 +35,7 @@ def no_worker_left(before: set[int]) -> bool:
     """Every child process this run started has gone (it may take a moment to be reaped)."""
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
-        if not [pid for pid in children(os.getpid()) if pid not in before and alive(pid)]:
+        if not [pid for pid in descendants(os.getpid()) if pid not in before and alive(pid)]:
             return True
         time.sleep(0.05)
     return False
@@ -116,7 +116,7 @@ def test_leaving_early_stops_the_run_within_two_seconds(
     bucket: Bucket, tmp_path: Path, processes: int
 ) -> None:
     fill(bucket, 24, 300 * KiB)
-    before = set(children(os.getpid()))
+    before = set(descendants(os.getpid()))
 
     async def consume(endpoint: str) -> float:
         async with icanhazmodel.stream(
@@ -203,7 +203,7 @@ def test_a_callback_that_raises_stops_the_run_with_that_exception(
     bucket: Bucket, tmp_path: Path
 ) -> None:
     fill(bucket, 20, 300 * KiB)
-    before = set(children(os.getpid()))
+    before = set(descendants(os.getpid()))
 
     def callback(f: LandedFile) -> None:
         raise ValueError(f"no thanks: {f.key}")
@@ -253,7 +253,7 @@ def test_iter_files_runs_in_a_thread_of_its_own(bucket: Bucket, tmp_path: Path) 
 
 def test_closing_iter_files_early_stops_the_run(bucket: Bucket, tmp_path: Path) -> None:
     fill(bucket, 24, 300 * KiB)
-    before = set(children(os.getpid()))
+    before = set(descendants(os.getpid()))
     with fault_proxy(bucket.endpoint) as proxy:
         proxy.add(Fault(key_contains="p/", times=1000, throttle=300 * KiB))
         with icanhazmodel.iter_files(
