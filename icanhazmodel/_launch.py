@@ -135,6 +135,10 @@ def _python(code: str, fd: int) -> subprocess.Popen[bytes]:
         pass_fds=(fd,),
         stdin=subprocess.DEVNULL,
         env=_child_env(),
+        # Out of the terminal's process group: a Ctrl-C while it is still
+        # starting (before it can ignore SIGINT) would print a traceback.
+        # The run stops its workers itself, by message.
+        process_group=0,
     )
 
 

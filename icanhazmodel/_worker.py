@@ -8,9 +8,10 @@ writer threads, and runs the same transfer code as a one-process run. It
 never writes the manifest and draws no bar: progress, results, resume
 records and notes go back to the parent in batches.
 
-Ctrl-C reaches every process of the terminal's group; workers ignore it and
-stop when the parent says so (or when the parent's end of the pipe closes,
-so no worker outlives a parent killed with ``kill -9``).
+Workers run in a process group of their own, so a Ctrl-C reaches only the
+parent (they ignore SIGINT anyway); they stop when the parent says so, or
+when the parent's end of the pipe closes, so no worker outlives a parent
+killed with ``kill -9``.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def test_a_worker_killed_mid_object_loses_nothing(
 
 
 @pytest.mark.skipif(not ForkServer.available(), reason="fork servers need Linux pidfds")
-def test_workers_are_forked_by_a_warm_server_and_leave_with_the_run(
+def test_workers_are_forked_by_a_warm_server_and_outlive_it_not_the_run(
     bucket: Bucket, tmp_path: Path
 ) -> None:
     files = _slow_tree(bucket, 20)
@@ -254,6 +254,7 @@ def test_workers_are_forked_by_a_warm_server_and_leave_with_the_run(
         assert _is_fork_server(server)
         assert sorted(children(server)) == sorted(workers_of(proc.pid))
         everyone = descendants(proc.pid)
+        os.kill(server, signal.SIGKILL)  # its workers are on their own by now
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "2 processes" in stderr
