@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+import os
+import pickle
+import socket
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,6 +63,8 @@ from ._transfer import SMALL_OBJECT, FileJob
 TASKS_PER_REQUEST = 2
 # How long stopping workers may take before they are killed.
 STOP_SECONDS = 1.5
+# Bytes read from a worker's socket at a time (a batch of events is a few KiB).
+READ_SIZE = 1 << 18
 
 
 class PoolOwner(Protocol):
@@ -84,6 +89,8 @@ class _Worker:
     spans: dict[int, int] = field(default_factory=dict)  # span id -> bytes
     load: int = 0  # bytes of both, kept as they change: read for every object sent
     outbox: list[Any] = field(default_factory=list)  # sent at the loop's next turn
+    inbox: bytearray = field(default_factory=bytearray)  # received, not yet a whole message
+    reader: socket.socket | None = None  # the socket read on the loop, a dup of conn's
     alive: bool = True
     said_bye: bool = False
 
@@ -140,7 +147,8 @@ class Pool:
         # Bytes reported so far, by task id (with its spans' bytes) and by span id.
         self._advanced: dict[int, int] = {}
         for worker in self._workers:
-            threading.Thread(target=self._read, args=(worker,), daemon=True).start()
+            worker.reader = socket.socket(fileno=os.dup(worker.conn.fileno()))
+            self._loop.add_reader(worker.reader, self._readable, worker)
 
     @property
     def size(self) -> int:
@@ -203,6 +211,7 @@ class Pool:
             self._check_fatal()
             await self._changed()
         for worker in self._workers:
+            self._stop_reading(worker)
             await asyncio.to_thread(worker.child.wait)
             worker.child.release()
             with contextlib.suppress(OSError):
@@ -216,6 +225,7 @@ class Pool:
     def abort(self) -> None:
         """Stop every worker now (synchronous: runs while the run is cancelled)."""
         for worker in self._workers:
+            self._stop_reading(worker)
             if worker.alive:
                 with contextlib.suppress(OSError):
                     worker.conn.send(Abort())
@@ -277,20 +287,34 @@ class Pool:
             task = self._pending.popleft()
             self._owner.failed_remote(self._jobs.pop(task.id), reason, False)
 
-    # -- what workers say (on the loop, from the reader threads) -----------------------
+    # -- what workers say (read on the loop) ---------------------------------------------
 
-    def _read(self, worker: _Worker) -> None:
-        while True:
-            try:
-                message = worker.conn.recv()
-            except (EOFError, OSError):
-                message = None
-            try:
-                self._loop.call_soon_threadsafe(self._deliver, worker, message)
-            except RuntimeError:  # the loop is closed
+    def _readable(self, worker: _Worker) -> None:
+        """Read what a worker sent, on the loop: no reader thread, so no
+        thread handoff and no wake-up of the loop per message."""
+        assert worker.reader is not None
+        try:
+            data = worker.reader.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # it exited, or died
+            self._stop_reading(worker)
+            self._deliver(worker, None)
+            return
+        worker.inbox += data
+        for message in _whole_messages(worker.inbox):
+            self._deliver(worker, message)
+            if isinstance(message, Bye | Fatal):  # its last word
+                self._stop_reading(worker)
                 return
-            if message is None or isinstance(message, Bye | Fatal):
-                return
+
+    def _stop_reading(self, worker: _Worker) -> None:
+        if worker.reader is not None:
+            self._loop.remove_reader(worker.reader)
+            worker.reader.close()
+            worker.reader = None
 
     def _deliver(self, worker: _Worker, message: Any) -> None:
         if isinstance(message, Events):
@@ -429,3 +453,26 @@ class Pool:
                     self._owner_of[span.task], SpanResult(span.task, span.start, span.end, None)
                 )
         self._dispatch()
+
+
+def _whole_messages(inbox: bytearray) -> list[Any]:
+    """Take every whole message off the front of *inbox*, framed as
+    :class:`multiprocessing.connection.Connection` sends them (which
+    workers use): a 4-byte big-endian length, or -1 and an 8-byte one."""
+    messages = []
+    at = 0
+    with memoryview(inbox) as view:  # released before the inbox shrinks
+        while len(view) - at >= 4:
+            (size,) = struct.unpack_from("!i", view, at)
+            start = at + 4
+            if size == -1:
+                if len(view) - at < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", view, start)
+                start += 8
+            if len(view) - start < size:
+                break
+            messages.append(pickle.loads(view[start : start + size]))
+            at = start + size
+    del inbox[:at]
+    return messages

@@ -4,12 +4,16 @@ process ever lost, hung or left behind, whatever happens to it."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import pickle
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,7 @@ from icanhazmodel._limits import may_use_processes, processes_for
 from icanhazmodel._manifest import PartialRecord
 from icanhazmodel._messages import Failed, Landed, Offer, Span, SpanDone, SpanResult, Task
 from icanhazmodel._models import RemoteObject
+from icanhazmodel._pool import _whole_messages
 from tests.conftest import Bucket, entry_point, tree_of
 from tests.faultproxy import Fault, fault_proxy
 from tests.sample_tree import pattern
@@ -135,6 +140,41 @@ def test_messages_pickle_whole_and_equal() -> None:
         back = pickle.loads(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
         assert back == message
         assert type(back) is type(message)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    messages=st.lists(
+        st.one_of(st.integers(), st.binary(max_size=300), st.text(max_size=40)), max_size=12
+    ),
+    cuts=st.lists(st.integers(0, 5000), max_size=6),
+)
+def test_messages_read_on_the_loop_come_whole_and_in_order(
+    messages: list[object], cuts: list[int]
+) -> None:
+    """Whatever a worker's Connection sends, however the bytes arrive."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sender = Connection(theirs.detach())
+        for message in messages:
+            sender.send(message)
+        sender.close()
+        wire = b""
+        while chunk := ours.recv(1 << 16):
+            wire += chunk
+    inbox = bytearray()
+    got: list[object] = []
+    for start, end in itertools.pairwise(
+        [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
+    ):
+        inbox += wire[start:end]
+        got += _whole_messages(inbox)
+    assert got == messages
+    assert not inbox
+    # The long form Connection uses past 2 GiB: -1, then an 8-byte length.
+    body = pickle.dumps("long")
+    inbox = bytearray(struct.pack("!i", -1) + struct.pack("!Q", len(body)) + body)
+    assert _whole_messages(inbox) == ["long"]
 
 
 def test_a_fork_server_starts_only_where_processes_could_follow() -> None:
