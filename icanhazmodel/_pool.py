@@ -277,7 +277,7 @@ class Pool:
         if not worker.alive or not messages:
             return
         try:
-            worker.conn.send(messages)
+            worker.conn.send_bytes(pickle.dumps(messages, pickle.HIGHEST_PROTOCOL))
         except OSError:
             self._died(worker)
 
