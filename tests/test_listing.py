@@ -23,6 +23,7 @@ from icanhazmodel._keys import RefusedKey, key_parts
 from icanhazmodel._listxml import (
     ListPage,
     NotAListing,
+    _algorithms_by_object,
     cut_below,
     parse_list_page,
     quick_list_page,
@@ -383,3 +384,18 @@ def test_the_quick_reader_steps_aside_for_anything_unusual(name: str) -> None:
     assert quick_list_page(odd) is None
     with contextlib.suppress(NotAListing):  # what ElementTree makes of it is its own business
         parse_list_page(odd.encode())
+
+
+def test_checksum_algorithms_go_to_the_object_that_holds_them() -> None:
+    """One per object is paired by position; anything else, by where each lies."""
+
+    def algo(name: str) -> str:
+        return f"<ChecksumAlgorithm>{name}</ChecksumAlgorithm>"
+
+    one_each = f"<Contents>{algo('A')}</Contents><Contents><K/>{algo('B')}</Contents>"
+    assert _algorithms_by_object(one_each) == [("A",), ("B",)]
+    uneven = f"<Contents>{algo('A')}{algo('B')}</Contents><Contents></Contents>"
+    assert _algorithms_by_object(uneven) == [("A", "B"), ()]
+    # As many as objects, each before its object's end, but both in the second.
+    nested = f"<Contents><Contents>{algo('A')}{algo('B')}</Contents></Contents>"
+    assert _algorithms_by_object(nested) == [(), ("A", "B")]
