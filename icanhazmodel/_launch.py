@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
@@ -278,7 +279,7 @@ def serve() -> None:
             os.close(pidfd)
 
 
-def _fork_worker(control: socket.socket, fd: int, main: Any) -> int | None:
+def _fork_worker(control: socket.socket, fd: int, main: Callable[[int], None]) -> int | None:
     if len(os.listdir("/proc/self/task")) != 1:
         return None  # a thread (a library's, at import) could hold a lock forever in the child
     pid = os.fork()
