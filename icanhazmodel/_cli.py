@@ -179,6 +179,30 @@ class _PlanPrinter:
         sys.stdout.flush()
 
 
+async def _run_until_terminated(
+    terminated: list[bool],
+    config: FetchConfig,
+    reporter: Reporter,
+    printer: Callable[[PlannedObject], None] | None,
+) -> FetchResult:
+    """The run, cancelled on SIGTERM as Ctrl-C cancels it (see main)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await run(config, reporter, None, printer)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _report(result: FetchResult, config: FetchConfig, *, json_out: bool, quiet: bool) -> None:
     sys.stdout.flush()  # the plan's lines first
     if json_out:
@@ -366,21 +390,30 @@ def main(**options: Any) -> None:
     context = _json_context(config) if json_out else None
     reporter = _choose_reporter(options["progress"], options["quiet"])
     # SIGTERM (kill, Kubernetes stopping a pod) stops the run like Ctrl-C:
-    # workers cancelled, big temp files kept for the next run, the rest removed.
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    import anyio  # here, not at the top: --help and --version need none of the run's imports
+    # workers cancelled, big temp files kept for the next run, the rest
+    # removed. Until the run's loop takes it over, it interrupts at once.
+    # Never by way of SIGINT: a script's background job inherits SIGINT
+    # ignored, and SIGTERM must stop it all the same.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Here, not at the top: --help and --version need none of the run's imports.
+    import asyncio
+
+    import anyio
 
     printer = _PlanPrinter(json_out) if config.dry_run else None
+    terminated: list[bool] = []
     try:
         try:
-            result = anyio.run(run, config, reporter, None, printer)
+            result = anyio.run(_run_until_terminated, terminated, config, reporter, printer)
         finally:
             if printer is not None:
                 printer.flush()  # the plan so far, before the totals or an error
     except IcanhazmodelError as exc:
         reporter.close()
         _fail(str(exc), exc.exit_code, context)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and not terminated:
+            raise
         reporter.close()
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED, context)
     reporter.close()

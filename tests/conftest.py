@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,13 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.sample_tree import SampleObject, fill_bucket, s3_client
+
+# Tests send the CLI SIGINT as a terminal's Ctrl-C would. Run in the
+# background of a script, pytest inherits SIGINT ignored, and so would every
+# program it starts: give it Python's usual handler (children then start with
+# the default), so those tests test the CLI, not how pytest was started.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -119,9 +120,20 @@ def _recorded_ranges(root: Path) -> int:
         return 0
 
 
-def _start_slow_cli(bucket: Bucket, dest: Path, endpoint: str) -> subprocess.Popen[str]:
+# Starts a program with SIGINT ignored, as a script's background job inherits it.
+_SIGINT_IGNORED = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _start_slow_cli(
+    bucket: Bucket, dest: Path, endpoint: str, *, sigint_ignored: bool = False
+) -> subprocess.Popen[str]:
+    wrapper = [sys.executable, "-c", _SIGINT_IGNORED] if sigint_ignored else []
     return subprocess.Popen(
         [
+            *wrapper,
             entry_point(),
             "-b",
             bucket.name,
@@ -192,16 +204,22 @@ def test_a_damaged_range_in_a_resumed_file_is_fetched_again(bucket: Bucket, tmp_
     assert result.bytes_downloaded == len(big)  # no damaged range was trusted
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("sig", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+    ids=["SIGINT", "SIGTERM", "SIGTERM-with-SIGINT-ignored"],
+)
 def test_ctrl_c_stops_fast_and_leaves_only_resumable_temp_files(
-    bucket: Bucket, tmp_path: Path, sig: signal.Signals
+    bucket: Bucket, tmp_path: Path, sig: signal.Signals, sigint_ignored: bool
 ) -> None:
+    """Also SIGTERM to a program that inherited SIGINT ignored (a script's
+    background job): it once stopped only by way of SIGINT, so never."""
     big = pattern("sigint", 40 * MiB)
     bucket.put("p/big.bin", big)
     (tmp_path / "p").mkdir()
     with fault_proxy(bucket.endpoint) as proxy:
         proxy.add(Fault(key_contains="big.bin", times=1, throttle=64 * 1024))
-        proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint)
+        proc = _start_slow_cli(bucket, tmp_path, proxy.endpoint, sigint_ignored=sigint_ignored)
         _wait_for(lambda: _recorded_ranges(tmp_path) >= 1 or proc.poll() is not None)
         sent = time.monotonic()
         proc.send_signal(sig)
