@@ -67,6 +67,8 @@ class Writer:
             # so a Ctrl-C took up to 7 s to stop a run of small files.
             with anyio.CancelScope(shield=True):
                 await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # taken: the task's outcome is its cancellation
             raise
 
     def _start_thread(self) -> None:
