@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 
@@ -85,6 +85,8 @@ from ._parts import (
 from ._plan import byte_ranges
 from ._progress import Notes, Reporter
 from ._writer import Writer
+
+_T = TypeVar("_T")
 
 MiB = 1 << 20
 # Objects up to this size are read whole into memory and written in one go:
@@ -494,13 +496,17 @@ class Transfers:
             raise TransientObjectError(f"stream ended {size - received} bytes early")
 
     async def _head(self, obj: RemoteObject) -> HeadResult:
-        """HEAD *obj*, retried on a transient error (a 503, a broken
-        connection) as a GET is: botocore retries its own HEADs, the direct
-        path's are retried here."""
+        """HEAD *obj*, retried as a GET is: botocore retries its own HEADs,
+        the direct path's are retried here."""
+        return await self._retried(lambda: self.s3.stat(obj))
+
+    async def _retried(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """*attempt*, made again after a transient error (a 503, a broken
+        connection), with backoff, within the retry budget."""
         failures = 0
         while True:
             try:
-                return await self.s3.stat(obj)
+                return await attempt()
             except TransientObjectError as exc:
                 failures = await self._count_failure(failures, exc)
 
@@ -543,13 +549,8 @@ class Transfers:
         head = await self._head(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
-        failures = 0
-        while True:
-            try:  # a multipart upload's layout asks S3 once more (HEAD ?partNumber=1)
-                expectation = await self._expect(job, head.headers)
-                break
-            except TransientObjectError as exc:
-                failures = await self._count_failure(failures, exc)
+        # A multipart upload's layout asks S3 once more (HEAD ?partNumber=1).
+        expectation = await self._retried(lambda: self._expect(job, head.headers))
         algorithm = expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
