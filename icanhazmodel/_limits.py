@@ -76,7 +76,12 @@ def may_use_processes(wanted: int | None, cpus: int) -> bool:
     """Whether a run could start worker processes, before anything is listed."""
     if wanted is not None:
         return wanted > 1
-    return min(cpus - 1, MAX_AUTO_PROCESSES) >= 2
+    return _most_auto(cpus) >= 2
+
+
+def _most_auto(cpus: int) -> int:
+    """The most processes auto picks: every CPU but the parent's, capped."""
+    return min(cpus - 1, MAX_AUTO_PROCESSES)
 
 
 def processes_for(
@@ -93,9 +98,9 @@ def processes_for(
     if wanted is not None:
         return wanted
     if more_listed and files >= FILES_PER_PROCESS:
-        return max(1, min(cpus - 1, MAX_AUTO_PROCESSES))
+        return max(1, _most_auto(cpus))
     # Bytes count whatever the number of objects: a big object's ranges are
     # spread over every process (see _pool).
     by_work = max(files // FILES_PER_PROCESS, nbytes // BYTES_PER_PROCESS)
-    count = min(cpus - 1, MAX_AUTO_PROCESSES, by_work)
+    count = min(_most_auto(cpus), by_work)
     return count if count >= 2 else 1
