@@ -154,9 +154,6 @@ class Pool:
     def size(self) -> int:
         return len(self._workers)
 
-    def pids(self) -> list[int]:
-        return [w.child.pid for w in self._workers]
-
     # -- waking the dispatcher and the producer ------------------------------------------
 
     def _wake(self) -> None:
