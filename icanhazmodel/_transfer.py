@@ -92,6 +92,10 @@ MiB = 1 << 20
 # Objects up to this size are read whole into memory and written in one go:
 # one thread hop per file instead of three.
 SMALL_OBJECT = 1 * MiB
+# Objects up to this size are checked and written on the event loop's thread
+# (Writer.brief) while the filesystem answers fast: hashing and writing them
+# takes tens of microseconds, less than the thread hop's GIL traffic.
+BRIEF_WRITE = 128 * 1024
 # Bytes gathered from the socket before each hop to a writer thread.
 WRITE_BATCH = MiB // 2
 # The most one read from the socket may return; with the batch, this bounds
@@ -479,7 +483,8 @@ class Transfers:
                 break
             except TransientObjectError as exc:
                 failures = await self._count_failure(failures, exc)
-        job.landed = await self.writer.call(self._check_and_write_small, job, chunks)
+        write = self.writer.brief if job.obj.size <= BRIEF_WRITE else self.writer.call
+        job.landed = await write(self._check_and_write_small, job, chunks)
         job.written = job.obj.size
         self.reporter.advanced(job.obj.key, job.obj.size)
 

@@ -11,6 +11,14 @@ A call that was started always runs to the end, even if the task awaiting it
 is cancelled: the awaiting task waits for it, then takes the cancellation.
 So a temp file is never half-created behind the pipeline's back, and no file
 descriptor is closed while a thread may still write to it.
+
+Brief calls (a small file's create, write and rename) run on the event loop's
+own thread instead, while they stay fast. Each hop costs little, but every
+system call a writer thread makes hands the GIL to the loop and back: a
+one-process run of 20,000 x 16 KiB objects made ~60 futex calls per file, and
+spent 28% less CPU with no threads at all. On a filesystem where such calls
+are slow (a network mount) they would hold up every socket, so once they
+have been slow the rest go to the threads.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +40,12 @@ _STOP = None
 # Calls one thread takes at a time: enough to share one wake-up among many
 # small files, few enough that big writes spread over every thread.
 _GRAB = 8
+# Brief calls run on the loop's thread until their moving average (each
+# counted as at most _CAPPED, so one stall alone does not decide) passes
+# this; then on the writer threads for the rest of the run.
+SLOW_BRIEF_CALL = 0.001
+_CAPPED = 0.004
+_WEIGHT = 1 / 8
 
 
 class Writer:
@@ -45,6 +60,24 @@ class Writer:
         self._all_done = threading.Event()
         self._all_done.set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._brief_average = 0.0
+
+    async def brief(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, a call that is usually quick, on the loop's own
+        thread while such calls stay fast, else as :meth:`call` does."""
+        if self._brief_average > SLOW_BRIEF_CALL:
+            return await self.call(fn, *args)
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            took = min(time.perf_counter() - started, _CAPPED)
+            self._brief_average += (took - self._brief_average) * _WEIGHT
+
+    @property
+    def briefs_inline(self) -> bool:
+        """Whether brief calls still run on the loop's thread."""
+        return self._brief_average <= SLOW_BRIEF_CALL
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on a writer thread and return its result."""

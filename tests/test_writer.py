@@ -1,5 +1,6 @@
 """The writer threads: a call that started runs to its end, even when the
-task awaiting it is cancelled, and the wait for it costs no CPU."""
+task awaiting it is cancelled, and the wait for it costs no CPU. Brief calls
+run on the loop's own thread until they turn out slow."""
 
 from __future__ import annotations
 
@@ -95,5 +96,65 @@ def test_results_come_back_to_each_caller(calls: int) -> None:
 
     try:
         assert anyio.run(main) == [i * i for i in range(calls)]
+    finally:
+        writer.close()
+
+
+def _brief_threads(writer: Writer, pauses: list[float]) -> tuple[int, list[int]]:
+    """Run one brief call per pause (each sleeping that long); return the
+    loop's thread and the thread each call ran on."""
+    ran_on: list[int] = []
+
+    def call(pause: float) -> None:
+        ran_on.append(threading.get_ident())
+        time.sleep(pause)
+
+    async def main() -> int:
+        for pause in pauses:
+            await writer.brief(call, pause)
+        return threading.get_ident()
+
+    try:
+        loop_thread = anyio.run(main)
+    finally:
+        writer.close()
+    return loop_thread, ran_on
+
+
+def test_brief_calls_run_on_the_loop_while_fast() -> None:
+    loop_thread, ran_on = _brief_threads(Writer(threads=1), [0.0] * 50)
+    assert ran_on == [loop_thread] * 50
+
+
+def test_one_stall_alone_keeps_brief_calls_on_the_loop() -> None:
+    """A filesystem that stalls once (a journal commit) is still fast."""
+    writer = Writer(threads=1)
+    loop_thread, ran_on = _brief_threads(writer, [0.0, 0.05] + [0.0] * 20)
+    assert ran_on == [loop_thread] * 22
+    assert writer.briefs_inline
+
+
+def test_brief_calls_move_to_the_threads_once_slow() -> None:
+    """On a slow filesystem (a network mount) they would hold up every socket."""
+    writer = Writer(threads=1)
+    loop_thread, ran_on = _brief_threads(writer, [0.005] * 10)
+    # Capped at 4 ms each, the average passes 1 ms on the third call.
+    assert ran_on[:3] == [loop_thread] * 3
+    assert loop_thread not in ran_on[3:]
+    assert not writer.briefs_inline
+
+
+def test_an_error_in_a_brief_call_reaches_its_caller() -> None:
+    writer = Writer(threads=1)
+
+    def fails() -> None:
+        raise OSError(28, "No space left on device")
+
+    async def main() -> None:
+        await writer.brief(fails)
+
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            anyio.run(main)
     finally:
         writer.close()
