@@ -6,11 +6,18 @@ libraries. The parent sends one :class:`WorkerSettings`, then lists of
 messages (tasks, spans, ...: what one turn of its loop queued), or
 :class:`Abort` alone; each worker answers with batches of events and, at the
 end, :class:`Bye`.
+
+Both sides send with :func:`send` and read on their event loop with
+:func:`whole_messages`, so no thread hands a message to the loop.
 """
 
 from __future__ import annotations
 
+import pickle
+import struct
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
 
 from ._checksums import Expectation
 from ._direct import FrozenCredentials, Route
@@ -177,3 +184,37 @@ class Fatal:
 @dataclass(frozen=True, slots=True)
 class Bye:
     """Every task sent was answered; the worker exits."""
+
+
+# -- on the wire -------------------------------------------------------------------------
+
+
+def send(conn: Connection, message: Any) -> None:
+    """Send *message* (a list of them, often) in :class:`Connection`'s framing.
+
+    Pickled with plain ``pickle.dumps``: ``Connection.send`` builds a
+    ``ForkingPickler``, which copies the copyreg table on every call."""
+    conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+def whole_messages(inbox: bytearray) -> list[Any]:
+    """Take every whole message off the front of *inbox*, framed as
+    :class:`multiprocessing.connection.Connection` sends them: a 4-byte
+    big-endian length, or -1 and an 8-byte one."""
+    messages = []
+    at = 0
+    with memoryview(inbox) as view:  # released before the inbox shrinks
+        while len(view) - at >= 4:
+            (size,) = struct.unpack_from("!i", view, at)
+            start = at + 4
+            if size == -1:
+                if len(view) - at < 12:
+                    break
+                (size,) = struct.unpack_from("!Q", view, start)
+                start += 8
+            if len(view) - start < size:
+                break
+            messages.append(pickle.loads(view[start : start + size]))
+            at = start + size
+    del inbox[:at]
+    return messages

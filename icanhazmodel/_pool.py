@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pickle
 import socket
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -55,6 +53,8 @@ from ._messages import (
     SpanResult,
     Task,
     WorkerSettings,
+    send,
+    whole_messages,
 )
 from ._transfer import SMALL_OBJECT, FileJob
 
@@ -274,7 +274,7 @@ class Pool:
         if not worker.alive or not messages:
             return
         try:
-            worker.conn.send_bytes(pickle.dumps(messages, pickle.HIGHEST_PROTOCOL))
+            send(worker.conn, messages)
         except OSError:
             self._died(worker)
 
@@ -301,7 +301,7 @@ class Pool:
             self._deliver(worker, None)
             return
         worker.inbox += data
-        for message in _whole_messages(worker.inbox):
+        for message in whole_messages(worker.inbox):
             self._deliver(worker, message)
             if isinstance(message, Bye | Fatal):  # its last word
                 self._stop_reading(worker)
@@ -450,26 +450,3 @@ class Pool:
                     self._owner_of[span.task], SpanResult(span.task, span.start, span.end, None)
                 )
         self._dispatch()
-
-
-def _whole_messages(inbox: bytearray) -> list[Any]:
-    """Take every whole message off the front of *inbox*, framed as
-    :class:`multiprocessing.connection.Connection` sends them (which
-    workers use): a 4-byte big-endian length, or -1 and an 8-byte one."""
-    messages = []
-    at = 0
-    with memoryview(inbox) as view:  # released before the inbox shrinks
-        while len(view) - at >= 4:
-            (size,) = struct.unpack_from("!i", view, at)
-            start = at + 4
-            if size == -1:
-                if len(view) - at < 12:
-                    break
-                (size,) = struct.unpack_from("!Q", view, start)
-                start += 8
-            if len(view) - start < size:
-                break
-            messages.append(pickle.loads(view[start : start + size]))
-            at = start + size
-    del inbox[:at]
-    return messages

@@ -17,9 +17,10 @@ killed with ``kill -9``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import sys
-import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ from ._messages import (
     SpanResult,
     Task,
     WorkerSettings,
+    send,
+    whole_messages,
 )
 from ._progress import Notes
 from ._resume import resume
@@ -57,6 +60,8 @@ from ._writer import Writer
 # rarely enough that messages cost nothing next to the bytes. Answers go
 # sooner when the worker runs low on work (see _answered).
 FLUSH_SECONDS = 0.05
+# Bytes read from the parent's socket at a time (a batch of tasks is a few KiB).
+READ_SIZE = 1 << 18
 
 
 class _Stop(Exception):
@@ -79,6 +84,8 @@ class Worker:
         self._group: TaskGroup | None = None
         self._transfers: Transfers | None = None
         self._flush_queued = False
+        self._reader: socket.socket | None = None  # conn's socket, read on the loop
+        self._inbox = bytearray()  # received, not yet a whole message
 
     # -- Reporter (progress goes to the parent) -----------------------------------
 
@@ -153,7 +160,7 @@ class Worker:
             self._events.notes.append(note)
         if self._events:
             events, self._events = self._events, Events()
-            self._conn.send(events)
+            send(self._conn, events)
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -161,7 +168,6 @@ class Worker:
             self._flush()
 
     def _on_message(self, message: Any) -> None:
-        """Runs on the event loop, for each message the reader thread got."""
         if isinstance(message, Task | Span):
             self._tasks.put_nowait(message)
         elif isinstance(message, SpanResult):
@@ -174,30 +180,38 @@ class Worker:
         else:  # Abort, or the parent went away
             self._stopped.set()
 
-    def _on_messages(self, messages: list[Any]) -> None:
-        for message in messages:
-            self._on_message(message)
+    def _readable(self) -> None:
+        """Read what the parent sent, on the loop: a reader thread cost a
+        GIL hand-over and a wake-up of the loop for every batch."""
+        assert self._reader is not None
+        try:
+            data = self._reader.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the parent went away (killed, say): stop as on Abort
+            self._stop_reading()
+            self._on_message(Abort())
+            return
+        self._inbox += data
+        for received in whole_messages(self._inbox):  # a list, or Abort alone
+            for message in received if isinstance(received, list) else [received]:
+                self._on_message(message)
 
-    def _read(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            try:
-                received = self._conn.recv()  # a list, or Abort alone
-            except (EOFError, OSError):
-                received = Abort()
-            messages = received if isinstance(received, list) else [received]
-            try:
-                loop.call_soon_threadsafe(self._on_messages, messages)
-            except RuntimeError:  # the loop is closed: nothing left to tell
-                return
-            if any(isinstance(message, Abort) for message in messages):
-                return
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            asyncio.get_running_loop().remove_reader(self._reader)
+            self._reader.close()
+            self._reader = None
 
     # -- the run ------------------------------------------------------------------------
 
     async def serve(self) -> None:
         settings = self._settings
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(loop,), daemon=True).start()
+        self._reader = socket.socket(fileno=os.dup(self._conn.fileno()))
+        loop.add_reader(self._reader, self._readable)
         # SIGTERM to the whole group (systemd, a container's stop): stop as on Abort.
         loop.add_signal_handler(signal.SIGTERM, self._stopped.set)
         gets = DirectGets.for_route(
@@ -228,15 +242,16 @@ class Worker:
         try:
             await self._run(transfers)
             self._flush()
-            self._conn.send(Bye())
+            send(self._conn, Bye())
         except _Stop:
             transfers.abandon(keep_resumable=True)
             self._flush()
         except IcanhazmodelError as exc:
             transfers.abandon(keep_resumable=False)
             self._flush()
-            self._conn.send(Fatal(type(exc).__name__, str(exc)))
+            send(self._conn, Fatal(type(exc).__name__, str(exc)))
         finally:
+            self._stop_reading()
             writer.close()
             tree.close()
             await source.aclose()

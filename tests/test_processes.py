@@ -26,9 +26,17 @@ from icanhazmodel._checksums import Expectation
 from icanhazmodel._launch import ForkServer
 from icanhazmodel._limits import may_use_processes, processes_for
 from icanhazmodel._manifest import PartialRecord
-from icanhazmodel._messages import Failed, Landed, Offer, Span, SpanDone, SpanResult, Task
+from icanhazmodel._messages import (
+    Failed,
+    Landed,
+    Offer,
+    Span,
+    SpanDone,
+    SpanResult,
+    Task,
+    whole_messages,
+)
 from icanhazmodel._models import RemoteObject
-from icanhazmodel._pool import _whole_messages
 from tests.conftest import Bucket, entry_point, tree_of
 from tests.faultproxy import Fault, fault_proxy
 from tests.sample_tree import pattern
@@ -168,13 +176,13 @@ def test_messages_read_on_the_loop_come_whole_and_in_order(
         [0, *sorted(c % (len(wire) + 1) for c in cuts), len(wire)]
     ):
         inbox += wire[start:end]
-        got += _whole_messages(inbox)
+        got += whole_messages(inbox)
     assert got == messages
     assert not inbox
     # The long form Connection uses past 2 GiB: -1, then an 8-byte length.
     body = pickle.dumps("long")
     inbox = bytearray(struct.pack("!i", -1) + struct.pack("!Q", len(body)) + body)
-    assert _whole_messages(inbox) == ["long"]
+    assert whole_messages(inbox) == ["long"]
 
 
 def test_a_fork_server_starts_only_where_processes_could_follow() -> None:
