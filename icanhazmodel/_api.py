@@ -400,24 +400,37 @@ def _reporter(progress: bool | Reporter) -> Reporter:
     return progress
 
 
+def fork_server_for(config: FetchConfig) -> ForkServer | None:
+    """A fork server, started now, if the run *config* describes may use
+    worker processes.
+
+    Start it as early as possible: its imports then overlap the run's own
+    and the first listing page, so workers, if the run wants them, start warm.
+    """
+    from ._launch import ForkServer
+    from ._limits import may_use_processes, usable_cpus
+
+    if config.dry_run or not may_use_processes(config.processes, usable_cpus()):
+        return None
+    return ForkServer.start()
+
+
 async def run(
     config: FetchConfig,
     reporter: Reporter,
     watcher: Watcher | None = None,
     plan_sink: Callable[[PlannedObject], None] | None = None,
+    started: ForkServer | None = None,
 ) -> FetchResult:
     """Run one fetch described by *config*, reporting to *reporter*.
 
+    *started*: the run's fork server, if the caller started it (see
+    :func:`fork_server_for`); else one is started here if the run may need it.
+    Either way it is closed when the run ends.
+
     Nothing is created on disk until the first file or folder needs it.
     """
-    from ._launch import ForkServer
-    from ._limits import may_use_processes, usable_cpus
-
-    # First of all: the fork server's imports then overlap ours and the
-    # first listing page, so workers, if the run wants them, start warm.
-    forks = None
-    if not config.dry_run and may_use_processes(config.processes, usable_cpus()):
-        forks = ForkServer.start()
+    forks = started if started is not None else fork_server_for(config)
     try:
         return await _run(config, reporter, watcher, plan_sink, forks)
     finally:

@@ -6,11 +6,11 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ._api import run
+from ._api import fork_server_for, run
 from ._config import (
     DEFAULT_CONCURRENCY,
     MAX_CONCURRENCY,
@@ -34,6 +34,9 @@ from ._output import (
 from ._progress import LineReporter, MessageReporter, NullReporter, Reporter, TqdmReporter
 from ._select import Filters, parse_shard
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._launch import ForkServer
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -184,6 +187,7 @@ async def _run_until_terminated(
     config: FetchConfig,
     reporter: Reporter,
     printer: Callable[[PlannedObject], None] | None,
+    forks: ForkServer | None,
 ) -> FetchResult:
     """The run, cancelled on SIGTERM as Ctrl-C cancels it (see main)."""
     import asyncio
@@ -198,9 +202,16 @@ async def _run_until_terminated(
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
-        return await run(config, reporter, None, printer)
+        return await run(config, reporter, None, printer, forks)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether *exc* is asyncio's CancelledError (asyncio is not imported
+    until the run starts, and a Ctrl-C may come before)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def _report(result: FetchResult, config: FetchConfig, *, json_out: bool, quiet: bool) -> None:
@@ -395,24 +406,29 @@ def main(**options: Any) -> None:
     # Never by way of SIGINT: a script's background job inherits SIGINT
     # ignored, and SIGTERM must stop it all the same.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    # Here, not at the top: --help and --version need none of the run's imports.
-    import asyncio
-
-    import anyio
-
+    forks = None
     printer = _PlanPrinter(json_out) if config.dry_run else None
     terminated: list[bool] = []
     try:
         try:
-            result = anyio.run(_run_until_terminated, terminated, config, reporter, printer)
+            # Before the event loop's imports (~35 ms): the run's workers, if
+            # it wants them, are ready that much sooner.
+            forks = fork_server_for(config)
+            # Here, not at the top: --help and --version need none of these.
+            import anyio
+
+            result = anyio.run(_run_until_terminated, terminated, config, reporter, printer, forks)
         finally:
+            if forks is not None:
+                forks.close()  # closed by the run already, unless it never began
             if printer is not None:
                 printer.flush()  # the plan so far, before the totals or an error
     except IcanhazmodelError as exc:
         reporter.close()
         _fail(str(exc), exc.exit_code, context)
-    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError) and not terminated:
+    except BaseException as exc:
+        # A SIGTERM cancels the run's task (see _run_until_terminated).
+        if not isinstance(exc, KeyboardInterrupt) and not (terminated and _cancelled(exc)):
             raise
         reporter.close()
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED, context)

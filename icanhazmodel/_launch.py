@@ -30,9 +30,11 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 # How long a worker request may wait on the server (still importing, on a
 # loaded machine) before workers are spawned instead.
@@ -230,14 +232,14 @@ def _fork(server: ForkServer) -> tuple[Child, Connection] | None:
         # may have forked a reader of it, which now sees EOF and exits.
         ours.close()
         return None
-    return child, Connection(ours.detach())
+    return child, _connection(ours)
 
 
 def _spawn() -> tuple[Child, Connection]:
     ours, theirs = socket.socketpair()
     with theirs:
         child = Spawned(_python(_WORKER, theirs.fileno()))
-    return child, Connection(ours.detach())
+    return child, _connection(ours)
 
 
 # -- the server process --------------------------------------------------------------
@@ -303,3 +305,11 @@ def _reap(*, block: bool = False) -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, 0 if block else os.WNOHANG)[0]:
             pass
+
+
+def _connection(ours: socket.socket) -> Connection:
+    # Imported here: starting the fork server, the first thing a run does,
+    # needs none of multiprocessing (~8 ms of imports).
+    from multiprocessing.connection import Connection
+
+    return Connection(ours.detach())
