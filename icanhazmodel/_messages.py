@@ -7,14 +7,18 @@ messages (tasks, spans, ...: what one turn of its loop queued), or
 :class:`Abort` alone; each worker answers with batches of events and, at the
 end, :class:`Bye`.
 
-Both sides send with :func:`send` and read on their event loop with
-:func:`whole_messages`, so no thread hands a message to the loop.
+Both sides send with :func:`send` and read with an :class:`Inbox`, on their
+event loop, so no thread hands a message to the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pickle
+import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -195,6 +199,46 @@ def send(conn: Connection, message: Any) -> None:
     Pickled with plain ``pickle.dumps``: ``Connection.send`` builds a
     ``ForkingPickler``, which copies the copyreg table on every call."""
     conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+# Bytes read from a socket at a time (a batch of tasks or events is a few KiB).
+READ_SIZE = 1 << 18
+
+
+class Inbox:
+    """What the other end of *conn* sends, read on the running event loop:
+    a reader thread cost a GIL hand-over and a wake-up of the loop for every
+    batch. *heard* gets each read's whole messages (maybe none), and None
+    once the other end has closed or died."""
+
+    def __init__(self, conn: Connection, heard: Callable[[list[Any] | None], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._socket: socket.socket | None = socket.socket(fileno=os.dup(conn.fileno()))
+        self._buffer = bytearray()  # received, not yet a whole message
+        self._heard = heard
+        self._loop.add_reader(self._socket, self._readable)
+
+    def _readable(self) -> None:
+        assert self._socket is not None
+        try:
+            data = self._socket.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            self._heard(None)
+            return
+        self._buffer += data
+        self._heard(whole_messages(self._buffer))
+
+    def close(self) -> None:
+        """Read no more (idempotent)."""
+        if self._socket is not None:
+            self._loop.remove_reader(self._socket)
+            self._socket.close()
+            self._socket = None
 
 
 def whole_messages(inbox: bytearray) -> list[Any]:

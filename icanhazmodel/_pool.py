@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
+import functools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from ._messages import (
     Events,
     Failed,
     Fatal,
+    Inbox,
     Landed,
     NewCredentials,
     NoMoreTasks,
@@ -54,7 +54,6 @@ from ._messages import (
     Task,
     WorkerSettings,
     send,
-    whole_messages,
 )
 from ._transfer import SMALL_OBJECT, FileJob
 
@@ -63,8 +62,6 @@ from ._transfer import SMALL_OBJECT, FileJob
 TASKS_PER_REQUEST = 2
 # How long stopping workers may take before they are killed.
 STOP_SECONDS = 1.5
-# Bytes read from a worker's socket at a time (a batch of events is a few KiB).
-READ_SIZE = 1 << 18
 
 
 class PoolOwner(Protocol):
@@ -89,8 +86,7 @@ class _Worker:
     spans: dict[int, int] = field(default_factory=dict)  # span id -> bytes
     load: int = 0  # bytes of both, kept as they change: read for every object sent
     outbox: list[Any] = field(default_factory=list)  # sent at the loop's next turn
-    inbox: bytearray = field(default_factory=bytearray)  # received, not yet a whole message
-    reader: socket.socket | None = None  # the socket read on the loop, a dup of conn's
+    inbox: Inbox | None = None  # what it says, read on the loop
     alive: bool = True
     said_bye: bool = False
 
@@ -147,8 +143,7 @@ class Pool:
         # Bytes reported so far, by task id (with its spans' bytes) and by span id.
         self._advanced: dict[int, int] = {}
         for worker in self._workers:
-            worker.reader = socket.socket(fileno=os.dup(worker.conn.fileno()))
-            self._loop.add_reader(worker.reader, self._readable, worker)
+            worker.inbox = Inbox(worker.conn, functools.partial(self._heard, worker))
 
     @property
     def size(self) -> int:
@@ -286,32 +281,19 @@ class Pool:
 
     # -- what workers say (read on the loop) ---------------------------------------------
 
-    def _readable(self, worker: _Worker) -> None:
-        """Read what a worker sent, on the loop: no reader thread, so no
-        thread handoff and no wake-up of the loop per message."""
-        assert worker.reader is not None
-        try:
-            data = worker.reader.recv(READ_SIZE, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:  # it exited, or died
-            self._stop_reading(worker)
+    def _heard(self, worker: _Worker, messages: list[Any] | None) -> None:
+        if messages is None:  # it exited, or died
             self._deliver(worker, None)
             return
-        worker.inbox += data
-        for message in whole_messages(worker.inbox):
+        for message in messages:
             self._deliver(worker, message)
             if isinstance(message, Bye | Fatal):  # its last word
                 self._stop_reading(worker)
                 return
 
     def _stop_reading(self, worker: _Worker) -> None:
-        if worker.reader is not None:
-            self._loop.remove_reader(worker.reader)
-            worker.reader.close()
-            worker.reader = None
+        if worker.inbox is not None:
+            worker.inbox.close()
 
     def _deliver(self, worker: _Worker, message: Any) -> None:
         if isinstance(message, Events):

@@ -17,9 +17,7 @@ killed with ``kill -9``.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -39,6 +37,7 @@ from ._messages import (
     Events,
     Failed,
     Fatal,
+    Inbox,
     Landed,
     NewCredentials,
     NoMoreTasks,
@@ -49,7 +48,6 @@ from ._messages import (
     Task,
     WorkerSettings,
     send,
-    whole_messages,
 )
 from ._progress import Notes
 from ._resume import resume
@@ -60,8 +58,6 @@ from ._writer import Writer
 # rarely enough that messages cost nothing next to the bytes. Answers go
 # sooner when the worker runs low on work (see _answered).
 FLUSH_SECONDS = 0.05
-# Bytes read from the parent's socket at a time (a batch of tasks is a few KiB).
-READ_SIZE = 1 << 18
 
 
 class _Stop(Exception):
@@ -84,8 +80,6 @@ class Worker:
         self._group: TaskGroup | None = None
         self._transfers: Transfers | None = None
         self._flush_queued = False
-        self._reader: socket.socket | None = None  # conn's socket, read on the loop
-        self._inbox = bytearray()  # received, not yet a whole message
 
     # -- Reporter (progress goes to the parent) -----------------------------------
 
@@ -180,38 +174,20 @@ class Worker:
         else:  # Abort, or the parent went away
             self._stopped.set()
 
-    def _readable(self) -> None:
-        """Read what the parent sent, on the loop: a reader thread cost a
-        GIL hand-over and a wake-up of the loop for every batch."""
-        assert self._reader is not None
-        try:
-            data = self._reader.recv(READ_SIZE, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:  # the parent went away (killed, say): stop as on Abort
-            self._stop_reading()
+    def _heard(self, messages: list[Any] | None) -> None:
+        if messages is None:  # the parent went away (killed, say): stop as on Abort
             self._on_message(Abort())
             return
-        self._inbox += data
-        for received in whole_messages(self._inbox):  # a list, or Abort alone
+        for received in messages:  # a list, or Abort alone
             for message in received if isinstance(received, list) else [received]:
                 self._on_message(message)
-
-    def _stop_reading(self) -> None:
-        if self._reader is not None:
-            asyncio.get_running_loop().remove_reader(self._reader)
-            self._reader.close()
-            self._reader = None
 
     # -- the run ------------------------------------------------------------------------
 
     async def serve(self) -> None:
         settings = self._settings
         loop = asyncio.get_running_loop()
-        self._reader = socket.socket(fileno=os.dup(self._conn.fileno()))
-        loop.add_reader(self._reader, self._readable)
+        inbox = Inbox(self._conn, self._heard)
         # SIGTERM to the whole group (systemd, a container's stop): stop as on Abort.
         loop.add_signal_handler(signal.SIGTERM, self._stopped.set)
         gets = DirectGets.for_route(
@@ -251,7 +227,7 @@ class Worker:
             self._flush()
             send(self._conn, Fatal(type(exc).__name__, str(exc)))
         finally:
-            self._stop_reading()
+            inbox.close()
             writer.close()
             tree.close()
             await source.aclose()
