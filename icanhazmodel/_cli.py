@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -435,3 +437,26 @@ def main(**options: Any) -> None:
     reporter.close()
     _report(result, config, json_out=json_out, quiet=options["quiet"])
     sys.exit(EXIT_OK if result.ok else EXIT_INCOMPLETE)
+
+
+def entry() -> NoReturn:
+    """The console script and ``python -m icanhazmodel``: :func:`main`, then
+    leave without Python's teardown.
+
+    Freeing ~600 modules and their objects took ~30 ms at every exit, a
+    tenth of fetching one small file. By then the run has closed everything
+    it opened (files, the manifest, the fork server), and the output is
+    flushed here, so nothing is lost.
+    """
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)  # what sys.exit("...") does
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to lose
+            stream.flush()
+    os._exit(code or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import icanhazmodel
-from tests.conftest import Bucket, run_cli, tree_of
+from tests.conftest import Bucket, entry_point, run_cli, tree_of
 from tests.sample_tree import MODEL_KEY, everything, model_tree
 
 SCALE = 1 / 64
@@ -118,6 +119,39 @@ def test_quiet_prints_nothing_on_success(sample_bucket: Bucket, tmp_path: Path) 
     )
     assert result.code == 0
     assert (result.stdout, result.stderr) == ("", "")
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(sample_bucket: Bucket, tmp_path: Path) -> None:
+    """`icanhazmodel --dry-run ... | head -1`: the plan's lines, and the
+    flush at exit, meet a closed pipe, which is no error of the run's."""
+    for i in range(3000):
+        sample_bucket.put(f"many/{i:04d}.json", b"{}")
+    reader, writer = os.pipe()
+    proc = subprocess.Popen(
+        [
+            entry_point(),
+            "--dry-run",
+            "-b",
+            sample_bucket.name,
+            "--endpoint-url",
+            sample_bucket.endpoint,
+            "-k",
+            "many",
+            "-m",
+            str(tmp_path / "d"),
+        ],
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    os.close(writer)
+    with os.fdopen(reader, "rb") as head:
+        first = head.readline()
+    _, stderr = proc.communicate(timeout=60)
+    assert first.startswith(b"download")
+    assert "Traceback" not in stderr
+    assert proc.returncode == 1  # the plan did not all reach its reader
 
 
 def test_progress_can_be_forced_in_a_pipe(sample_bucket: Bucket, tmp_path: Path) -> None:
