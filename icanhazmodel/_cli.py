@@ -443,7 +443,7 @@ def entry() -> NoReturn:
     """The console script and ``python -m icanhazmodel``: :func:`main`, then
     leave without Python's teardown.
 
-    Freeing ~600 modules and their objects took ~30 ms at every exit, a
+    Freeing ~400 modules and their objects took ~35 ms at every exit, a
     tenth of fetching one small file. By then the run has closed everything
     it opened (files, the manifest, the fork server), and the output is
     flushed here, so nothing is lost.

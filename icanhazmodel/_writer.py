@@ -16,7 +16,7 @@ Brief calls (a small file's create, write and rename) run on the event loop's
 own thread instead, while they stay fast. Each hop costs little, but every
 system call a writer thread makes hands the GIL to the loop and back: a
 one-process run of 20,000 x 16 KiB objects made ~60 futex calls per file, and
-spent 28% less CPU with no threads at all. On a filesystem where such calls
+spent ~26% less CPU with no threads at all. On a filesystem where such calls
 are slow (a network mount) they would hold up every socket, so once they
 have been slow the rest go to the threads.
 """
