@@ -7,7 +7,7 @@ messages (tasks, spans, ...: what one turn of its loop queued), or
 :class:`Abort` alone; each worker answers with batches of events and, at the
 end, :class:`Bye`.
 
-Both sides send with :func:`send` and read with an :class:`Inbox`, on their
+Both sides send with :func:`send_message` and read with an :class:`Inbox`, on their
 event loop, so no thread hands a message to the loop.
 """
 
@@ -193,7 +193,7 @@ class Bye:
 # -- on the wire -------------------------------------------------------------------------
 
 
-def send(conn: Connection, message: Any) -> None:
+def send_message(conn: Connection, message: Any) -> None:
     """Send *message* (a list of them, often) in :class:`Connection`'s framing.
 
     Pickled with plain ``pickle.dumps``: ``Connection.send`` builds a

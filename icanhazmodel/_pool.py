@@ -53,7 +53,7 @@ from ._messages import (
     SpanResult,
     Task,
     WorkerSettings,
-    send,
+    send_message,
 )
 from ._transfer import SMALL_OBJECT, FileJob
 
@@ -220,7 +220,7 @@ class Pool:
             self._stop_reading(worker)
             if worker.alive:
                 with contextlib.suppress(OSError):
-                    worker.conn.send(Abort())
+                    send_message(worker.conn, Abort())
         deadline = time.monotonic() + STOP_SECONDS
         for worker in self._workers:
             if not worker.child.wait(max(0.0, deadline - time.monotonic())):
@@ -269,7 +269,7 @@ class Pool:
         if not worker.alive or not messages:
             return
         try:
-            send(worker.conn, messages)
+            send_message(worker.conn, messages)
         except OSError:
             self._died(worker)
 

@@ -47,7 +47,7 @@ from ._messages import (
     SpanResult,
     Task,
     WorkerSettings,
-    send,
+    send_message,
 )
 from ._progress import Notes
 from ._resume import resume
@@ -154,7 +154,7 @@ class Worker:
             self._events.notes.append(note)
         if self._events:
             events, self._events = self._events, Events()
-            send(self._conn, events)
+            send_message(self._conn, events)
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -218,14 +218,14 @@ class Worker:
         try:
             await self._run(transfers)
             self._flush()
-            send(self._conn, Bye())
+            send_message(self._conn, Bye())
         except _Stop:
             transfers.abandon(keep_resumable=True)
             self._flush()
         except IcanhazmodelError as exc:
             transfers.abandon(keep_resumable=False)
             self._flush()
-            send(self._conn, Fatal(type(exc).__name__, str(exc)))
+            send_message(self._conn, Fatal(type(exc).__name__, str(exc)))
         finally:
             inbox.close()
             writer.close()

@@ -65,7 +65,7 @@ class Writer:
     async def brief(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)``, a call that is usually quick, on the loop's own
         thread while such calls stay fast, else as :meth:`call` does."""
-        if self._brief_average > SLOW_BRIEF_CALL:
+        if not self.briefs_inline:
             return await self.call(fn, *args)
         started = time.perf_counter()
         try:
