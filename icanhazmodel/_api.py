@@ -43,6 +43,8 @@ class FetchOptions(TypedDict, total=False):
     exclude: Sequence[str]
     shard: str | Shard | None
     verify: bool
+    verify_ssl: bool
+    ca_bundle: str | None
     force: bool
     no_sign_request: bool
     request_payer: str | None
@@ -68,6 +70,8 @@ async def fetch(
     shard: str | Shard | None = None,
     dry_run: bool = False,
     verify: bool = True,
+    verify_ssl: bool = True,
+    ca_bundle: str | None = None,
     force: bool = False,
     no_sign_request: bool = False,
     request_payer: str | None = None,
@@ -96,6 +100,12 @@ async def fetch(
     everything in this process; None (the default) reads ICANHAZMODEL_PROCESSES,
     else auto. *concurrency* is requests in flight per process.
 
+    *verify* checks each file's bytes against S3's checksum; TLS is separate:
+    every certificate and host name is checked against *ca_bundle* (a PEM
+    file), else AWS_CA_BUNDLE, the profile's ``ca_bundle``, else certifi's
+    bundle, unless *verify_ssl* is false (insecure: anyone on the network
+    path could then serve the files).
+
     *on_file* (a function or a coroutine function) is called with each
     object's :class:`LandedFile` as soon as it is known, as :func:`stream`
     yields them; if it raises, the run stops and the exception propagates.
@@ -111,6 +121,8 @@ async def fetch(
         exclude=exclude,
         shard=shard,
         verify=verify,
+        verify_ssl=verify_ssl,
+        ca_bundle=ca_bundle,
         force=force,
         no_sign_request=no_sign_request,
         request_payer=request_payer,
@@ -304,6 +316,8 @@ def _config(bucket: str, key: str, options: FetchOptions) -> FetchConfig:
         retries=options.get("retries", 5),
         stall_timeout=options.get("stall_timeout", 30.0),
         verify=options.get("verify", True),
+        verify_ssl=options.get("verify_ssl", True),
+        ca_bundle=options.get("ca_bundle"),
         force=options.get("force", False),
         filters=Filters(tuple(options.get("include", ())), tuple(options.get("exclude", ()))),
         shard=_shard(options.get("shard")),
@@ -334,6 +348,8 @@ async def plan(
     request_payer: str | None = None,
     version_id: str | None = None,
     processes: int | str | None = None,
+    verify_ssl: bool = True,
+    ca_bundle: str | None = None,
 ) -> Plan:
     """What :func:`fetch` with the same arguments would do; writes nothing.
 
@@ -356,6 +372,8 @@ async def plan(
         request_payer=request_payer,
         version_id=version_id,
         processes=processes,
+        verify_ssl=verify_ssl,
+        ca_bundle=ca_bundle,
         dry_run=True,
     )
     assert result.plan is not None  # a dry run always has one
@@ -454,6 +472,7 @@ async def _run(
     from ._limits import fit_open_files
     from ._pipeline import Run
     from ._s3 import S3Options, open_s3
+    from ._tls import INSECURE_WARNING
 
     root = await run_sync(check_model_dir, config.dest)
     concurrency, note = fit_open_files(config.concurrency)
@@ -472,7 +491,11 @@ async def _run(
         read_timeout=config.stall_timeout,
         unsigned=config.unsigned,
         request_payer=config.request_payer,
+        verify_ssl=config.verify_ssl,
+        ca_bundle=config.ca_bundle,
     )
+    if not config.verify_ssl:
+        reporter.message(INSECURE_WARNING)
     notes = Notes()
     tree = Tree(root)
     try:

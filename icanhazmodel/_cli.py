@@ -143,6 +143,8 @@ def _build_config(**options: Any) -> FetchConfig:
         retries=options["retries"],
         stall_timeout=options["stall_timeout"],
         verify=options["verify"],
+        verify_ssl=options["verify_ssl"],
+        ca_bundle=options["ca_bundle"],
         force=options["force"],
         filters=Filters(tuple(options["include"]), tuple(options["exclude"])),
         shard=parse_shard(options["shard"]) if options["shard"] else parse_shard("0/1"),
@@ -372,7 +374,25 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     cls=_Option,
     default=True,
     show_default=True,
-    help="Check each file against S3's checksum (or MD5 ETag) before it lands.",
+    help="Check each file's content against S3's checksum (or MD5 ETag) before it "
+    "lands. (Not TLS: see --no-verify-ssl.)",
+)
+@click.option(
+    "--no-verify-ssl",
+    "verify_ssl",
+    cls=_Option,
+    envvar=f"{ENV_PREFIX}_NO_VERIFY_SSL",
+    flag_value=False,
+    default=True,
+    help="Do not check the endpoint's TLS certificate (insecure: anyone on the network "
+    "path could serve the files).",
+)
+@click.option(
+    "--ca-bundle",
+    cls=_Option,
+    metavar="PATH",
+    help="PEM file of the CAs trusted for TLS (default: AWS_CA_BUNDLE, the profile's "
+    "ca_bundle, else certifi's bundle).",
 )
 @click.option(
     "--force",

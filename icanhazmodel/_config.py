@@ -40,6 +40,8 @@ class FetchConfig:
     retries: int = 5
     stall_timeout: float = 30.0
     verify: bool = True
+    verify_ssl: bool = True  # False: --no-verify-ssl (TLS certificates unchecked)
+    ca_bundle: str | None = None  # --ca-bundle: CAs trusted for TLS
     force: bool = False
     filters: Filters = field(default_factory=Filters)
     shard: Shard = field(default_factory=Shard)

@@ -13,10 +13,11 @@ GET is signed with SigV4 (``_sigv4``, checked against botocore's signer in
 the tests) using the session's credentials, refreshed as botocore refreshes
 them. The path is used only
 where that single resolution holds for every key: a plain bucket name (no
-ARN, access point or S3 Express directory bucket), SigV4 or unsigned, no
-proxy (from the config file or HTTP(S)_PROXY). Anything else, and any answer this
-path does not expect (a redirect, an authorization error), falls back to the
-botocore client for the rest of the run. ``ICANHAZMODEL_DIRECT_GETS=0``
+ARN, access point or S3 Express directory bucket), SigV4 or unsigned. Proxies
+and TLS follow the run's one policy (``_proxy``, ``_tls``), as botocore's
+client does. Any answer this path does not expect (a redirect, an
+authorization error) falls back to the botocore client for the rest of the
+run; a TLS failure never does (see ``_tls``). ``ICANHAZMODEL_DIRECT_GETS=0``
 turns it off.
 """
 
@@ -24,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import ssl
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,7 +53,9 @@ from ._objects import (
     not_s3,
     posix_time,
 )
+from ._proxy import Proxies
 from ._sigv4 import canonical_query, sign
+from ._tls import Trust, untrusted
 from ._version import __version__
 
 PROBE_KEY = "icanhazmodel-probe/key"
@@ -68,13 +69,11 @@ USER_AGENT = f"icanhazmodel/{__version__} (direct GET)"
 READ_BUFSIZE = 256 * 1024
 
 
-def usable_for(bucket: str, config: Any) -> bool:
+def usable_for(bucket: str) -> bool:
     """Whether one URL resolution can serve every key of this bucket."""
     if os.environ.get("ICANHAZMODEL_DIRECT_GETS", "1") == "0":
         return False
-    if bucket.startswith("arn:") or bucket.endswith(("--x-s3", "--op-s3", "--ol-s3")):
-        return False
-    return not getattr(config, "proxies", None)
+    return not (bucket.startswith("arn:") or bucket.endswith(("--x-s3", "--op-s3", "--ol-s3")))
 
 
 class DirectBody:
@@ -136,8 +135,6 @@ async def resolve_route(client: Any, credentials: Any, bucket: str) -> Route | N
     quoted_probe = quote(PROBE_KEY, safe="/~")
     if not parts.path.endswith(quoted_probe) or parts.scheme not in ("http", "https"):
         return None
-    if proxied(parts.scheme, parts.hostname or ""):
-        return None
     query = parse_qs(parts.query)
     region = None
     if query:
@@ -184,8 +181,10 @@ class DirectGets:
         route: Route,
         credentials: Any,
         request_payer: str | None,
+        trust: Trust,
     ) -> None:
         self._http = session
+        self._trust = trust
         self.route = route
         self._origin = route.origin
         self._host = route.host
@@ -204,7 +203,8 @@ class DirectGets:
         pool_size: int,
         connect_timeout: float,
         read_timeout: float,
-        verify: bool | str | None,
+        trust: Trust,
+        proxies: Proxies,
         request_payer: str | None,
     ) -> DirectGets | None:
         """Resolve the bucket's URL once through botocore; None if unsuitable."""
@@ -217,7 +217,8 @@ class DirectGets:
             pool_size=pool_size,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            verify=verify,
+            trust=trust,
+            proxies=proxies,
             request_payer=request_payer,
         )
 
@@ -230,12 +231,17 @@ class DirectGets:
         pool_size: int,
         connect_timeout: float,
         read_timeout: float,
-        verify: bool | str | None,
+        trust: Trust,
+        proxies: Proxies,
         request_payer: str | None,
     ) -> DirectGets:
         """A client for a route resolved before (in this process or the parent)."""
+        proxy = proxies.for_url(route.origin + route.base_path)
+        # A plain-http origin reached directly or through a plain-http proxy
+        # makes no TLS connection: no context to build (~35 ms of start-up).
+        tls = route.scheme == "https" or (proxy or "").startswith("https:")
         connector = aiohttp.TCPConnector(
-            limit=pool_size, ssl=_ssl_context(route.scheme, verify), keepalive_timeout=30
+            limit=pool_size, ssl=trust.context() if tls else False, keepalive_timeout=30
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -243,14 +249,23 @@ class DirectGets:
             auto_decompress=False,
             read_bufsize=READ_BUFSIZE,
             # No trust_env: it costs a netrc and a proxy lookup, each in a
-            # thread, per request. A proxy in the environment sends the run
-            # through botocore instead (see proxied).
+            # thread, per request. The run's proxy was decided once, above.
+            proxy=proxy,
             headers={"User-Agent": USER_AGENT},
         )
-        return cls(session, route, credentials, request_payer)
+        return cls(session, route, credentials, request_payer, trust)
 
     async def aclose(self) -> None:
         await self._http.close()
+
+    @contextlib.contextmanager
+    def _trusted(self) -> Iterator[None]:
+        """A TLS failure ends the run (see ``_tls``): never retried, never
+        handed to botocore, which would talk to the same server."""
+        try:
+            yield
+        except aiohttp.ClientSSLError as exc:
+            raise untrusted(self._origin, exc, self._trust) from exc
 
     async def _signed_headers(
         self, path: str, query: dict[str, str], headers: dict[str, str], method: str = "GET"
@@ -295,9 +310,10 @@ class DirectGets:
         signed = await self._signed_headers(path, query, headers)
         # encoded=True: send the path exactly as signed, without yarl's
         # re-quoting (as aiobotocore does for the same reason).
-        response = await self._http.get(
-            yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
-        )
+        with self._trusted():
+            response = await self._http.get(
+                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
+            )
         if response.status in (200, 206):
             return DirectBody(response)
         try:
@@ -334,11 +350,12 @@ class DirectGets:
         signed = await self._signed_headers(path, query, headers)
         url = self._origin + path + "?" + canonical_query(query)
         try:
-            async with self._http.get(
-                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
-            ) as response:
-                body = await response.read()
-                status = response.status
+            with self._trusted():
+                async with self._http.get(
+                    yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
+                ) as response:
+                    body = await response.read()
+                    status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise FallBack(f"listing: {type(exc).__name__}") from exc
         if status != 200:
@@ -361,9 +378,11 @@ class DirectGets:
         if self._request_payer:
             headers["x-amz-request-payer"] = self._request_payer
         signed = await self._signed_headers(path, query, headers, method="HEAD")
-        async with self._http.head(
-            yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
-        ) as response:
+        with self._trusted():
+            response = await self._http.head(
+                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
+            )
+        async with response:
             if response.status != 200:
                 # A HEAD answer has no body, so no error code: the status must do.
                 if 300 <= response.status < 400 or response.status in (400, 401):
@@ -401,38 +420,12 @@ def host_header(scheme: str, netloc: str) -> str:
     return netloc
 
 
-def proxied(scheme: str, host: str) -> bool:
-    """Whether HTTP(S)_PROXY would route requests to *host* through a proxy."""
-    proxies = urllib.request.getproxies()
-    return scheme in proxies and not urllib.request.proxy_bypass(host)
-
-
 def _error_fields(body: bytes) -> tuple[str, str]:
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         return "", body[:200].decode("utf-8", "replace")
     return root.findtext("Code") or "", root.findtext("Message") or ""
-
-
-def _ssl_context(scheme: str, verify: bool | str | None) -> ssl.SSLContext | bool:
-    if scheme != "https":
-        return False
-    if verify is False:
-        return False
-    cafile = verify if isinstance(verify, str) else _default_ca_bundle()
-    return ssl.create_default_context(cafile=cafile)
-
-
-def _default_ca_bundle() -> str | None:
-    """The bundle botocore itself uses: AWS_CA_BUNDLE, else certifi's."""
-    if bundle := os.environ.get("AWS_CA_BUNDLE"):
-        return bundle
-    try:
-        import certifi
-    except ImportError:
-        return None
-    return str(certifi.where())
 
 
 class DirectSource:

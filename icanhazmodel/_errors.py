@@ -10,6 +10,8 @@ exceptions are for runs that cannot start or cannot go on at all::
     │   └── ProfileNotFound                  --profile names no profile    exit 2
     ├── BucketNotFound (FileNotFoundError)   the bucket does not exist     exit 2
     ├── DestinationError (OSError)           model_dir unusable            exit 2
+    ├── TlsError                             the endpoint failed the TLS   exit 2
+    │                                        check (certificate, no TLS)
     ├── AccessDenied (PermissionError)       S3 said 403                   exit 1
     ├── NothingToFetch (FileNotFoundError)   no object under the key       exit 1
     ├── NotEnoughSpace (OSError)             listed bytes exceed free disk exit 1
@@ -52,6 +54,16 @@ class BucketNotFound(IcanhazmodelError, FileNotFoundError):
 
 class DestinationError(IcanhazmodelError, OSError):
     """The model directory cannot be created or written."""
+
+    exit_code = 2
+
+
+class TlsError(IcanhazmodelError):
+    """The endpoint's TLS certificate failed the check, or it spoke no TLS.
+
+    Never retried and never worked around by another request path: whoever
+    answered may not be the store, and a model file is often code.
+    """
 
     exit_code = 2
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from ._direct import FrozenCredentials, Route, host_header, proxied
+from ._direct import FrozenCredentials, Route, host_header
 
 # Environment variables the conditions below account for; any other AWS_*
 # variable (FIPS, dual-stack, retries, endpoint discovery, ...) might change
@@ -61,7 +61,6 @@ _DEFAULT_SIGNING_REGION = "us-east-1"  # botocore's, for an endpoint without one
 class LightStart:
     route: Route
     credentials: FrozenCredentials | None  # None: unsigned requests
-    tls_verify: bool | str | None
 
 
 def light_start(
@@ -91,9 +90,6 @@ def light_start(
     if settings is None:
         return None
     signing_region = region or environ.get("AWS_DEFAULT_REGION") or settings.get("region")
-    tls_verify: bool | str | None = False
-    if scheme == "https":
-        tls_verify = environ.get("AWS_CA_BUNDLE") or None
     return LightStart(
         route=Route(
             scheme=scheme,
@@ -103,12 +99,11 @@ def light_start(
             region=None if unsigned else signing_region or _DEFAULT_SIGNING_REGION,
         ),
         credentials=credentials,
-        tls_verify=tls_verify,
     )
 
 
 def _ip_endpoint(endpoint_url: str | None) -> tuple[str, str] | None:
-    """(scheme, netloc) of an endpoint given by IP address, not proxied."""
+    """(scheme, netloc) of an endpoint given by IP address."""
     if not endpoint_url:
         return None
     try:
@@ -121,8 +116,6 @@ def _ip_endpoint(endpoint_url: str | None) -> tuple[str, str] | None:
     if parts.scheme not in ("http", "https") or parts.path not in ("", "/"):
         return None
     if parts.query or parts.fragment or parts.username or parts.password:
-        return None
-    if proxied(parts.scheme, host):
         return None
     return parts.scheme, parts.netloc
 

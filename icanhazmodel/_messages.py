@@ -27,6 +27,8 @@ from ._checksums import Expectation
 from ._direct import FrozenCredentials, Route
 from ._manifest import PartialRecord
 from ._models import RemoteObject, pickled_by_fields
+from ._proxy import Proxies
+from ._tls import Trust
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +44,8 @@ class WorkerSettings:
     verify: bool
     read_timeout: float
     connect_timeout: float
-    tls_verify: bool | str | None
+    trust: Trust  # whom TLS connections trust, as in the parent
+    proxies: Proxies
     request_payer: str | None
     keep_temp: frozenset[str]  # temp files the manifest means to resume
 

@@ -13,8 +13,9 @@ import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -64,6 +65,8 @@ from ._objects import (
     raise_for_answer,
     strip_quotes,
 )
+from ._proxy import Proxies
+from ._tls import Trust, resolve_trust
 
 _NO_CREDENTIALS_HINT = (
     "pass --profile, set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -85,7 +88,8 @@ class S3Options:
     connect_timeout: float = 10.0
     unsigned: bool = False
     request_payer: str | None = None
-    verify: bool | str | None = None  # TLS verification: a CA bundle path, or a switch
+    verify_ssl: bool = True  # False: --no-verify-ssl
+    ca_bundle: str | None = None  # --ca-bundle
 
 
 # -- errors -------------------------------------------------------------------
@@ -114,8 +118,23 @@ _TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
 )
 
 
-def _raise_run_error(exc: BaseException, bucket: str, what: str) -> NoReturn:
+def _bucket_in_host(options: S3Options) -> str:
+    """A hint when --endpoint-url names the bucket in its host already (a
+    virtual-hosted URL): the bucket is then asked for twice, and S3 answers
+    NoSuchKey or NoSuchBucket."""
+    url = options.endpoint_url or ""
+    host = (urlsplit(url).hostname or "").lower()
+    if not host.startswith(options.bucket.lower() + "."):
+        return ""
+    return (
+        f"; --endpoint-url '{url}' already names bucket '{options.bucket}' in its host: "
+        "give the endpoint without the bucket (e.g. https://s3.REGION.amazonaws.com)"
+    )
+
+
+def _raise_run_error(exc: BaseException, options: S3Options, what: str) -> NoReturn:
     """Translate an exception that stops the whole run."""
+    bucket = options.bucket
     if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
         raise CredentialsError(f"no AWS credentials found: {_NO_CREDENTIALS_HINT}") from exc
     if isinstance(exc, boto_exc.CredentialRetrievalError):
@@ -125,7 +144,9 @@ def _raise_run_error(exc: BaseException, bucket: str, what: str) -> NoReturn:
     if isinstance(exc, boto_exc.ClientError):
         code, status = _error_code(exc)
         if code == "NoSuchBucket":
-            raise BucketNotFound(f"bucket '{bucket}' does not exist") from exc
+            raise BucketNotFound(
+                f"bucket '{bucket}' does not exist{_bucket_in_host(options)}"
+            ) from exc
         if code in _CREDENTIAL_CODES:
             raise CredentialsError(
                 f"S3 rejected the credentials ({code}) while {what}: check the profile or keys"
@@ -135,7 +156,8 @@ def _raise_run_error(exc: BaseException, bucket: str, what: str) -> NoReturn:
                 f"access denied while {what}: the credentials in use may not read "
                 f"bucket '{bucket}' (try another --profile)"
             ) from exc
-        raise S3Error(f"S3 error {code or status} while {what}: {exc}") from exc
+        hint = _bucket_in_host(options) if code == "NoSuchKey" else ""
+        raise S3Error(f"S3 error {code or status} while {what}: {exc}{hint}") from exc
     if isinstance(exc, boto_exc.EndpointConnectionError):
         raise S3Error(f"cannot reach the S3 endpoint while {what}: {exc}") from exc
     if isinstance(exc, boto_exc.BotoCoreError):
@@ -144,14 +166,14 @@ def _raise_run_error(exc: BaseException, bucket: str, what: str) -> NoReturn:
 
 
 @contextlib.contextmanager
-def run_errors(bucket: str, what: str) -> Iterator[None]:
+def run_errors(options: S3Options, what: str) -> Iterator[None]:
     """Turn botocore failures of a run-level call (listing, head) into ours."""
     try:
         yield
     except IcanhazmodelError:
         raise
     except (boto_exc.BotoCoreError, boto_exc.ClientError) as exc:
-        _raise_run_error(exc, bucket, what)
+        _raise_run_error(exc, options, what)
 
 
 @contextlib.contextmanager
@@ -243,18 +265,22 @@ class S3:
     def __init__(
         self,
         options: S3Options,
+        trust: Trust,
+        proxies: Proxies,
         *,
         botocore: _Botocore | None = None,
         light: LightStart | None = None,
     ) -> None:
         self._options = options
+        self.trust = trust
+        self.proxies = proxies
         self._boto = botocore
         self._boto_lock = anyio.Lock()
         self._light = light  # botocore not loaded until needed
         self.bucket = options.bucket
         self._direct: DirectGets | None = None
         self._direct_wanted = light is not None or (
-            botocore is not None and usable_for(options.bucket, botocore.client.meta.config)
+            botocore is not None and usable_for(options.bucket)
         )
         # Listing and run-level HEADs go direct too, until an answer the
         # direct path cannot read sends them (not the GETs) to botocore.
@@ -272,7 +298,7 @@ class S3:
     async def _botocore(self) -> _Botocore:
         async with self._boto_lock:
             if self._boto is None:
-                self._boto = await _open_botocore(self._options)
+                self._boto = await _open_botocore(self._options, self.trust, self.proxies)
             return self._boto
 
     async def _client(self) -> Any:
@@ -289,7 +315,8 @@ class S3:
                     "pool_size": self._options.pool_size,
                     "connect_timeout": self._options.connect_timeout,
                     "read_timeout": self._options.read_timeout,
-                    "verify": self._options.verify,
+                    "trust": self.trust,
+                    "proxies": self.proxies,
                     "request_payer": self._options.request_payer,
                 }
                 if self._light is not None:
@@ -298,7 +325,7 @@ class S3:
                     )
                 else:
                     boto = await self._botocore()
-                    with run_errors(self.bucket, "preparing downloads"):
+                    with run_errors(self._options, "preparing downloads"):
                         self._direct = await DirectGets.create(
                             boto.client, boto.credentials, bucket=self.bucket, **settings
                         )
@@ -311,17 +338,13 @@ class S3:
         direct = await self._direct_gets()
         return direct.route if direct is not None and self._direct_wanted else None
 
-    @property
-    def tls_verify(self) -> bool | str | None:
-        return self._options.verify
-
     async def frozen_credentials(self) -> FrozenCredentials | None:
         """The keys in use right now (refreshed by botocore as they rotate)."""
         if self._boto is None:
             return self._light.credentials if self._light is not None else None
         if self._boto.credentials is None:
             return None
-        with run_errors(self.bucket, "refreshing credentials"):
+        with run_errors(self._options, "refreshing credentials"):
             frozen = await self._boto.credentials.get_frozen_credentials()
         return FrozenCredentials(frozen.access_key, frozen.secret_key, frozen.token)
 
@@ -376,9 +399,9 @@ class S3:
                 if status == 403 or code == "AccessDenied":
                     self._denied_head = key
                 return None
-            _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
+            _raise_run_error(exc, self._options, f"looking up s3://{self.bucket}/{key}")
         except boto_exc.BotoCoreError as exc:
-            _raise_run_error(exc, self.bucket, f"looking up s3://{self.bucket}/{key}")
+            _raise_run_error(exc, self._options, f"looking up s3://{self.bucket}/{key}")
         if not response.get("ETag"):
             raise not_s3(f"HEAD s3://{self.bucket}/{key}")
         return _head_result(key, response, version_id)
@@ -481,7 +504,7 @@ class S3:
             kwargs["Delimiter"] = delimiter
         if start_after is not None:
             kwargs["StartAfter"] = start_after
-        with run_errors(self.bucket, what):
+        with run_errors(self._options, what):
             response = await (await self._client()).list_objects_v2(**kwargs)
         objects = [_listed_object(item) for item in response.get("Contents", ())]
         prefixes = [str(item["Prefix"]) for item in response.get("CommonPrefixes", ())]
@@ -529,15 +552,19 @@ class S3:
         return checked(body, obj, start, end, ranged)
 
 
-def _client_config(options: S3Options) -> AioConfig:
+def _client_config(options: S3Options, trust: Trust, proxies: Proxies) -> AioConfig:
     from aiobotocore.config import AioConfig
     from botocore import UNSIGNED
+
+    from ._botohttp import session_class
 
     # SigV4 spelled out: what S3 requests use anyway, and what makes a
     # presigned URL (the direct path's probe) name its signing region.
     extra: dict[str, Any] = {"signature_version": UNSIGNED if options.unsigned else "s3v4"}
     return AioConfig(
         max_pool_connections=options.pool_size,
+        # The run's TLS and proxy policy (see _botohttp), not aiobotocore's.
+        http_session_cls=session_class(trust, proxies),
         retries={"mode": "standard", "total_max_attempts": options.retries + 1},
         read_timeout=options.read_timeout,
         connect_timeout=options.connect_timeout,
@@ -549,37 +576,50 @@ def _client_config(options: S3Options) -> AioConfig:
     )
 
 
-def _verify_tls(endpoint_url: str | None, session: aioboto3.Session) -> bool | str | None:
-    """How to check the endpoint's TLS certificate.
-
-    False for a plain-HTTP endpoint: no TLS, so no CA bundle to load (saves
-    tens of ms at start-up). Otherwise the CA bundle the profile or
-    AWS_CA_BUNDLE names, if any, so both request paths trust the same CAs.
-    """
-    effective = (
-        endpoint_url
+def _effective_endpoint(options: S3Options) -> str:
+    return (
+        options.endpoint_url
         or os.environ.get("AWS_ENDPOINT_URL_S3")
         or os.environ.get("AWS_ENDPOINT_URL")
         or ""
     )
-    if effective.lower().startswith("http://"):
-        return False
-    try:
-        bundle = session._session.get_config_variable("ca_bundle")
-    except boto_exc.ConfigParseError:
-        raise
-    except Exception:  # a private attribute: be ready for it to move
-        bundle = os.environ.get("AWS_CA_BUNDLE")
-    _check_ca_bundle(bundle)
-    return str(bundle) if bundle else None
 
 
-def _check_ca_bundle(bundle: object) -> None:
-    if isinstance(bundle, str) and bundle and not os.path.isfile(bundle):
-        source = (
-            "AWS_CA_BUNDLE" if os.environ.get("AWS_CA_BUNDLE") else "ca_bundle in the AWS config"
-        )
-        raise UsageError(f"{source} names '{bundle}', which is not a file")
+def _trust(options: S3Options, session: aioboto3.Session | None) -> Trust:
+    """The run's Trust (see _tls), from the options, the environment and, once
+    botocore is loaded, the profile's ca_bundle and proxy_ca_bundle."""
+    profile_bundle = proxy_bundle = None
+    if session is not None:
+        try:
+            core = session._session
+            profile_bundle = core.get_scoped_config().get("ca_bundle")
+            proxy_bundle = (core.get_config_variable("proxies_config") or {}).get("proxy_ca_bundle")
+        except boto_exc.ConfigParseError:
+            raise
+        except boto_exc.ProfileNotFound:
+            pass  # reported when the client is made
+        except Exception:  # a private attribute: be ready for it to move
+            pass
+    return resolve_trust(
+        verify=options.verify_ssl,
+        ca_bundle=options.ca_bundle,
+        environ_bundle=os.environ.get("AWS_CA_BUNDLE"),
+        profile_bundle=profile_bundle if isinstance(profile_bundle, str) else None,
+        profile=options.profile or os.environ.get("AWS_PROFILE"),
+        proxy_ca_bundle=proxy_bundle if isinstance(proxy_bundle, str) else None,
+    )
+
+
+def _check_trust(trust: Trust, options: S3Options, proxies: Proxies) -> None:
+    """Build the SSL context now if the run will speak TLS: a CA bundle that
+    is not one is then one line before any request (not a traceback at the
+    first), and no connection waits for it. A plain-HTTP endpoint with no
+    https:// proxy speaks none, and skips its ~35 ms."""
+    endpoint = _effective_endpoint(options)
+    proxy = proxies.for_url(endpoint) if endpoint else proxies.https
+    if endpoint.lower().startswith("http://") and not (proxy or "").startswith("https:"):
+        return
+    trust.context()
 
 
 def _profile_words(options: S3Options) -> str:
@@ -609,7 +649,7 @@ def _config_file() -> str:
     return os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"
 
 
-async def _open_botocore(options: S3Options) -> _Botocore:
+async def _open_botocore(options: S3Options, trust: Trust, proxies: Proxies) -> _Botocore:
     """The session, client and credentials, with their failures in our words."""
     try:
         session = _session(options)
@@ -620,8 +660,10 @@ async def _open_botocore(options: S3Options) -> _Botocore:
             "s3",
             endpoint_url=options.endpoint_url,
             region_name=options.region,
-            config=_client_config(options),
-            verify=options.verify,
+            config=_client_config(options, trust, proxies),
+            # What the session class's connections use is trust.context();
+            # this keeps botocore's own idea of it the same.
+            verify=trust.ca_bundle or trust.verify,
         )
         client = await client_cm.__aenter__()
         credentials = None if options.unsigned else await session.get_credentials()
@@ -635,13 +677,39 @@ async def _open_botocore(options: S3Options) -> _Botocore:
         raise CredentialsError(f"cannot get credentials{_profile_words(options)}: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         raise S3Error(f"cannot create the S3 client: {exc}") from exc
+    if credentials is None and not options.unsigned:
+        await client_cm.__aexit__(None, None, None)
+        raise CredentialsError(_no_credentials(options))
     return _Botocore(client, client_cm.__aexit__, credentials)
+
+
+def _no_credentials(options: S3Options) -> str:
+    """Why no credentials were found, in the words of what the user set."""
+    env_keys = bool(os.environ.get("AWS_ACCESS_KEY_ID"))
+    if options.profile:
+        return (
+            f"profile '{options.profile}' has no credentials (no keys, role, SSO or "
+            "credential_process for it in ~/.aws/credentials or ~/.aws/config)"
+            + (
+                "; the keys in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not used when "
+                "--profile names a profile: leave --profile out to use them"
+                if env_keys
+                else ""
+            )
+        )
+    if profile := os.environ.get("AWS_PROFILE"):
+        return (
+            f"profile '{profile}' (named by AWS_PROFILE) has no credentials (no keys, role, "
+            "SSO or credential_process for it in ~/.aws/credentials or ~/.aws/config)"
+        )
+    return f"no AWS credentials found: {_NO_CREDENTIALS_HINT}"
 
 
 @contextlib.asynccontextmanager
 async def open_s3(options: S3Options) -> AsyncIterator[S3]:
     """Open the run's way to S3: without botocore where it would decide
     nothing (see ``_light``), else with its client from the start."""
+    proxies = Proxies.from_environ(os.environ)
     light = light_start(
         bucket=options.bucket,
         endpoint_url=options.endpoint_url,
@@ -651,15 +719,16 @@ async def open_s3(options: S3Options) -> AsyncIterator[S3]:
         environ=os.environ,
     )
     if light is not None:
-        _check_ca_bundle(light.tls_verify)
-        s3 = S3(replace(options, verify=light.tls_verify), light=light)
+        trust = _trust(options, None)
+        _check_trust(trust, options, proxies)
+        s3 = S3(options, trust, proxies, light=light)
     else:
         try:
-            verify = _verify_tls(options.endpoint_url, _session(options))
+            trust = _trust(options, _session(options))
         except boto_exc.ConfigParseError as exc:
             raise UsageError(f"cannot read the AWS config file '{_config_file()}': {exc}") from exc
-        options = replace(options, verify=verify)
-        s3 = S3(options, botocore=await _open_botocore(options))
+        _check_trust(trust, options, proxies)
+        s3 = S3(options, trust, proxies, botocore=await _open_botocore(options, trust, proxies))
     try:
         yield s3
     finally:

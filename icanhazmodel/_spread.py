@@ -102,7 +102,8 @@ class Spread:
             verify=config.verify,
             read_timeout=config.stall_timeout,
             connect_timeout=CONNECT_TIMEOUT,
-            tls_verify=self._s3.tls_verify,
+            trust=self._s3.trust,
+            proxies=self._s3.proxies,
             request_payer=config.request_payer,
             keep_temp=frozenset(manifest.partial_names() if manifest else ()),
         )

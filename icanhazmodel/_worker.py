@@ -196,7 +196,8 @@ class Worker:
             pool_size=settings.concurrency + 2,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
-            verify=settings.tls_verify,
+            trust=settings.trust,
+            proxies=settings.proxies,
             request_payer=settings.request_payer,
         )
         source = DirectSource(gets, settings.bucket)

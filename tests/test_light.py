@@ -19,7 +19,9 @@ import pytest
 import icanhazmodel
 from icanhazmodel._direct import FrozenCredentials, resolve_route
 from icanhazmodel._light import LightStart, light_start
+from icanhazmodel._proxy import Proxies
 from icanhazmodel._s3 import S3Options, _open_botocore
+from icanhazmodel._tls import Trust
 from tests.conftest import Bucket, tree_of
 from tests.faultproxy import Fault, FaultProxy, fault_proxy
 
@@ -46,7 +48,8 @@ def start(
 
 
 async def botocores_route(endpoint: str, bucket: str, region: str | None) -> object:
-    boto = await _open_botocore(S3Options(bucket=bucket, endpoint_url=endpoint, region=region))
+    options = S3Options(bucket=bucket, endpoint_url=endpoint, region=region)
+    boto = await _open_botocore(options, Trust(), Proxies())
     try:
         return await resolve_route(boto.client, boto.credentials, bucket)
     finally:
@@ -105,7 +108,6 @@ def test_the_region_comes_from_the_argument_then_the_environment_then_the_config
         "no keys",
         "fips",
         "security token",
-        "proxy",
         "config with a role",
         "malformed config",
         "profile missing from config",
@@ -134,10 +136,6 @@ def test_anything_botocore_might_decide_differently_goes_to_botocore(
         env |= {"AWS_USE_FIPS_ENDPOINT": "true"}
     elif case == "security token":
         env |= {"AWS_SECURITY_TOKEN": "t"}
-    elif case == "proxy":
-        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
     elif case == "config with a role":
         config.write_text("[default]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = x\n")
     elif case == "malformed config":
