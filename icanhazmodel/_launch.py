@@ -8,7 +8,7 @@ processes starts one *fork server* at once, beside its own imports and
 listing: it imports what a worker needs, then waits. Each worker is then a
 ``fork`` of it, ready in milliseconds.
 
-The server is a fresh interpreter (``python -c``), never a fork of the run's
+The server is a fresh interpreter (``python -P -c``), never a fork of the run's
 process, so the caller's threads and event loop never cross a fork: it
 forks only while it has one thread, and answers "no" otherwise. Each worker
 it forks is handed back as a pidfd, so the run can wait on it and kill it
@@ -43,8 +43,19 @@ FORK_TIMEOUT = 20.0
 REAP_SECONDS = 1.0
 # How long a run waits for the server to reap its (finished) workers and exit.
 CLOSE_TIMEOUT = 2.0
-_WORKER = "from icanhazmodel._worker import main; main()"
-_SERVER = "from icanhazmodel._launch import serve; serve()"
+# A child runs `python -P -c BOOT+MAIN PACKAGE_PARENT FD`. -P keeps the
+# current directory off sys.path (``-c`` would put it first, so a
+# 'selectors.py' where the tool runs, or landed there by a key with -m ., would
+# run as the user). The package is loaded from where the parent loaded it by
+# asking for that one name in that one folder: the folder never joins
+# sys.path, so nothing else beside the package can be imported from it.
+_BOOT = (
+    "import importlib.machinery as _m, importlib.util as _u, sys\n"
+    "_s = _m.PathFinder.find_spec('icanhazmodel', [sys.argv[1]])\n"
+    "_p = _u.module_from_spec(_s); sys.modules['icanhazmodel'] = _p; _s.loader.exec_module(_p)\n"
+)
+_WORKER = _BOOT + "from icanhazmodel._worker import serve_on; serve_on(int(sys.argv[2]))"
+_SERVER = _BOOT + "from icanhazmodel._launch import serve; serve(int(sys.argv[2]))"
 
 
 class Child(Protocol):
@@ -125,16 +136,20 @@ class Forked:
 
 
 def _child_env() -> dict[str, str]:
-    # The child imports this very package, wherever the parent found it.
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    """The environment, with PYTHONPATH's entries made absolute and those
+    naming the current directory itself ('', '.') left out."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    if "PYTHONPATH" in env:
+        here = os.path.realpath(os.getcwd())
+        entries = [os.path.realpath(e) for e in env["PYTHONPATH"].split(os.pathsep) if e]
+        env["PYTHONPATH"] = os.pathsep.join(e for e in entries if e != here)
     return env
 
 
 def _python(code: str, fd: int) -> subprocess.Popen[bytes]:
+    package_parent = str(Path(__file__).resolve().parent.parent)
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(fd)],
+        [sys.executable, "-P", "-c", code, package_parent, str(fd)],
         pass_fds=(fd,),
         stdin=subprocess.DEVNULL,
         env=_child_env(),
@@ -245,10 +260,10 @@ def _spawn() -> tuple[Child, Connection]:
 # -- the server process --------------------------------------------------------------
 
 
-def serve() -> None:
-    """The fork server's main: ``python -c '...serve()' FD``."""
+def serve(fd: int) -> None:
+    """The fork server's main, on socket *fd* (see ``_python``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run decides when its workers stop
-    control = socket.socket(fileno=int(sys.argv[1]))
+    control = socket.socket(fileno=fd)
     try:
         os.close(os.pidfd_open(os.getpid()))
     except OSError:  # a kernel without pidfds (before 5.3): the run spawns workers

@@ -1,12 +1,12 @@
 """A worker process: fetches the objects its parent sends, on its own event loop.
 
-Forked by the run's fork server, or started as ``python -c 'from
-icanhazmodel._worker import main; main()' FD`` (see ``_launch``), with one
-end of a socket pair. It loads the direct GET path only (aiohttp
-and icanhazmodel's own SigV4, never botocore), its own connection pool and
-writer threads, and runs the same transfer code as a one-process run. It
-never writes the manifest and draws no bar: progress, results, resume
-records and notes go back to the parent in batches.
+Forked by the run's fork server, or started as an interpreter of its own
+that calls :func:`serve_on` (see ``_launch``), with one end of a socket
+pair. It loads the direct GET path only (aiohttp and icanhazmodel's own
+SigV4, never botocore), its own connection pool and writer threads, and
+runs the same transfer code as a one-process run. It never writes the
+manifest and draws no bar: progress, results, resume records and notes go
+back to the parent in batches.
 
 Workers run in a process group of their own, so a Ctrl-C reaches only the
 parent (they ignore SIGINT anyway); they stop when the parent says so, or
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -353,10 +352,6 @@ class Worker:
 def _span_tag(span: int) -> str:
     """The name a span's progress goes under (no key holds a NUL)."""
     return f"\0span {span}"
-
-
-def main() -> None:
-    serve_on(int(sys.argv[1]))
 
 
 def serve_on(fd: int) -> None:

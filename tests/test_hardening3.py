@@ -1,0 +1,121 @@
+"""Hardening 3: worker processes, lying listings, throttling, multipart layouts.
+
+Each test here failed before its fix (issue 21). Stores that lie are played by
+:mod:`tests.hostile_s3` or by the fault proxy in front of moto; nothing in the
+code under test is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+import icanhazmodel
+from icanhazmodel import _launch
+from tests.conftest import Bucket, run_cli, tree_of
+from tests.sample_tree import pattern
+
+# -- 1: a child process never imports from the current directory ----------------------
+
+PLANTED = """\
+import os
+with open(os.environ["PLANTED_MARKER"], "a") as marker:
+    marker.write(f"{os.getpid()} ran planted code\\n")
+raise ImportError("planted")
+"""
+
+
+def _tree(bucket: Bucket, count: int, size: int = 20_000) -> dict[str, bytes]:
+    files = {f"p/{i:03d}.bin": pattern(f"h3-{i}", size) for i in range(count)}
+    for key, data in files.items():
+        bucket.put(key, data)
+    return files
+
+
+@pytest.mark.parametrize("module", ["selectors.py", "aiohttp.py", "icanhazmodel.py"])
+def test_1_workers_never_import_what_is_planted_where_the_tool_runs(
+    module: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    files = _tree(bucket, 12)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / module).write_text(PLANTED)
+    marker = tmp_path / "marker"
+    result = run_cli(
+        "--endpoint-url",
+        bucket.endpoint,
+        "-b",
+        bucket.name,
+        "-k",
+        "p",
+        "-m",
+        str(tmp_path / "ptms"),
+        "-P",
+        "2",
+        cwd=here,
+        env={"PLANTED_MARKER": str(marker)},
+    )
+    assert not marker.exists(), marker.read_text()
+    assert result.code == 0, result
+    assert "2 processes" in result.stderr
+    assert tree_of(tmp_path / "ptms") == files
+
+
+def test_1_a_key_landed_in_the_current_directory_never_runs(bucket: Bucket, tmp_path: Path) -> None:
+    """With -m ., a bucket's `selectors.py` lands where the tool runs; the next
+    run's worker processes must not import it."""
+    files = {f"f{i:03d}.bin": pattern(f"h3-{i}", 20_000) for i in range(12)}
+    files["selectors.py"] = PLANTED.encode()
+    for key, data in files.items():
+        bucket.put(key, data)
+    marker = tmp_path / "marker"
+    here = tmp_path / "cwd"
+    here.mkdir()
+    for _ in range(2):
+        result = run_cli(
+            "--endpoint-url",
+            bucket.endpoint,
+            "-k",
+            f"s3://{bucket.name}/",
+            "-m",
+            ".",
+            "-P",
+            "2",
+            "--force",
+            cwd=here,
+            env={"PLANTED_MARKER": str(marker)},
+        )
+        assert result.code == 0, result
+        assert "2 processes" in result.stderr
+    assert not marker.exists(), marker.read_text()
+    assert tree_of(here) == files
+
+
+def test_1_spawned_workers_never_import_from_the_current_directory(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _tree(bucket, 12)
+    monkeypatch.setattr(_launch, "_SERVER", "raise SystemExit(3)")  # no fork server
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "selectors.py").write_text(PLANTED)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("PLANTED_MARKER", str(marker))
+    monkeypatch.chdir(here)
+    result = asyncio.run(
+        icanhazmodel.fetch(
+            bucket=bucket.name,
+            key="p",
+            dest=tmp_path / "ptms",
+            endpoint_url=bucket.endpoint,
+            processes=2,
+        )
+    )
+    assert not marker.exists(), marker.read_text()
+    assert result.ok, result
+    assert result.processes == 2
+    assert tree_of(tmp_path / "ptms") == files
+    assert "selectors" not in {Path(p).name for p in sys.path}
