@@ -426,10 +426,13 @@ def fork_server_for(config: FetchConfig) -> ForkServer | None:
     and the first listing page, so workers, if the run wants them, start warm.
     """
     from ._launch import ForkServer
-    from ._limits import may_use_processes, usable_cpus
+    from ._limits import fit_open_files, may_use_processes, usable_cpus
 
     if config.dry_run or not may_use_processes(config.processes, usable_cpus()):
         return None
+    # Workers inherit the open-file limit from the server, when it starts:
+    # raise it first (the run asks again, and says what it could not get).
+    fit_open_files(config.concurrency)
     return ForkServer.start()
 
 

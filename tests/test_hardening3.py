@@ -8,6 +8,8 @@ code under test is patched.
 from __future__ import annotations
 
 import asyncio
+import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 import icanhazmodel
 from icanhazmodel import _launch
-from tests.conftest import Bucket, run_cli, tree_of
+from tests.conftest import Bucket, entry_point, run_cli, tree_of
 from tests.sample_tree import pattern
 
 # -- 1: a child process never imports from the current directory ----------------------
@@ -119,3 +121,30 @@ def test_1_spawned_workers_never_import_from_the_current_directory(
     assert result.processes == 2
     assert tree_of(tmp_path / "ptms") == files
     assert "selectors" not in {Path(p).name for p in sys.path}
+
+
+# -- 6: worker processes get the raised open-file limit --------------------------------
+
+
+def test_6_workers_get_the_raised_open_file_limit(bucket: Bucket, tmp_path: Path) -> None:
+    files = {f"p/{i:03d}": pattern(f"fd{i}", 3000) for i in range(300)}
+    for key, data in files.items():
+        bucket.put(key, data)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    args = ["--endpoint-url", bucket.endpoint, "-b", bucket.name, "-k", "p", "-m", str(tmp_path)]
+    proc = subprocess.run(
+        [entry_point(), *args, "-P", "3", "-j", "100"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=low_limit,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Too many open files" not in proc.stderr
+    assert "3 processes" in proc.stderr
+    assert tree_of(tmp_path) == files
