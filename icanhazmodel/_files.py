@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ._errors import DestinationError
+from ._keys import PARTIAL_SUFFIX, is_temp_name
 
-PARTIAL_SUFFIX = ".icanhazmodel-partial"
 _FILE_MODE = 0o666  # narrowed by the umask, as for any new file
 _NAME_MAX = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -250,11 +250,6 @@ class Tree:
             if "/".join((*dir_parts, name)) not in keep:
                 with contextlib.suppress(OSError):
                     remove_unlocked(dir_fd, name, own_only=True)
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether *name* (one path component) is a temp file name icanhazmodel writes."""
-    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX) and "/" not in name
 
 
 def temp_name(final_name: str) -> str:

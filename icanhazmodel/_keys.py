@@ -15,6 +15,8 @@ META_DIRNAME = ".icanhazmodel"
 
 # Most filesystems cap one path component at 255 bytes (NAME_MAX).
 _NAME_MAX = 255
+# icanhazmodel's temp files: '.<name>.<hex>' + this, beside their target.
+PARTIAL_SUFFIX = ".icanhazmodel-partial"
 
 
 class RefusedKey(ValueError):
@@ -78,7 +80,16 @@ def key_parts(key: str, *, is_dir_marker: bool = False) -> tuple[str, ...]:
     # casefold: on a case-insensitive filesystem '.ICANHAZMODEL' is the same folder.
     if parts[0].casefold() == META_DIRNAME:
         raise RefusedKey(f"maps onto {META_DIRNAME}/, where icanhazmodel keeps its records")
+    if not is_dir_marker and is_temp_name(parts[-1]):
+        # Landed, it would be swept away as a stale temp file by the next run
+        # that writes in its folder, and fetched again, every time.
+        raise RefusedKey(f"is named like icanhazmodel's temp files ('.*{PARTIAL_SUFFIX}')")
     return parts
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether *name* (one path component) is a temp file name icanhazmodel writes."""
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX) and "/" not in name
 
 
 def is_dir_marker(key: str, size: int) -> bool:

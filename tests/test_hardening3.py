@@ -148,3 +148,29 @@ def test_6_workers_get_the_raised_open_file_limit(bucket: Bucket, tmp_path: Path
     assert "Too many open files" not in proc.stderr
     assert "3 processes" in proc.stderr
     assert tree_of(tmp_path) == files
+
+
+# -- 3: a key named like a temp file is refused, not landed and swept ----------------------
+
+
+def test_3_a_key_named_like_a_temp_file_is_refused_not_swept(
+    request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    lookalike = "p/d/.x.bin.0123456789ab.icanhazmodel-partial"
+    bucket.put(lookalike, b"precious bytes")
+    bucket.put("p/d/y.bin", b"y" * 100)
+    for _ in range(2):
+        result = asyncio.run(
+            icanhazmodel.fetch(
+                bucket=bucket.name,
+                key="p",
+                dest=tmp_path,
+                endpoint_url=bucket.endpoint,
+                force=True,
+            )
+        )
+        assert [(r.key, r.status) for r in result.problems] == [
+            (lookalike, icanhazmodel.Status.REFUSED)
+        ]
+        assert "named like icanhazmodel's temp files" in result.problems[0].reason
+        assert tree_of(tmp_path) == {"p/d/y.bin": b"y" * 100}
