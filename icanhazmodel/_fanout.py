@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._errors import S3Error
+from ._contract import TokenChain
 from ._flat import FlatGuess, just_before
 from ._listxml import ListPage
 
@@ -142,6 +142,7 @@ async def fanned_out(
 
     async def list_range(where: _Range, send: MemoryObjectSendStream[ListPage]) -> None:
         nonlocal ended
+        chain = TokenChain()
         token: str | None = None
         listed = 0
         async with send:
@@ -162,9 +163,7 @@ async def fanned_out(
                     elif where.subs:
                         density.seen(listed, where.subs)
                     return  # past the range's end, or the prefix's
-                if page.next_token == token:  # a store that would loop forever
-                    raise S3Error(f"S3 sent the same continuation token twice listing {prefix}")
-                token = page.next_token
+                token = chain.follow(page.next_token)
 
     async def start(tg: TaskGroup, where: _Range) -> None:
         send, receive = anyio.create_memory_object_stream[ListPage](PAGES_AHEAD)
@@ -178,6 +177,7 @@ async def fanned_out(
         up to DESCENTS in all. A page with no sub-prefix and more to come ends
         the level (what follows is flat: a chain lists it)."""
         nonlocal descents
+        chain = TokenChain()
         token: str | None = None
         while True:
             page = await list_page(sub, token, delimiter, after, None)
@@ -201,9 +201,7 @@ async def fanned_out(
                 if page.next_token is not None and depth == 0:
                     flat_sample.extend(obj.key for obj in page.objects)
                 return
-            if page.next_token == token:
-                raise S3Error(f"S3 sent the same continuation token twice listing {sub}")
-            token = page.next_token
+            token = chain.follow(page.next_token)
 
     async def walk(tg: TaskGroup) -> None:
         """Cut the key range after start_after at every few sub-prefixes."""

@@ -25,6 +25,7 @@ from itertools import repeat
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
 
+from ._contract import truncated_without_token
 from ._models import RemoteObject
 from ._objects import posix_time, strip_quotes
 
@@ -85,7 +86,8 @@ _ALGORITHM, _TRUNCATED, _TOKEN = map(
 )
 _ENCODING = _field("EncodingType")
 _COMMON = re.compile(r"<CommonPrefixes>\s*<Prefix>([^<]*)</Prefix>\s*</CommonPrefixes>")
-_ROOT = re.compile(r"\A\s*(?:<\?xml [^<>]*\?>)?\s*<ListBucketResult[\s>]")
+_ROOT = re.compile(r"\A\s*(?:<\?xml ([^<>]*)\?>)?\s*<ListBucketResult[\s>]")
+_ENCODING_DECLARED = re.compile(r"""encoding\s*=\s*["']([^"']*)["']""")
 
 
 def quick_list_page(text: str, below: str | None = None) -> ListPage | None:
@@ -102,6 +104,7 @@ def quick_list_page(text: str, below: str | None = None) -> ListPage | None:
     root = _ROOT.match(text)
     if (
         root is None  # another root
+        or not _utf8_declared(root.group(1))  # the bytes mean other characters
         or ("!" in text and "<!" in text)  # CDATA, a comment, a doctype
         or (text.find("?", root.end()) >= 0 and text.find("<?", 1) >= 0)  # an instruction
         or "\r" in text  # XML reads "\r\n" as "\n": line ends are the parser's
@@ -173,6 +176,15 @@ def quick_list_page(text: str, below: str | None = None) -> ListPage | None:
     return ListPage(objects, tokens[0], prefixes, cut=end < len(keys))
 
 
+def _utf8_declared(declaration: str | None) -> bool:
+    """Whether an XML declaration leaves the page in UTF-8 (what the text
+    was decoded as); another encoding is the parser's to apply."""
+    if not declaration or "encoding" not in declaration:
+        return True
+    declared = _ENCODING_DECLARED.search(declaration)
+    return declared is not None and declared[1].lower().replace("_", "-") in ("utf-8", "utf8")
+
+
 def _unquoted_etag(etag: str) -> str:
     if len(etag) >= 12 and etag.startswith("&quot;") and etag.endswith("&quot;"):
         return etag[6:-6]  # as S3 writes it
@@ -240,7 +252,7 @@ def tree_list_page(body: bytes) -> ListPage:
     if truncated == "false":
         return ListPage(objects, None, prefixes)
     if not token:
-        raise NotAListing("a truncated listing without NextContinuationToken")
+        raise truncated_without_token()
     return ListPage(objects, token, prefixes)
 
 

@@ -26,7 +26,8 @@ from anyio.to_thread import run_sync
 
 from ._checksums import NO_VERIFY
 from ._config import FetchConfig
-from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch
+from ._contract import BrokenListing, KeyOrder
+from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch, S3Error
 from ._files import Tree
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._launch import ForkServer
@@ -303,19 +304,29 @@ class Run:
         self._check_something_selected()
 
     async def _list_prefix(self, send: ObjectSendStream[Work] | None) -> None:
-        """List the prefix: one page, and if it holds more than that, the rest
+        """List the prefix, holding the store to the listing contract (see
+        ``_contract``): one page, and if it holds more than that, the rest
         fanned out over its sub-prefixes (in the same key order)."""
-        pages = self.s3.list_pages(self._prefix)
-        first = await anext(pages)
-        await self._plan_page(first.objects, send, more=first.more)
-        if first.more and first.objects and _fan_out():
-            await pages.aclose()
-            async with self.s3.fanned_out(self._prefix, [o.key for o in first.objects]) as rest:
-                async for page in rest:
-                    await self._plan_page(page.objects, send, more=page.more)
-            return
-        async for page in pages:
-            await self._plan_page(page.objects, send, more=page.more)
+        order = KeyOrder()
+        try:
+            pages = self.s3.list_pages(self._prefix)
+            first = await anext(pages)
+            order.check(first.objects)
+            await self._plan_page(first.objects, send, more=first.more)
+            if first.more and first.objects and _fan_out():
+                await pages.aclose()
+                keys = [o.key for o in first.objects]
+                async with self.s3.fanned_out(self._prefix, keys) as rest:
+                    async for page in rest:
+                        order.check(page.objects)
+                        await self._plan_page(page.objects, send, more=page.more)
+                return
+            async for page in pages:
+                order.check(page.objects)
+                await self._plan_page(page.objects, send, more=page.more)
+        except BrokenListing as exc:
+            where = f"s3://{self.s3.bucket}/{self._prefix}"
+            raise S3Error(f"the store broke the listing of {where}: it {exc}") from None
 
     def _check_something_selected(self) -> None:
         where = f"s3://{self.s3.bucket}/{self._prefix}"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from aiobotocore.config import AioConfig
 
 from ._checksums import CHECKSUM_ALGORITHMS, ChecksumMismatch
+from ._contract import TokenChain, truncated_without_token
 from ._direct import (
     DirectGets,
     DirectSource,
@@ -452,15 +453,13 @@ class S3:
         what = f"listing s3://{self.bucket}/{prefix}"
         if self._denied_head is not None and prefix == self._denied_head + "/":
             what = f"looking up s3://{self.bucket}/{self._denied_head}"
+        chain = TokenChain()
         token: str | None = None
         while True:
             page = await self._list_page(prefix, token, what)
             yield page
-            if page.next_token is None:
+            if (token := chain.follow(page.next_token)) is None:
                 return
-            if page.next_token == token:  # a store that would loop forever
-                raise S3Error(f"S3 sent the same continuation token twice while {what}")
-            token = page.next_token
 
     def fanned_out(
         self, prefix: str, first_page: Sequence[str]
@@ -508,7 +507,9 @@ class S3:
             response = await (await self._client()).list_objects_v2(**kwargs)
         objects = [_listed_object(item) for item in response.get("Contents", ())]
         prefixes = [str(item["Prefix"]) for item in response.get("CommonPrefixes", ())]
-        more = response.get("IsTruncated") and response.get("NextContinuationToken")
+        more = response.get("NextContinuationToken")
+        if response.get("IsTruncated") and not more:
+            raise truncated_without_token()
         return cut_below(ListPage(objects, str(more) if more else None, prefixes), below)
 
     async def open_body(

@@ -3,8 +3,9 @@
 It serves ListObjectsV2, HeadObject and GetObject (path style, with Range)
 from a dict, and can be told to misbehave the ways real servers in the way
 do: answer every request with a web page (a captive portal, the wrong port),
-list an ETag S3 would never send, or send a longer body than listed with no
-Content-Length (a store that ignores If-Match, streaming a newer version).
+list an ETag S3 would never send, send a longer body than listed with no
+Content-Length (a store that ignores If-Match, streaming a newer version), or
+page its listing in ways that break ListObjectsV2's contract (see ``lie``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 PORTAL_PAGE = b"<html><body><h1>Welcome! Please log in to use the network.</h1></body></html>"
@@ -30,6 +31,13 @@ class HostileS3:
     served: dict[str, bytes] = field(default_factory=dict)  # GET sends this instead
     portal: bool = False
     port: int = 0
+    page_size: int = 1000
+    # How its listing lies: "no-token" (a truncated page without a token),
+    # "repeat-last" (each page starts with the previous page's last key),
+    # "ignore-start-after", "token-cycle" (page 3's token leads back to page 2),
+    # "unsorted" (a page's first two keys swapped); "" for none.
+    lie: str = ""
+    encoding: str = "UTF-8"  # the listing's declared (and used) encoding
 
     def etag(self, key: str) -> str:
         return self.etags.get(key) or hashlib.md5(self.objects[key]).hexdigest()
@@ -84,7 +92,7 @@ def _handler(s3: HostileS3) -> type[BaseHTTPRequestHandler]:
                 return self._portal(True)
             key, query = self._key()
             if not key and "list-type" in query:
-                return self._list(query.get("prefix", [""])[0])
+                return self._list(query)
             if key not in s3.objects:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
@@ -110,21 +118,71 @@ def _handler(s3: HostileS3) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _list(self, prefix: str) -> None:
+        def _list(self, query: dict[str, list[str]]) -> None:
+            """ListObjectsV2, a page of s3.page_size at a time, told as s3.lie says."""
+            prefix = query.get("prefix", [""])[0]
+            after = query.get("start-after", [""])[0]
+            token = query.get("continuation-token", [None])[0]
+            keys = [k for k in sorted(s3.objects) if k.startswith(prefix)]
+            if delimiter := query.get("delimiter", [""])[0]:  # folders as one entry each
+                keys = sorted(
+                    {
+                        prefix + k[len(prefix) :].split(delimiter, 1)[0] + delimiter
+                        if delimiter in k[len(prefix) :]
+                        else k
+                        for k in keys
+                    }
+                )
+            everything = keys
+            if after and s3.lie != "ignore-start-after":
+                keys = [k for k in keys if k > after]
+            page_number = 0
+            if token is not None:
+                page_number, _, last = token.partition(":")
+                keys = [k for k in keys if k > last or (s3.lie == "repeat-last" and k == last)]
+            page, rest = keys[: s3.page_size], keys[s3.page_size :]
+            number = int(page_number) + 1
+            if s3.lie == "unsorted" and len(page) > 2:
+                page[0], page[1] = page[1], page[0]
+            next_token = f"{number}:{page[-1]}" if rest and page else None
+            if s3.lie == "token-cycle" and number == 3:
+                next_token = f"1:{everything[s3.page_size - 1]}"  # page 1's token again
+            self._send_listing(prefix, page, next_token, query)
+
+        def _send_listing(
+            self, prefix: str, page: list[str], token: str | None, query: dict[str, list[str]]
+        ) -> None:
+            encode = query.get("encoding-type") == ["url"]
             contents = "".join(
-                f"<Contents><Key>{escape(key)}</Key><Size>{len(data)}</Size>"
+                f"<Contents><Key>{quote(key) if encode else escape(key)}</Key>"
+                f"<Size>{len(s3.objects[key])}</Size>"
                 f"<ETag>&quot;{_xml_text(s3.etag(key))}&quot;</ETag>"
                 "<LastModified>2026-11-28T06:00:00.000Z</LastModified></Contents>"
-                for key, data in sorted(s3.objects.items())
-                if key.startswith(prefix)
+                for key in page
+                if key in s3.objects
+            ) + "".join(
+                f"<CommonPrefixes><Prefix>{quote(key) if encode else escape(key)}</Prefix>"
+                "</CommonPrefixes>"
+                for key in page
+                if key not in s3.objects
             )
+            truncated = token is not None or (s3.lie == "no-token" and len(page) == s3.page_size)
+            if s3.lie == "no-token":
+                token = None
             body = (
-                '<?xml version="1.0" encoding="UTF-8"?>'
+                f'<?xml version="1.0" encoding="{s3.encoding}"?>'
                 '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
                 f"<Name>{s3.bucket}</Name><Prefix>{escape(prefix)}</Prefix>"
-                f"<KeyCount>{contents.count('<Contents>')}</KeyCount><MaxKeys>1000</MaxKeys>"
-                f"<IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"
-            ).encode()
+                f"<KeyCount>{len(page)}</KeyCount><MaxKeys>{s3.page_size}</MaxKeys>"
+                + ("<EncodingType>url</EncodingType>" if encode else "")
+                + f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+                + (
+                    f"<NextContinuationToken>{escape(token)}</NextContinuationToken>"
+                    if token
+                    else ""
+                )
+                + f"{contents}</ListBucketResult>"
+            ).encode(s3.encoding)
             self.send_response(200)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(body)))

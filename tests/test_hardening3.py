@@ -8,6 +8,7 @@ code under test is patched.
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 import icanhazmodel
 from icanhazmodel import _launch
 from tests.conftest import Bucket, entry_point, run_cli, tree_of
+from tests.hostile_s3 import HostileS3, hostile_s3
 from tests.sample_tree import pattern
 
 # -- 1: a child process never imports from the current directory ----------------------
@@ -174,3 +176,114 @@ def test_3_a_key_named_like_a_temp_file_is_refused_not_swept(
         ]
         assert "named like icanhazmodel's temp files" in result.problems[0].reason
         assert tree_of(tmp_path) == {"p/d/y.bin": b"y" * 100}
+
+
+# -- 2, 4, 5, 8: a listing that breaks the contract stops the run with one line ------------
+
+LISTED = {f"p/{i:03d}": f"object {i}\n".encode() for i in range(350)}
+
+
+def _fetch_hostile(s3: HostileS3, dest: Path) -> icanhazmodel.FetchResult:
+    return asyncio.run(
+        icanhazmodel.fetch(bucket=s3.bucket, key="p", dest=dest, endpoint_url=s3.endpoint)
+    )
+
+
+@pytest.mark.parametrize("fanout", ["1", "0"])
+def test_an_honest_paged_listing_mirrors_everything(
+    fanout: str, request_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ICANHAZMODEL_LIST_FANOUT", fanout)
+    with hostile_s3(objects=dict(LISTED), page_size=100) as s3:
+        result = _fetch_hostile(s3, tmp_path)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == LISTED
+
+
+LIES = [
+    ("no-token", "truncated but sent no continuation token"),  # 2
+    ("repeat-last", r"listed 'p/\d+' twice"),  # 4
+    ("ignore-start-after", "(keys must come in order)"),  # 4, in the parallel listing
+    ("token-cycle", r"a second time|listed .* after"),  # 5
+    ("unsorted", "listed 'p/000' after 'p/001'"),  # 8
+]
+
+
+@pytest.mark.parametrize(
+    ("lie", "said", "fanout"),
+    [
+        (lie, said, fanout)
+        for lie, said in LIES
+        for fanout in ("1", "0")
+        # One chain of pages never sends start-after.
+        if not (lie == "ignore-start-after" and fanout == "0")
+    ],
+)
+def test_a_listing_that_breaks_the_contract_stops_the_run(
+    lie: str,
+    said: str,
+    fanout: str,
+    request_path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One chain of pages (fanout 0) always meets the lie; the parallel listing
+    may list around it (its chains are short), and must then be complete."""
+    monkeypatch.setenv("ICANHAZMODEL_LIST_FANOUT", fanout)
+    with hostile_s3(objects=dict(LISTED), page_size=100, lie=lie) as s3:
+        outcome: icanhazmodel.FetchResult | icanhazmodel.S3Error
+        try:
+            outcome = _fetch_hostile(s3, tmp_path / "lib")
+        except icanhazmodel.S3Error as exc:
+            outcome = exc
+        if isinstance(outcome, icanhazmodel.S3Error):
+            assert "broke the listing of s3://hostile/p/" in str(outcome)
+            assert re.search(said, str(outcome)), outcome
+        else:
+            assert fanout == "1", "one chain of pages cannot miss the lie"
+            assert outcome.ok, outcome.problems
+            assert tree_of(tmp_path / "lib") == LISTED
+        cli = run_cli(
+            "--endpoint-url", s3.endpoint, "-b", s3.bucket, "-k", "p", "-m", str(tmp_path / "cli")
+        )
+    assert "Traceback" not in cli.stderr
+    landed = tree_of(tmp_path / "cli") if (tmp_path / "cli").exists() else {}
+    if cli.code == 0:
+        assert fanout == "1"
+        assert landed == LISTED
+        return
+    assert cli.code == 1, cli
+    errors = [line for line in cli.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, cli.stderr
+    assert "broke the listing" in errors[0]
+    # Whatever landed before the break is whole and right.
+    assert all(LISTED[key] == data for key, data in landed.items())
+
+
+# -- 9: both listing readers read a declared encoding alike ------------------------------
+
+
+def test_9_a_listing_in_another_encoding_is_read_as_declared() -> None:
+    from icanhazmodel._listxml import parse_list_page, quick_list_page, tree_list_page
+
+    # 'Ã©' in ISO-8859-1 is the bytes C3 A9: read as UTF-8 they would be 'é'.
+    body = (
+        '<?xml version="1.0" encoding="ISO-8859-1"?>'
+        "<ListBucketResult><IsTruncated>false</IsTruncated>"
+        "<Contents><Key>p/Ã©.txt</Key><Size>1</Size><ETag>&quot;x&quot;</ETag>"
+        "<LastModified>2026-11-28T06:00:00.000Z</LastModified></Contents>"
+        "</ListBucketResult>"
+    ).encode("iso-8859-1")
+    assert quick_list_page(body.decode("utf-8")) is None
+    assert [o.key for o in parse_list_page(body).objects] == ["p/Ã©.txt"]
+    assert parse_list_page(body) == tree_list_page(body)
+
+
+def test_9_a_store_listing_in_latin_1_is_mirrored_under_the_right_names(
+    request_path: str, tmp_path: Path
+) -> None:
+    objects = {"p/Ã©.txt": b"accented\n", "p/plain.txt": b"plain\n"}
+    with hostile_s3(objects=dict(objects), encoding="ISO-8859-1") as s3:
+        result = _fetch_hostile(s3, tmp_path)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == objects

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import icanhazmodel
+from icanhazmodel._contract import BrokenListing
 from icanhazmodel._keys import RefusedKey, key_parts
 from icanhazmodel._listxml import (
     ListPage,
@@ -101,18 +102,24 @@ def test_every_field_the_run_uses_is_read() -> None:
         b'<?xml version="1.0"?><Error><Code>AccessDenied</Code></Error>',
         f'<ListBucketResult xmlns="{NS}"><Contents><Key>a</Key></Contents>'
         "</ListBucketResult>".encode(),
-        f'<ListBucketResult xmlns="{NS}"><IsTruncated>true</IsTruncated>'
-        "</ListBucketResult>".encode(),
         f'<ListBucketResult xmlns="{NS}"><IsTruncated>false</IsTruncated>'
         "<Contents><Size>3</Size></Contents></ListBucketResult>".encode(),
         f'<ListBucketResult xmlns="{NS}"><IsTruncated>false</IsTruncated>'
         "<Contents><Key>a</Key><Size>-1</Size></Contents></ListBucketResult>".encode(),
     ],
-    ids=["portal", "text", "error", "no-truncated", "no-token", "no-key", "negative-size"],
+    ids=["portal", "text", "error", "no-truncated", "no-key", "negative-size"],
 )
 def test_anything_but_a_readable_listing_is_refused(body: bytes) -> None:
     with pytest.raises(NotAListing):
         parse_list_page(body)
+
+
+def test_a_truncated_page_without_a_token_breaks_the_contract() -> None:
+    """Readable, but the rest of the listing cannot be asked for: not a page
+    for botocore to read instead, a store to stop at (see _contract)."""
+    body = f'<ListBucketResult xmlns="{NS}"><IsTruncated>true</IsTruncated></ListBucketResult>'
+    with pytest.raises(BrokenListing, match="no continuation token"):
+        parse_list_page(body.encode())
 
 
 # -- against moto, over HTTP ---------------------------------------------------------
@@ -301,7 +308,18 @@ def s3_shaped_pages(draw: st.DrawFn) -> tuple[str, bool]:
     body = gap.join(elements)
     # Unencoded keys with what XML must escape, or cannot carry, are the parser's.
     expected = url or all(c >= " " and c not in "&<>" for k in keys for c in k)
-    declaration = draw(st.sampled_from(['<?xml version="1.0" encoding="UTF-8"?>\n', ""]))
+    declaration = draw(
+        st.sampled_from(
+            [
+                '<?xml version="1.0" encoding="UTF-8"?>\n',
+                "",
+                # Another encoding: the same bytes may mean other characters,
+                # so the page is ElementTree's to read.
+                '<?xml version="1.0" encoding="ISO-8859-1"?>\n',
+            ]
+        )
+    )
+    expected = expected and "ISO" not in declaration
     return (
         f'{declaration}<ListBucketResult xmlns="{NS}">{gap}{body}{gap}</ListBucketResult>',
         expected,
