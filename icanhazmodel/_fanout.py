@@ -155,7 +155,10 @@ async def fanned_out(
                     objects = objects[bisect.bisect_left([o.key for o in objects], where.low) :]
                 if objects:
                     listed += len(objects)
-                    await send.send(ListPage(objects, None, more_to_come=True))
+                    try:
+                        await send.send(ListPage(objects, None, more_to_come=True))
+                    except anyio.BrokenResourceError:
+                        return  # the reader left (the run stops): list no more
                 if page.cut or page.next_token is None:
                     ended = ended or page.next_token is None
                     if where.flat and guess is not None and where.low and where.high:
@@ -204,6 +207,15 @@ async def fanned_out(
             token = chain.follow(page.next_token)
 
     async def walk(tg: TaskGroup) -> None:
+        try:
+            await cut_ranges(tg)
+        except anyio.BrokenResourceError:
+            # The reader left (a SIGTERM cancels the run's task, whose reader
+            # closes its end before this task is cancelled): list no more, and
+            # let the cancellation, not this, say why the run ended.
+            return
+
+    async def cut_ranges(tg: TaskGroup) -> None:
         """Cut the key range after start_after at every few sub-prefixes."""
         begin, low = start_after, None
         taken = 0  # sub-prefixes in the chain being cut

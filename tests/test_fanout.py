@@ -371,3 +371,32 @@ def test_a_flat_guess_spells_the_smallest_key_at_or_above_a_number(
             break
         assert boundary > after
         after = boundary
+
+
+def test_a_cancelled_reader_ends_the_listing_with_its_cancellation() -> None:
+    """A SIGTERM cancels the run's task while it waits for the listing's next
+    page and the listing waits for room to queue more (issue 21, 7): the
+    reader's end closes before the listing tasks are cancelled, and what ends
+    the listing must be that cancellation, not a BrokenResourceError from a
+    listing task with no one left to read it."""
+    store = ModelS3({f"p/f{i:06d}.jpg" for i in range(30_000)}, max_keys=100)
+    first = store.keys[:100]
+    never = asyncio.Event()
+
+    async def first_chain_hangs(
+        prefix: str, token: str | None, delimiter: str | None, after: str | None, below: str | None
+    ) -> ListPage:
+        if delimiter is None and after == first[-1]:
+            await never.wait()  # the reader waits here, on the first chain
+        return await store.list_page(prefix, token, delimiter, after, below)
+
+    async def read_until_cancelled() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().call_later(0.3, task.cancel)
+        async with fanned_out(first_chain_hangs, "p/", first) as pages:
+            async for _ in pages:
+                pass
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(read_until_cancelled())
