@@ -77,6 +77,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._shared: dict[int, FileJob] = {}  # task id -> an object whose ranges it offered
         self._group: TaskGroup | None = None
+        self._parent_gone = False
         self._transfers: Transfers | None = None
         self._flush_queued = False
 
@@ -153,7 +154,18 @@ class Worker:
             self._events.notes.append(note)
         if self._events:
             events, self._events = self._events, Events()
-            send_message(self._conn, events)
+            self._send(events)
+
+    def _send(self, message: Any) -> None:
+        """Send *message* to the parent; if it is gone (killed, say), stop as on
+        Abort, without a word: nobody is left to read one."""
+        if self._parent_gone:
+            return
+        try:
+            send_message(self._conn, message)
+        except OSError:  # BrokenPipeError, ConnectionResetError
+            self._parent_gone = True
+            self._stopped.set()
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -175,6 +187,7 @@ class Worker:
 
     def _heard(self, messages: list[Any] | None) -> None:
         if messages is None:  # the parent went away (killed, say): stop as on Abort
+            self._parent_gone = True
             self._on_message(Abort())
             return
         for received in messages:  # a list, or Abort alone
@@ -218,14 +231,14 @@ class Worker:
         try:
             await self._run(transfers)
             self._flush()
-            send_message(self._conn, Bye())
+            self._send(Bye())
         except _Stop:
             transfers.abandon(keep_resumable=True)
             self._flush()
         except IcanhazmodelError as exc:
             transfers.abandon(keep_resumable=False)
             self._flush()
-            send_message(self._conn, Fatal(type(exc).__name__, str(exc)))
+            self._send(Fatal(type(exc).__name__, str(exc)))
         finally:
             inbox.close()
             writer.close()

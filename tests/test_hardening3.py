@@ -12,6 +12,8 @@ import re
 import resource
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,30 @@ def test_9_a_store_listing_in_latin_1_is_mirrored_under_the_right_names(
         result = _fetch_hostile(s3, tmp_path)
     assert result.ok, result.problems
     assert tree_of(tmp_path) == objects
+
+
+# -- 10: workers whose parent was killed stop without a word ------------------------------
+
+
+def test_10_workers_of_a_parent_killed_hard_stop_without_a_traceback(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """Many small objects keep progress and results waiting to be sent, so
+    each worker's next send meets the dead parent's closed socket."""
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: bucket.put(f"p/{i:04d}", b"x" * 2000), range(1200)))
+    proc = subprocess.Popen(
+        [entry_point(), "--endpoint-url", bucket.endpoint, "-b", bucket.name, "-k", "p",
+         "-m", str(tmp_path), "--no-progress", "-P", "2", "-j", "8"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.rglob("p/0*"))) < 50 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    # Read to the end: the workers write to the same stderr until they exit.
+    _, stderr = proc.communicate(timeout=30)
+    assert "Traceback" not in stderr, stderr
+    assert "BrokenPipe" not in stderr, stderr
