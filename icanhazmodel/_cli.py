@@ -359,7 +359,8 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     type=click.IntRange(0, 100),
     default=5,
     show_default=True,
-    help="Further attempts for each request or broken transfer before giving up on it.",
+    help="Further attempts for a request that fails, and resumes of a download that "
+    "breaks, before giving up on it (throttling is retried for a minute besides).",
 )
 @click.option(
     "--stall-timeout",

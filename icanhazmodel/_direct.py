@@ -52,6 +52,7 @@ from ._objects import (
     direct_errors,
     not_s3,
     posix_time,
+    transient,
 )
 from ._proxy import Proxies
 from ._sigv4 import canonical_query, sign
@@ -323,7 +324,7 @@ class DirectGets:
         code, message = _error_fields(body)
         if 300 <= response.status < 400 or code in _NOT_OURS:
             raise FallBack(f"{response.status} {code}")
-        raise DirectError(response.status, code, message)
+        raise DirectError(response.status, code, message, response.headers.get("Retry-After"))
 
     async def list_page(
         self,
@@ -333,7 +334,10 @@ class DirectGets:
         start_after: str | None = None,
         below: str | None = None,
     ) -> ListPage:
-        """One ListObjectsV2 page (with *below*, cut before that key). Any
+        """One ListObjectsV2 page (with *below*, cut before that key).
+
+        A transient answer (5xx, throttling) raises DirectError and a broken
+        connection aiohttp's error, for the run's retry policy; any other
         answer but a listing this path can read raises FallBack: botocore
         then lists from this page on."""
         path = self._base_path.rstrip("/") or "/"
@@ -349,17 +353,18 @@ class DirectGets:
             headers["x-amz-request-payer"] = self._request_payer
         signed = await self._signed_headers(path, query, headers)
         url = self._origin + path + "?" + canonical_query(query)
-        try:
-            with self._trusted():
-                async with self._http.get(
-                    yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
-                ) as response:
-                    body = await response.read()
-                    status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FallBack(f"listing: {type(exc).__name__}") from exc
+        with self._trusted():
+            async with self._http.get(
+                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
+            ) as response:
+                body = await response.read()
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
         if status != 200:
-            raise FallBack(f"{status} {_error_fields(body)[0]} on a listing")
+            code, message = _error_fields(body)
+            if transient(status, code):
+                raise DirectError(status, code, message, retry_after)
+            raise FallBack(f"{status} {code} on a listing")
         try:
             return parse_list_page(body, below)
         except NotAListing as exc:
@@ -387,7 +392,7 @@ class DirectGets:
                 # A HEAD answer has no body, so no error code: the status must do.
                 if 300 <= response.status < 400 or response.status in (400, 401):
                     raise FallBack(f"{response.status} on HEAD")
-                raise DirectError(response.status, str(response.status), "")
+                raise DirectError(response.status, "", "", response.headers.get("Retry-After"))
             parsed = DirectBody.parse_headers(response.headers)
             return (
                 int(response.headers.get("Content-Length", "0")),

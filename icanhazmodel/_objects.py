@@ -29,9 +29,20 @@ class ObjectError(Exception):
 
 
 class TransientObjectError(ObjectError):
-    """Worth another attempt: a dropped connection, a timeout, a 5xx."""
+    """Worth another attempt: a dropped connection, a timeout, a 5xx.
+
+    *throttled*: the store asked for fewer requests (503 SlowDown, 429), and
+    *retry_after* is how long it asked to wait, if it said (see ``_retry``).
+    """
 
     transient = True
+
+    def __init__(
+        self, message: str, *, throttled: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.throttled = throttled
+        self.retry_after = retry_after
 
 
 class ObjectChanged(ObjectError):
@@ -58,11 +69,14 @@ class FallBack(Exception):
 class DirectError(Exception):
     """An S3 error answer to a direct request: its status, code and message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: str | None = None
+    ) -> None:
         what = f"S3 error {code or status}"
         super().__init__(f"{what}: {message}" if message else what)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 CREDENTIAL_CODES = frozenset(
@@ -76,9 +90,48 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     aiohttp.ClientError,
 )
+# S3 asks for fewer requests with 503 SlowDown; other stores and AWS services
+# with 429 or these codes.
+THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+     "TooManyRequests", "TooManyRequestsException", "RequestThrottled"}
+)  # fmt: skip
+# Worth another attempt, as botocore's standard mode has it.
+TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "InternalError"})
 
 
-def raise_for_answer(key: str, code: str, status: int, exc: BaseException) -> None:
+def throttled(status: int, code: str) -> bool:
+    return code in THROTTLE_CODES or status in (429, 503)
+
+
+def transient(status: int, code: str) -> bool:
+    """Whether an error answer is worth another attempt (throttling included)."""
+    return status >= 500 or throttled(status, code) or code in TRANSIENT_CODES
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header's delay in seconds (a date is not sent by S3)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def transient_answer(
+    what: str, code: str, status: int, retry_after: str | None = None
+) -> TransientObjectError:
+    return TransientObjectError(
+        f"S3 error {code or status}{what}",
+        throttled=throttled(status, code),
+        retry_after=retry_after_seconds(retry_after),
+    )
+
+
+def raise_for_answer(
+    key: str, code: str, status: int, exc: BaseException, retry_after: str | None = None
+) -> None:
     """Turn an S3 error answer while fetching *key* into the right exception."""
     if code in CREDENTIAL_CODES:
         # Every later request would be refused too: stop once, not per object.
@@ -90,8 +143,8 @@ def raise_for_answer(key: str, code: str, status: int, exc: BaseException) -> No
         raise ObjectChanged(f"'{key}' changed in S3 during the download") from exc
     if status == 404 or code in ("NoSuchKey", "404"):
         raise ObjectGone(f"'{key}' was deleted from S3 during the run") from exc
-    if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-        raise TransientObjectError(f"S3 error {code or status}") from exc
+    if transient(status, code):
+        raise transient_answer("", code, status, retry_after) from exc
     raise ObjectError(f"S3 error {code or status}: {exc}") from exc
 
 
@@ -103,7 +156,7 @@ def direct_errors(key: str) -> Iterator[None]:
     except (ObjectError, FallBack, ChecksumMismatch):
         raise
     except DirectError as exc:
-        raise_for_answer(key, exc.code, exc.status, exc)
+        raise_for_answer(key, exc.code, exc.status, exc, exc.retry_after)
     except TRANSIENT_ERRORS as exc:
         raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
 

@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -65,9 +73,14 @@ from ._objects import (
     posix_time,
     raise_for_answer,
     strip_quotes,
+    transient,
+    transient_answer,
 )
 from ._proxy import Proxies
+from ._retry import RetryPolicy
 from ._tls import Trust, resolve_trust
+
+T = TypeVar("T")
 
 _NO_CREDENTIALS_HINT = (
     "pass --profile, set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -102,6 +115,14 @@ def _error_code(exc: boto_exc.ClientError | DirectError) -> tuple[str, int]:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return str(error.get("Code", "")), int(status or 0)
+
+
+def _retry_after(exc: boto_exc.ClientError | DirectError) -> str | None:
+    if isinstance(exc, DirectError):
+        return exc.retry_after
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    value = headers.get("retry-after")
+    return str(value) if value is not None else None
 
 
 _CREDENTIAL_CODES = CREDENTIAL_CODES
@@ -168,13 +189,35 @@ def _raise_run_error(exc: BaseException, options: S3Options, what: str) -> NoRet
 
 @contextlib.contextmanager
 def run_errors(options: S3Options, what: str) -> Iterator[None]:
-    """Turn botocore failures of a run-level call (listing, head) into ours."""
+    """Turn failures of a run-level call (listing, HEAD) into ours: a transient
+    one into TransientObjectError, for the retry policy; the rest into the
+    error that stops the run."""
     try:
         yield
-    except IcanhazmodelError:
+    except (IcanhazmodelError, ObjectError):
         raise
-    except (boto_exc.BotoCoreError, boto_exc.ClientError) as exc:
+    except (boto_exc.ClientError, DirectError) as exc:
+        code, status = _error_code(exc)
+        if transient(status, code):
+            raise transient_answer("", code, status, _retry_after(exc)) from exc
+        if isinstance(exc, DirectError):
+            raise FallBack(f"{status} {code}") from exc
         _raise_run_error(exc, options, what)
+    except _TRANSIENT_EXCEPTIONS as exc:
+        raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
+    except boto_exc.BotoCoreError as exc:
+        _raise_run_error(exc, options, what)
+
+
+def _gave_up(what: str, exc: ObjectError) -> S3Error:
+    """The run-level call the retry policy gave up on, in words."""
+    cause = exc.__cause__.__cause__ if exc.__cause__ is not None else None
+    unreachable = isinstance(
+        cause,
+        boto_exc.EndpointConnectionError | aiohttp.ClientConnectorError | ConnectionRefusedError,
+    )
+    reason = "cannot reach the S3 endpoint" if unreachable else "S3 kept failing"
+    return S3Error(f"{reason} while {what} ({exc})")
 
 
 @contextlib.contextmanager
@@ -186,7 +229,7 @@ def object_errors(key: str) -> Iterator[None]:
         raise
     except (boto_exc.ClientError, DirectError) as exc:
         code, status = _error_code(exc)
-        raise_for_answer(key, code, status, exc)
+        raise_for_answer(key, code, status, exc, _retry_after(exc))
     except boto_exc.FlexibleChecksumError as exc:
         # botocore checks S3's checksum itself when a whole object is asked
         # for with ChecksumMode; its verdict is as good as ours.
@@ -289,6 +332,7 @@ class S3:
         self._retired: list[DirectGets] = []
         self._direct_lock = anyio.Lock()
         self._denied_head: str | None = None  # a key whose HEAD got 403
+        self._policy = RetryPolicy.from_retries(options.retries)
 
     async def aclose(self) -> None:
         for gets in [*self._retired, *([self._direct] if self._direct else [])]:
@@ -369,19 +413,35 @@ class S3:
                 self._retired.append(self._direct)
                 self._direct = None
 
+    async def _run_level(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """A run-level request (HEAD, a listing page), retried by the run's
+        policy; giving up stops the run."""
+        try:
+            return await self._policy.call(attempt)
+        except TransientObjectError:
+            raise
+        except ObjectError as exc:  # the policy gave up
+            raise _gave_up(what, exc) from exc
+
     async def head(self, key: str, version_id: str | None = None) -> HeadResult | None:
         """HEAD one key; None if there is no such object."""
+        what = f"looking up s3://{self.bucket}/{key}"
+        return await self._run_level(what, lambda: self._head_once(key, version_id, what))
+
+    async def _head_once(self, key: str, version_id: str | None, what: str) -> HeadResult | None:
         direct = await self._direct_lister()
         if direct is not None:
             try:
-                size, headers, modified = await direct.head(key, version_id)
-            except DirectError as exc:
-                if exc.status in (403, 404):
-                    if exc.status == 403:
-                        self._denied_head = key
-                    return None
-                self._list_through_botocore(first=True)
-            except (FallBack, aiohttp.ClientError, TimeoutError):
+                with run_errors(self._options, what):
+                    try:
+                        size, headers, modified = await direct.head(key, version_id)
+                    except DirectError as exc:
+                        if exc.status not in (403, 404):
+                            raise
+                        if exc.status == 403:
+                            self._denied_head = key
+                        return None
+            except FallBack:
                 self._list_through_botocore(first=True)
             else:
                 if not headers.etag:
@@ -390,19 +450,18 @@ class S3:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"}
         if version_id:
             kwargs["VersionId"] = version_id
-        try:
-            response = await (await self._client()).head_object(**kwargs, **self._extra())
-        except boto_exc.ClientError as exc:
-            code, status = _error_code(exc)
-            # 403 is what S3 answers for a missing key when the caller may not
-            # list the bucket; the listing that follows gives the real verdict.
-            if status in (403, 404) or code in ("NoSuchKey", "NotFound"):
+        with run_errors(self._options, what):
+            try:
+                response = await (await self._client()).head_object(**kwargs, **self._extra())
+            except boto_exc.ClientError as exc:
+                code, status = _error_code(exc)
+                # 403 is what S3 answers for a missing key when the caller may not
+                # list the bucket; the listing that follows gives the real verdict.
+                if not (status in (403, 404) or code in ("NoSuchKey", "NotFound")):
+                    raise
                 if status == 403 or code == "AccessDenied":
                     self._denied_head = key
                 return None
-            _raise_run_error(exc, self._options, f"looking up s3://{self.bucket}/{key}")
-        except boto_exc.BotoCoreError as exc:
-            _raise_run_error(exc, self._options, f"looking up s3://{self.bucket}/{key}")
         if not response.get("ETag"):
             raise not_s3(f"HEAD s3://{self.bucket}/{key}")
         return _head_result(key, response, version_id)
@@ -490,10 +549,29 @@ class S3:
         *,
         first: bool | None = None,
     ) -> ListPage:
+        return await self._run_level(
+            what,
+            lambda: self._list_page_once(
+                prefix, token, what, delimiter, start_after, below, first=first
+            ),
+        )
+
+    async def _list_page_once(
+        self,
+        prefix: str,
+        token: str | None,
+        what: str,
+        delimiter: str | None,
+        start_after: str | None,
+        below: str | None,
+        *,
+        first: bool | None,
+    ) -> ListPage:
         direct = await self._direct_lister()
         if direct is not None:
             try:
-                return await direct.list_page(prefix, token, delimiter, start_after, below)
+                with run_errors(self._options, what):
+                    return await direct.list_page(prefix, token, delimiter, start_after, below)
             except FallBack:
                 self._list_through_botocore(first=token is None if first is None else first)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, **self._extra()}
@@ -566,7 +644,9 @@ def _client_config(options: S3Options, trust: Trust, proxies: Proxies) -> AioCon
         max_pool_connections=options.pool_size,
         # The run's TLS and proxy policy (see _botohttp), not aiobotocore's.
         http_session_cls=session_class(trust, proxies),
-        retries={"mode": "standard", "total_max_attempts": options.retries + 1},
+        # One attempt: icanhazmodel retries every request itself (see
+        # _retry), so botocore's loop must not multiply it.
+        retries={"mode": "standard", "total_max_attempts": 1},
         read_timeout=options.read_timeout,
         connect_timeout=options.connect_timeout,
         # icanhazmodel verifies bodies itself (and across ranged parts, which

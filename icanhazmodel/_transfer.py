@@ -7,8 +7,10 @@ batch's checksum is computed in the same thread hop, off the event loop.
 
 What can go wrong, and what happens:
 
-- a transient error or a stream that breaks: retried with capped backoff,
-  resuming after the last byte received (``Range``), pinned to the listed
+- a request that fails or is throttled: retried by the run's one policy
+  (``_retry``), on whichever path it went;
+- a stream that breaks: resumed with a new request after the last byte
+  received (``Range``), up to ``retries`` times, pinned to the listed
   version with ``If-Match`` so two versions are never spliced together;
 - the object changes in S3 mid-download (412), the bytes do not match S3's
   checksum, or the server ignores a byte range: the object starts over from
@@ -23,12 +25,11 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import anyio
 
@@ -67,7 +68,6 @@ from ._manifest import PartialRecord
 from ._models import ObjectHeaders, RemoteObject
 from ._objects import (
     Body,
-    HeadResult,
     NeedsBotocore,
     ObjectChanged,
     ObjectError,
@@ -84,9 +84,8 @@ from ._parts import (
 )
 from ._plan import byte_ranges
 from ._progress import Notes, Reporter
+from ._retry import Retrying, RetryPolicy, backoff
 from ._writer import Writer
-
-_T = TypeVar("_T")
 
 MiB = 1 << 20
 # Objects up to this size are read whole into memory and written in one go:
@@ -103,8 +102,6 @@ WRITE_BATCH = MiB // 2
 READ_SIZE = 256 * 1024
 # Bytes read back at a time to hash ranges already on disk (page cache).
 HASH_BLOCK = 256 * 1024
-BACKOFF_BASE = 0.1
-BACKOFF_CAP = 10.0
 # A checksum mismatch or a mid-download overwrite: one fresh start, then report.
 MAX_RESTARTS = 1
 # Parts bigger than this are not one range each (too few ranges in flight):
@@ -237,11 +234,6 @@ def describe_os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
-async def backoff(attempt: int) -> None:
-    """Capped exponential backoff with full jitter, as botocore's standard mode."""
-    await anyio.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)))
-
-
 @dataclass(slots=True)
 class _Cursor:
     """How far one range has got; survives a broken stream."""
@@ -265,7 +257,8 @@ class Transfers:
         verify: bool,
         notes: Notes | None = None,
     ) -> None:
-        self.s3 = s3
+        # Every request through the one retry policy; streams are resumed here.
+        self.s3 = Retrying(s3, RetryPolicy.from_retries(retries))
         self.notes = notes or Notes()
         self.writer = writer
         self.tree = tree
@@ -416,7 +409,7 @@ class Transfers:
             return
         try:
             layout = await equal_layout(self.s3, job.obj, parts)
-        except (TransientObjectError, ObjectChanged):
+        except ObjectChanged:
             raise
         except ObjectError:
             layout = None
@@ -472,17 +465,17 @@ class Transfers:
 
     async def _fetch_small(self, job: FileJob) -> None:
         chunks: list[bytes] = []
-        failures = 0
+        breaks = 0
         while True:
-            # What arrived before a break is kept: the retry asks for the rest.
+            # What arrived before a break is kept: the next request asks for the rest.
             received = sum(len(chunk) for chunk in chunks)
+            body = await self.s3.open_body(job.obj, start=received, want_checksum=self.verify)
             try:
-                body = await self.s3.open_body(job.obj, start=received, want_checksum=self.verify)
                 await self._expect_from_body(job, body)
                 await self._read_into(body, chunks, received, job.obj.size)
                 break
             except TransientObjectError as exc:
-                failures = await self._count_failure(failures, exc)
+                breaks = await self._broke(breaks, exc)
         write = self.writer.brief if job.obj.size <= BRIEF_WRITE else self.writer.call
         job.landed = await write(self._check_and_write_small, job, chunks)
         job.written = job.obj.size
@@ -500,26 +493,14 @@ class Transfers:
         if received != size:
             raise TransientObjectError(f"stream ended {size - received} bytes early")
 
-    async def _head(self, obj: RemoteObject) -> HeadResult:
-        """HEAD *obj*, retried as a GET is: botocore retries its own HEADs,
-        the direct path's are retried here."""
-        return await self._retried(lambda: self.s3.stat(obj))
-
-    async def _retried(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
-        """*attempt*, made again after a transient error (a 503, a broken
-        connection), with backoff, within the retry budget."""
-        failures = 0
-        while True:
-            try:
-                return await attempt()
-            except TransientObjectError as exc:
-                failures = await self._count_failure(failures, exc)
-
-    async def _count_failure(self, failures: int, exc: TransientObjectError) -> int:
-        if failures >= self.retries:
-            raise ObjectError(f"gave up after {failures + 1} attempts: {exc}") from exc
-        await backoff(failures)
-        return failures + 1
+    async def _broke(self, breaks: int, exc: TransientObjectError) -> int:
+        """A stream broke mid-body (the request itself was answered): resume
+        it, after a pause, unless it has broken *retries* times already."""
+        if breaks >= self.retries:
+            times = "once" if breaks == 0 else f"{breaks + 1} times"
+            raise ObjectError(f"the download broke {times}: {exc}") from exc
+        await anyio.sleep(backoff(breaks))
+        return breaks + 1
 
     def _check_and_write_small(self, job: FileJob, chunks: list[bytes]) -> os.stat_result:
         expectation = job.expectation or SIZE_ONLY
@@ -551,11 +532,11 @@ class Transfers:
         if not self.verify:
             job.expectation = size_only(NO_VERIFY)
             return
-        head = await self._head(job.obj)
+        head = await self.s3.stat(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
             raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
         # A multipart upload's layout asks S3 once more (HEAD ?partNumber=1).
-        expectation = await self._retried(lambda: self._expect(job, head.headers))
+        expectation = await self._expect(job, head.headers)
         algorithm = expectation.algorithm
         if algorithm and is_crc(algorithm) and not job.done_ranges:
             job.crc_algorithm = algorithm
@@ -585,12 +566,12 @@ class Transfers:
         digest = Digest(job.crc_algorithm) if job.multi_range else None
         expectation = job.expectation or SIZE_ONLY
         part_hash = Digest(expectation.part_algorithm) if job.hashes_parts else None
-        failures = 0
+        breaks = 0
         while cursor.offset < work.end and job.error is None and job.restart is None:
             try:
                 await self._stream(job, partial, cursor, work.end, digest, part_hash)
             except TransientObjectError as exc:
-                failures = await self._count_failure(failures, exc)
+                breaks = await self._broke(breaks, exc)
         if digest is not None and cursor.offset == work.end:
             if part_hash is not None and job.part_hashes is not None:
                 job.part_hashes[work.start] = part_hash.value()
@@ -801,7 +782,7 @@ class Transfers:
         self.reporter.advanced(job.obj.key, -(job.written - job.resumed))
         self.reporter.message(f"starting over: {job.obj.key!r}: {job.restart}")
         try:
-            head = await self._head(job.obj)
+            head = await self.s3.stat(job.obj)
         except ObjectError as exc:
             self.outcomes.failed(job, f"{job.restart}; then {exc}")
             return

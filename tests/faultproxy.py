@@ -74,6 +74,7 @@ class Seen:
     headers: dict[str, str]
     fault: Fault | None
     query: str = ""
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -82,6 +83,10 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     port: int = 0  # to listen on; 0 picks a free one
+    # A busy store: requests admitted per second over all connections (a
+    # bucket of a tenth of a second's worth); the rest get 503 SlowDown.
+    admit_per_second: float | None = None
+    throttled: int = 0  # requests answered 503 SlowDown for the rate
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -90,6 +95,8 @@ class FaultProxy:
         self._ids = itertools.count()
         self._answered: list[tuple[str, float, float]] = []
         self._dice = random.Random(1234)
+        self._tokens = 0.0
+        self._refilled = time.monotonic()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self.port = self._listener.getsockname()[1]
         self._closed = False
@@ -182,9 +189,12 @@ class FaultProxy:
                         return
                     body += more
                 path = unquote(urlsplit(target).path)
+                if not self._admitted():
+                    _send_error(client, 503, _SLOWDOWN_BODY)
+                    return
                 fault = self._pick_fault(method, path, headers, urlsplit(target).query)
                 if fault is not None and fault.status_503:
-                    _send_error(client, 503, _SLOWDOWN_BODY)
+                    _send_error(client, 503, _SLOWDOWN_BODY, fault.add_headers)
                     return
                 if fault is not None and fault.error is not None:
                     status, code = fault.error
@@ -193,6 +203,7 @@ class FaultProxy:
                         status,
                         f"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>{code}</Code>"
                         "<Message>injected by the fault proxy</Message></Error>".encode(),
+                        fault.add_headers,
                     )
                     return
                 if fault is not None and fault.drop_range:
@@ -205,6 +216,20 @@ class FaultProxy:
                     self._relay(client, head, body, fault)
         except OSError:
             return
+
+    def _admitted(self) -> bool:
+        if self.admit_per_second is None:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            room = self.admit_per_second / 10
+            self._tokens = min(room, self._tokens + (now - self._refilled) * self.admit_per_second)
+            self._refilled = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            self.throttled += 1
+            return False
 
     def _relay(self, client: socket.socket, head: bytes, body: bytes, fault: Fault | None) -> None:
         request_lines = [
@@ -264,9 +289,12 @@ class FaultProxy:
         return sent + len(chunk)
 
 
-def _send_error(client: socket.socket, status: int, body: bytes) -> None:
+def _send_error(
+    client: socket.socket, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     client.sendall(
-        f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n".encode()
+        f"HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\n{extra}".encode()
         + f"Content-Length: {len(body)}\r\n".encode()
         + b"Connection: close\r\n\r\n"
         + body

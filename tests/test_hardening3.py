@@ -21,6 +21,7 @@ import pytest
 import icanhazmodel
 from icanhazmodel import _launch
 from tests.conftest import Bucket, entry_point, run_cli, tree_of
+from tests.faultproxy import Fault, fault_proxy
 from tests.hostile_s3 import HostileS3, hostile_s3
 from tests.sample_tree import pattern
 
@@ -316,3 +317,85 @@ def test_10_workers_of_a_parent_killed_hard_stop_without_a_traceback(
     _, stderr = proc.communicate(timeout=30)
     assert "Traceback" not in stderr, stderr
     assert "BrokenPipe" not in stderr, stderr
+
+
+# -- 11: throttling slows a run down, and one policy retries on both paths ------------------
+
+
+def _fetch(endpoint: str, bucket: Bucket, dest: Path, **kwargs: object) -> icanhazmodel.FetchResult:
+    return asyncio.run(
+        icanhazmodel.fetch(
+            bucket=bucket.name,
+            key="p",
+            dest=dest,
+            endpoint_url=endpoint,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    )
+
+
+def test_11_an_object_throttled_many_times_in_a_row_still_lands(
+    request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    bucket.put("p/hot", b"hot" * 1000)
+    bucket.put("p/cold", b"cold")
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="p/hot", status_503=True, times=12))
+        result = _fetch(proxy.endpoint, bucket, tmp_path)
+        gets = proxy.requests("GET", "p/hot")
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {"p/hot": b"hot" * 1000, "p/cold": b"cold"}
+    assert len(gets) == 13  # twelve SlowDowns and the answer: nothing multiplied
+
+
+def test_11_an_object_that_always_fails_is_asked_exactly_retries_plus_one_times(
+    request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    bucket.put("p/bad", b"bad")
+    bucket.put("p/good", b"good")
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="p/bad", error=(500, "InternalError"), times=1000))
+        result = _fetch(proxy.endpoint, bucket, tmp_path, retries=3)
+        gets = proxy.requests("GET", "p/bad")
+    [failure] = result.failures
+    assert failure.key == "p/bad"
+    assert "gave up after 4 attempts" in failure.reason
+    assert len(gets) == 4  # botocore's own retries no longer multiply ours
+    assert tree_of(tmp_path) == {"p/good": b"good"}
+
+
+def test_11_retry_after_is_honoured(request_path: str, bucket: Bucket, tmp_path: Path) -> None:
+    bucket.put("p/hot", b"hot")
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="p/hot", status_503=True, add_headers={"Retry-After": "1"}))
+        result = _fetch(proxy.endpoint, bucket, tmp_path)
+        first, second = proxy.requests("GET", "p/hot")
+    assert result.ok, result.problems
+    assert second.at - first.at >= 1.0
+
+
+def test_11_a_listing_page_that_fails_is_retried_not_fatal(
+    request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    bucket.put("p/a", b"a")
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(query_contains="list-type", status_503=True, times=3))
+        proxy.add(Fault(query_contains="list-type", error=(500, "InternalError"), times=2))
+        result = _fetch(proxy.endpoint, bucket, tmp_path)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {"p/a": b"a"}
+
+
+@pytest.mark.parametrize("concurrency", [16, 64])
+def test_11_a_busy_store_slows_the_run_down_and_loses_nothing(
+    concurrency: int, request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    files = {f"p/{i:03d}": pattern(f"busy{i}", 1000) for i in range(200)}
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda item: bucket.put(*item), files.items()))
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.admit_per_second = 60
+        result = _fetch(proxy.endpoint, bucket, tmp_path, concurrency=concurrency)
+    assert result.ok, result.problems[:3]
+    assert tree_of(tmp_path) == files
+    assert proxy.throttled > 0  # it was busy

@@ -190,7 +190,7 @@ def test_an_object_that_keeps_failing_is_named_and_the_rest_lands(
     result = fetch(proxy.endpoint, bucket, "p", tmp_path, retries=2)
     [failure] = result.failures
     assert failure.key == "p/bad"
-    assert "3 attempts" in failure.reason
+    assert "broke 3 times" in failure.reason
     assert tree_of(tmp_path) == {"p/good": b"good"}
 
 
