@@ -101,6 +101,7 @@ class DirectBody:
             ),
             content_length=int(length) if length is not None else None,
             content_range=headers.get("Content-Range"),
+            parts_count=_int_or_none(headers.get("x-amz-mp-parts-count")),
         )
 
     async def read(self, max_bytes: int) -> bytes:
@@ -388,7 +389,9 @@ class DirectGets:
                 yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
             )
         async with response:
-            if response.status != 200:
+            # A part's HEAD may be 206 with its Content-Range (AWS, MinIO,
+            # SeaweedFS), or 200 (moto); _parts checks what it says.
+            if response.status != 200 and not (part_number and response.status == 206):
                 # A HEAD answer has no body, so no error code: the status must do.
                 if 300 <= response.status < 400 or response.status in (400, 401):
                     raise FallBack(f"{response.status} on HEAD")
@@ -414,6 +417,13 @@ _NOT_OURS = {
     "SignatureDoesNotMatch",
     "InvalidAccessKeyId",
 }
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def host_header(scheme: str, netloc: str) -> str:
@@ -476,12 +486,12 @@ class DirectSource:
     async def part_head(self, obj: RemoteObject, number: int) -> PartHead | None:
         try:
             with _no_fallback(), direct_errors(obj.key):
-                size, headers, _ = await self._gets.head(obj.key, obj.version_id, number)
+                _, headers, _ = await self._gets.head(obj.key, obj.version_id, number)
         except TransientObjectError:
             raise
         except ObjectError:
             return None
-        return PartHead(size, dict(headers.checksums))
+        return PartHead.of(headers)
 
     async def aclose(self) -> None:
         await self._gets.aclose()

@@ -53,6 +53,7 @@ class ObjectHeaders:
     encrypted_with_key: bool  # SSE-KMS or SSE-C: the ETag is not an MD5
     content_length: int | None = None
     content_range: str | None = None
+    parts_count: int | None = None  # x-amz-mp-parts-count, on a HEAD with partNumber
 
 
 def encrypted_with_key(sse: str | None, customer_algorithm: str | None) -> bool:

@@ -206,10 +206,28 @@ def posix_time(value: Any) -> float:
 
 @dataclass(frozen=True, slots=True)
 class PartHead:
-    """One part of a multipart upload, as a HEAD with its part number tells."""
+    """One part of a multipart upload, as a HEAD with its part number tells.
+
+    Taken as the store sent it, on either path; ``_parts`` judges whether it
+    is the part (its Content-Range, the parts count) or the whole object (a
+    store that ignores partNumber).
+    """
 
     size: int
     checksums: dict[str, str]  # base64 by algorithm; a store may send the object's instead
+    content_range: str | None = None  # "bytes a-b/total", where the store says
+    parts_count: int | None = None
+
+    @classmethod
+    def of(cls, headers: ObjectHeaders) -> PartHead | None:
+        if headers.content_length is None:
+            return None
+        return cls(
+            headers.content_length,
+            dict(headers.checksums),
+            headers.content_range,
+            headers.parts_count,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,6 +277,7 @@ def _headers(response: Mapping[str, Any]) -> ObjectHeaders:
         ),
         content_length=None if length is None else int(length),
         content_range=response.get("ContentRange"),
+        parts_count=response.get("PartsCount"),
     )
 
 
@@ -504,8 +505,7 @@ class S3:
             raise
         except ObjectError:
             return None
-        length = response.get("ContentLength")
-        return None if length is None else PartHead(int(length), response_checksums(response))
+        return PartHead.of(_headers(response))
 
     async def list_pages(self, prefix: str) -> AsyncGenerator[ListPage, None]:
         """Yield the objects under *prefix* one listing page at a time."""

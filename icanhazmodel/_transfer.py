@@ -79,7 +79,7 @@ from ._objects import (
 from ._parts import (
     ask_every_part,
     damaged_parts,
-    equal_layout,
+    learn_layout,
     part_checksum,
 )
 from ._plan import byte_ranges
@@ -139,6 +139,7 @@ class FileJob:
     restarts: int = 0
     needs_botocore: bool = False  # the direct path alone cannot serve it
     layout: tuple[int, ...] | None = None  # part sizes, for a check by parts
+    layout_inferred: bool = False  # from a usual part size: the store told none
     # Ranges cut at the parts of a multipart upload: each part's hash (MD5,
     # SHA) by start, hashed as it streams (None: not cut at parts). Part
     # CRCs need no such thing: they are combined from the ranges' CRCs.
@@ -399,26 +400,18 @@ class Transfers:
             raise
 
     async def _learn_layout(self, job: FileJob, parts: int) -> None:
-        """Where a multipart upload's parts end: uploaders make every part but
-        the last one size, so part 1's size tells (and is checked to add up).
-        Where S3 cannot tell, the object is checked by size only."""
+        """Where a multipart upload's parts end (see ``_parts``); where that
+        cannot be known, the object is checked by size only, saying why."""
         # (A CRC that may be FULL_OBJECT could still be checked whole here;
         # stores that cannot tell part sizes have not been seen to send one.)
         if parts == 1:
             job.layout = (job.obj.size,)
             return
-        try:
-            layout = await equal_layout(self.s3, job.obj, parts)
-        except ObjectChanged:
-            raise
-        except ObjectError:
-            layout = None
-        if layout is None:
-            job.expectation = size_only(
-                f"uploaded in {parts} parts, and S3 did not tell the parts' sizes "
-                "(HEAD with partNumber)"
-            )
-        job.layout = layout
+        layout = await learn_layout(self.s3, job.obj, parts)
+        if layout.sizes is None:
+            job.expectation = size_only(layout.why)
+        job.layout = layout.sizes
+        job.layout_inferred = layout.inferred
 
     async def align_to_parts(self, job: FileJob) -> None:
         """Cut an object uploaded in equal parts at its parts, before its ranges
@@ -436,15 +429,17 @@ class Transfers:
         ):
             return
         try:
-            layout = await equal_layout(self.s3, job.obj, parts)
+            layout = await learn_layout(self.s3, job.obj, parts)
         except ObjectError:
             return  # the first range's HEAD will tell what it can
-        cut = cut_within_parts(layout, MAX_ALIGNED_PART) if layout else 0
-        if layout is None or not cut:
+        sizes = layout.sizes
+        cut = cut_within_parts(sizes, MAX_ALIGNED_PART) if sizes else 0
+        if sizes is None or not cut:
             return
-        job.layout = layout
+        job.layout = sizes
+        job.layout_inferred = layout.inferred
         job.part_size = cut
-        if cut == layout[0]:
+        if cut == sizes[0]:
             job.part_hashes = {}
 
     async def _real_layout(self, job: FileJob) -> bool:
@@ -725,6 +720,11 @@ class Transfers:
             await self._start_over(job)
             return
         reason = job.error or f"{job.restart} (also after starting over)"
+        if job.error is None and job.layout_inferred:
+            reason += (
+                "; its part size was inferred (the store does not tell part sizes): "
+                "if the store's copy is right, --no-verify takes it by its size"
+            )
         self.outcomes.failed(job, reason)
 
     async def _refetch(self, job: FileJob, parts: list[tuple[int, int]]) -> None:

@@ -48,6 +48,7 @@ class Fault:
     error: tuple[int, str] | None = None  # answer (status, S3 error code) without asking upstream
     once_per_path: bool = False  # never hit the same object twice
     query_contains: str = ""  # e.g. "partNumber=2"
+    drop_query: bool = False  # forward without the query, as a store that ignores it
     add_headers: dict[str, str] = field(default_factory=dict)  # added to the answer
     applied: int = 0
     hit_paths: set[str] = field(default_factory=set)
@@ -206,6 +207,11 @@ class FaultProxy:
                         fault.add_headers,
                     )
                     return
+                if fault is not None and fault.drop_query:
+                    request_line, _, headers_rest = head.partition(b"\r\n")
+                    verb, target_bytes, version = request_line.split(b" ", 2)
+                    head = b" ".join((verb, target_bytes.split(b"?")[0], version))
+                    head += b"\r\n" + headers_rest
                 if fault is not None and fault.drop_range:
                     head = b"\r\n".join(
                         line

@@ -20,8 +20,11 @@ import pytest
 
 import icanhazmodel
 from icanhazmodel import _launch
+from icanhazmodel._models import RemoteObject
+from icanhazmodel._objects import PartHead
+from icanhazmodel._parts import told_size, usual_part_size
 from tests.conftest import Bucket, entry_point, run_cli, tree_of
-from tests.faultproxy import Fault, fault_proxy
+from tests.faultproxy import Fault, FaultProxy, fault_proxy
 from tests.hostile_s3 import HostileS3, hostile_s3
 from tests.sample_tree import pattern
 
@@ -131,28 +134,41 @@ def test_1_spawned_workers_never_import_from_the_current_directory(
 # -- 6: worker processes get the raised open-file limit --------------------------------
 
 
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError(f"no open-file limit for {pid}")
+
+
 def test_6_workers_get_the_raised_open_file_limit(bucket: Bucket, tmp_path: Path) -> None:
-    files = {f"p/{i:03d}": pattern(f"fd{i}", 3000) for i in range(300)}
+    """Under a soft limit of 128, -j 100 needs ~500 descriptors a process: the
+    parent raises its own limit, and the workers (forked from a server that
+    started first) must have it too, or their big files fail with EMFILE."""
+    from tests.test_processes import start_cli, workers_of
+
+    files = {f"p/{i:02d}": pattern(f"fd{i}", 30_000) for i in range(20)}
     for key, data in files.items():
         bucket.put(key, data)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-
-    args = ["--endpoint-url", bucket.endpoint, "-b", bucket.name, "-k", "p", "-m", str(tmp_path)]
-    proc = subprocess.run(
-        [entry_point(), *args, "-P", "3", "-j", "100"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        preexec_fn=low_limit,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Too many open files" not in proc.stderr
-    assert "3 processes" in proc.stderr
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="/p/", throttle=30_000, times=10**6))
+        old = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # inherited by the CLI
+        try:
+            proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "100")
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, old)
+        deadline = time.monotonic() + 30
+        while len(workers := workers_of(proc.pid)) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        limits = {pid: _soft_nofile(pid) for pid in [proc.pid, *workers]}
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
     assert tree_of(tmp_path) == files
+    assert len(set(limits.values())) == 1, limits  # the parent's, everywhere
+    assert limits[proc.pid] > 128
 
 
 # -- 3: a key named like a temp file is refused, not landed and swept ----------------------
@@ -183,6 +199,7 @@ def test_3_a_key_named_like_a_temp_file_is_refused_not_swept(
 
 # -- 2, 4, 5, 8: a listing that breaks the contract stops the run with one line ------------
 
+MiB = 1 << 20
 LISTED = {f"p/{i:03d}": f"object {i}\n".encode() for i in range(350)}
 
 
@@ -399,3 +416,94 @@ def test_11_a_busy_store_slows_the_run_down_and_loses_nothing(
     assert result.ok, result.problems[:3]
     assert tree_of(tmp_path) == files
     assert proxy.throttled > 0  # it was busy
+
+
+# -- 12: multipart layouts are checked wherever they can be -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "parts", "usual"),
+    [
+        (64 * MiB, 13, 5 * MiB),  # 64 MiB in 13 parts: 5 MiB parts, nothing else fits
+        (12 * 5 * MiB + 1, 13, None),  # 5 MiB and 5 MB both fit
+        (16 * MiB, 3, None),  # 6 and 7 MiB (and MB) fit: no guess
+        (5 * MiB + 1, 2, None),
+        (100 * 8_000_000, 100, 8_000_000),  # whole MB
+        (10, 1, None),
+    ],
+)
+def test_12_the_usual_part_size_is_inferred_only_when_one_fits(
+    size: int, parts: int, usual: int | None
+) -> None:
+    assert usual_part_size(size, parts) == usual
+
+
+def test_12_a_part_head_is_taken_for_the_part_only_when_it_says_so() -> None:
+    obj = RemoteObject("k", 12 * MiB, "0" * 32 + "-3", 0.0)
+    part = 5 * MiB
+    assert told_size(PartHead(part, {}, f"bytes 0-{part - 1}/{12 * MiB}", 3), obj, 3, 0) == part
+    assert told_size(PartHead(part, {}, None, 3), obj, 3, 0) == part  # moto: 200, no range
+    assert told_size(PartHead(12 * MiB, {}), obj, 3, 0) is None  # the whole object
+    assert told_size(PartHead(part, {}, f"bytes 0-{part - 1}/999", 3), obj, 3, 0) is None
+    assert told_size(PartHead(part, {}, f"bytes 1-{part}/{12 * MiB}", 3), obj, 3, 0) is None
+    assert told_size(PartHead(part, {}, None, 4), obj, 3, 0) is None  # another upload
+
+
+def _upload(bucket: Bucket, sizes: list[int], seed: str) -> bytes:
+    from tests.test_multipart import upload_in_parts
+
+    data = pattern(seed, sum(sizes))
+    upload_in_parts(bucket.plain_client(), bucket.name, "p/w.bin", data, sizes, None)
+    return data
+
+
+def _ignoring_part_numbers(proxy: FaultProxy) -> None:
+    """A store (Ceph RGW, say) that answers HEAD ?partNumber=N with the whole object."""
+    proxy.add(Fault(method="HEAD", query_contains="partNumber", drop_query=True, times=10**6))
+
+
+def test_12_a_store_ignoring_part_numbers_gets_the_layout_inferred(
+    request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    data = _upload(bucket, [5 * MiB] * 12 + [4 * MiB], "rgw")
+    with fault_proxy(bucket.endpoint) as proxy:
+        _ignoring_part_numbers(proxy)
+        result = _fetch(proxy.endpoint, bucket, tmp_path, concurrency=4)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {"p/w.bin": data}
+    assert result.verification == {"etag-md5-multipart": 1}
+    assert result.size_only == ()
+
+
+def test_12_where_no_one_usual_size_fits_size_only_says_so_truly(
+    request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    data = _upload(bucket, [5 * MiB + 1, 5 * MiB + 1, 6 * MiB - 2], "rgw2")
+    with fault_proxy(bucket.endpoint) as proxy:
+        _ignoring_part_numbers(proxy)
+        result = _fetch(proxy.endpoint, bucket, tmp_path)
+    assert result.ok, result.problems
+    assert tree_of(tmp_path) == {"p/w.bin": data}
+    assert result.verification == {"size-only": 1}
+    (only,) = result.size_only
+    assert "answers HEAD with partNumber with the whole object" in only.reason
+    assert "not exactly one usual part size" in only.reason
+
+
+def test_12_a_wrong_inference_is_fetched_again_then_fails_by_name(
+    request_path: str, bucket: Bucket, tmp_path: Path
+) -> None:
+    """Parts of 5,300,000 bytes: only 5 MiB is a usual size that fits, and
+    it is not theirs. The check fails, the object is fetched once more, then
+    it fails like any mismatch, saying the part size was a guess."""
+    _upload(bucket, [5_300_000] * 12 + [4_000_000], "rgw3")
+    with fault_proxy(bucket.endpoint) as proxy:
+        _ignoring_part_numbers(proxy)
+        result = _fetch(proxy.endpoint, bucket, tmp_path, concurrency=4)
+        plain_gets = [s for s in proxy.requests("GET", "w.bin") if "range" not in s.headers]
+    [failure] = result.failures
+    assert "etag-md5-multipart mismatch" in failure.reason
+    assert "also after starting over" in failure.reason
+    assert "--no-verify" in failure.reason
+    assert len(plain_gets) == 1  # fetched again once, whole
+    assert tree_of(tmp_path) == {}

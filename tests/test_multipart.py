@@ -214,6 +214,8 @@ LAYOUTS = {
     "8 MiB": [8 * MiB, 8 * MiB, 3 * MiB],
     "one part": [7 * MiB],
     "unequal parts": [5 * MiB, 6 * MiB, 5 * MiB, 2 * MiB],
+    # Part 1's size cannot be every part's: every part is asked (issue 21, 12).
+    "unequal, part 1 smallest": [5 * MiB, 7 * MiB, 6 * MiB, 3 * MiB],
     "small, one part": [300_000],
 }
 
