@@ -90,10 +90,10 @@ def backoff(failures: int) -> float:
 
 
 def _throttle_delay(retry_after: float | None, tries: int) -> float:
-    jittered = random.uniform(0, min(BACKOFF_CAP, THROTTLE_BASE * 2 ** min(tries, 16)))
+    """The store's own word (Retry-After) where it gave one, else backoff."""
     if retry_after is not None and retry_after >= 0:
-        return max(retry_after, jittered / 4)
-    return jittered
+        return retry_after
+    return random.uniform(0, min(BACKOFF_CAP, THROTTLE_BASE * 2 ** min(tries, 16)))
 
 
 def _gave_up(tries: int, seconds: float, exc: TransientObjectError) -> ObjectError:
