@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python tests/demo.py
 
-## test: run the test suite against a local S3 server, then again with every run on 4 worker processes
+## test: run the test suite against local S3 servers, then again with every run on 4 worker processes
+# Four pytest workers on any machine: most tests wait on a server, a proxy or
+# a subprocess; worksteal keeps the slow ones from queueing behind each other.
+TEST_WORKERS ?= 4
+# The suite starts hundreds of CLI and worker processes: compile the package
+# once (an editable install is not, and PYTHONDONTWRITEBYTECODE may be set).
 test: $(STAMP)
-	$(BIN)/python -m pytest
-	ICANHAZMODEL_TEST_PROCESSES=4 $(BIN)/python -m pytest -q
+	$(BIN)/python -m compileall -q icanhazmodel
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
+	ICANHAZMODEL_TEST_PROCESSES=4 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 ## soak: thousands of objects through a flaky proxy (slow; not part of `make test`)
 soak: $(STAMP)

@@ -19,7 +19,7 @@ from icanhazmodel import _fanout, _flat
 from icanhazmodel._fanout import fanned_out
 from icanhazmodel._listxml import ListPage, cut_below
 from icanhazmodel._models import RemoteObject
-from tests.conftest import Bucket, tree_of
+from tests.conftest import Bucket, new_bucket, tree_of
 from tests.faultproxy import fault_proxy
 
 HIGHEST = "\U0010ffff"
@@ -186,52 +186,55 @@ def test_a_failing_sub_listing_stops_the_listing_with_its_error() -> None:
         parallel(model, "p/")
 
 
+WIDE = {f"p/d{i % 40:02d}/f{i:04d}.bin": bytes([i % 251]) for i in range(1300)}
+WIDE["p/d05"] = b"a file beside the folder d05/"
+WIDE["p/d05.txt"] = b"sorts before d05/"
+
+
+@pytest.fixture(scope="module")
+def wide(moto_endpoint: str) -> Bucket:
+    """A prefix of 40 folders and a first page of 1,000 keys, filled once."""
+    return new_bucket(moto_endpoint, WIDE)
+
+
 @pytest.mark.usefixtures("request_path")  # both listing paths: direct and botocore
 def test_a_run_over_a_wide_prefix_on_moto_fans_out_and_gets_everything(
-    bucket: Bucket, tmp_path: Path
+    wide: Bucket, tmp_path: Path
 ) -> None:
     """Over HTTP (moto's delimiter and start-after), with a first page of 1,000
     keys: the fan-out lists the rest; the plan (in its order), the refusals
     and the files are the sequential listing's."""
-    objects = {f"p/d{i % 40:02d}/f{i:04d}.bin": bytes([i % 251]) for i in range(1300)}
-    objects["p/d05"] = b"a file beside the folder d05/"
-    objects["p/d05.txt"] = b"sorts before d05/"
-    for key, data in objects.items():
-        bucket.client.put_object(Bucket=bucket.name, Key=key, Body=data)
+    bucket, objects = wide, WIDE
 
-    def run(fanout: str) -> tuple[list[tuple[str, str]], set[str], dict[str, bytes], int]:
+    def plan(fanout: str) -> tuple[list[tuple[str, str]], int]:
         os.environ["ICANHAZMODEL_LIST_FANOUT"] = fanout
-        dest = tmp_path / fanout
         try:
-            with fault_proxy(bucket.endpoint) as proxy:
-                plan = asyncio.run(
+            with fault_proxy(bucket.endpoint) as proxy:  # to count the listings
+                planned = asyncio.run(
                     icanhazmodel.plan(
-                        bucket=bucket.name, key="p", dest=dest, endpoint_url=proxy.endpoint
-                    )
-                )
-                result = asyncio.run(
-                    icanhazmodel.fetch(
-                        bucket=bucket.name, key="p", dest=dest, endpoint_url=proxy.endpoint
+                        bucket=bucket.name, key="p", dest=tmp_path, endpoint_url=proxy.endpoint
                     )
                 )
                 fanned = sum("delimiter=" in seen.query for seen in proxy.requests("GET"))
         finally:
             del os.environ["ICANHAZMODEL_LIST_FANOUT"]
-        planned = [(o.key, o.action.value) for o in plan.objects]
-        problems = {f"{p.key} {p.status}" for p in result.problems}
-        return planned, problems, tree_of(dest), fanned
+        return [(o.key, o.action.value) for o in planned.objects], fanned
 
-    *fanned, delimited = run("1")
-    *one_by_one, none = run("0")
-    assert fanned == one_by_one  # the same plan, in the same order, and the same files
-    assert delimited == 2  # one delimiter listing in each run (plan, fetch)
+    fanned, delimited = plan("1")
+    one_by_one, none = plan("0")
+    assert fanned == one_by_one  # the same plan, in the same order, refusals and all
+    assert delimited == 1  # the fanned-out plan's one delimiter listing
     assert none == 0
-    planned, problems, files = fanned
-    assert {key for key, _ in planned} == set(objects)
+    assert {key for key, _ in fanned} == set(objects)
     # p/d05 is a file and a folder: the keys under the folder are refused either way.
     refused = {key for key in objects if key.startswith("p/d05/")}
-    assert problems == {f"{key} refused" for key in refused}
-    assert files == {key: data for key, data in objects.items() if key not in refused}
+    assert {key for key, action in fanned if action == "refused"} == refused
+    # And the fanned-out fetch lands exactly the rest.
+    result = asyncio.run(
+        icanhazmodel.fetch(bucket=bucket.name, key="p", dest=tmp_path, endpoint_url=bucket.endpoint)
+    )
+    assert {f"{p.key} {p.status}" for p in result.problems} == {f"{k} refused" for k in refused}
+    assert tree_of(tmp_path) == {key: data for key, data in objects.items() if key not in refused}
 
 
 @pytest.mark.parametrize(

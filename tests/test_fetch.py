@@ -204,8 +204,7 @@ def test_zero_byte_files_land(bucket: Bucket, tmp_path: Path) -> None:
 
 def test_many_objects_across_listing_pages(bucket: Bucket, tmp_path: Path) -> None:
     expected = {f"p/{i // 100:02d}/{i:05d}.txt": f"object {i}\n".encode() for i in range(1205)}
-    for key, data in expected.items():
-        bucket.put(key, data)
+    bucket.put_many(expected)
     result = _fetch(bucket, "p", tmp_path, concurrency=16)
     assert tree_of(tmp_path) == expected
     assert result.downloaded == len(expected)

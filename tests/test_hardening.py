@@ -342,8 +342,7 @@ def test_10_a_damaged_manifest_is_set_aside_and_a_fresh_one_started(
     bucket: Bucket, tmp_path: Path, where: str
 ) -> None:
     dest = tmp_path / "ptms"
-    for i in range(300):
-        bucket.put(f"p/{i:03d}-{'x' * 60}", b"%d" % i)
+    bucket.put_many({f"p/{i:03d}-{'x' * 60}": b"%d" % i for i in range(300)})
     assert cli(bucket.endpoint, bucket.name, "p", dest).code == 0
     db = dest / MANIFEST
     data = bytearray(db.read_bytes())
@@ -495,8 +494,7 @@ def test_14_a_low_open_file_limit_does_not_fail_objects(
 ) -> None:
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < hard:
         pytest.skip("the hard limit here is lower than the test needs")
-    for i in range(300):
-        bucket.put(f"p/{i:03d}", b"%d" % i)
+    bucket.put_many({f"p/{i:03d}": b"%d" % i for i in range(300)})
     dest = tmp_path / "ptms"
     proc = subprocess.run(
         [entry_point(), "-b", bucket.name, "--endpoint-url", bucket.endpoint, "-k", "p",

@@ -13,7 +13,6 @@ import resource
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,8 +39,7 @@ raise ImportError("planted")
 
 def _tree(bucket: Bucket, count: int, size: int = 20_000) -> dict[str, bytes]:
     files = {f"p/{i:03d}.bin": pattern(f"h3-{i}", size) for i in range(count)}
-    for key, data in files.items():
-        bucket.put(key, data)
+    bucket.put_many(files)
     return files
 
 
@@ -148,17 +146,17 @@ def test_6_workers_get_the_raised_open_file_limit(bucket: Bucket, tmp_path: Path
     from tests.test_processes import start_cli, workers_of
 
     files = {f"p/{i:02d}": pattern(f"fd{i}", 30_000) for i in range(20)}
-    for key, data in files.items():
-        bucket.put(key, data)
+    bucket.put_many(files)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def low_limit() -> None:  # in the CLI only: this test's own process needs more
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+
     with fault_proxy(bucket.endpoint) as proxy:
         proxy.add(Fault(key_contains="/p/", throttle=30_000, times=10**6))
-        old = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))  # inherited by the CLI
-        try:
-            proc = start_cli(proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "100")
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, old)
+        proc = start_cli(
+            proxy.endpoint, bucket.name, tmp_path, "-P", "2", "-j", "100", preexec_fn=low_limit
+        )
         deadline = time.monotonic() + 30
         while len(workers := workers_of(proc.pid)) < 2 and proc.poll() is None:
             assert time.monotonic() < deadline
@@ -317,8 +315,7 @@ def test_10_workers_of_a_parent_killed_hard_stop_without_a_traceback(
 ) -> None:
     """Many small objects keep progress and results waiting to be sent, so
     each worker's next send meets the dead parent's closed socket."""
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda i: bucket.put(f"p/{i:04d}", b"x" * 2000), range(1200)))
+    bucket.put_many({f"p/{i:04d}": b"x" * 2000 for i in range(1200)})
     proc = subprocess.Popen(
         [entry_point(), "--endpoint-url", bucket.endpoint, "-b", bucket.name, "-k", "p",
          "-m", str(tmp_path), "--no-progress", "-P", "2", "-j", "8"],
@@ -357,7 +354,10 @@ def test_11_an_object_throttled_many_times_in_a_row_still_lands(
     bucket.put("p/hot", b"hot" * 1000)
     bucket.put("p/cold", b"cold")
     with fault_proxy(bucket.endpoint) as proxy:
-        proxy.add(Fault(key_contains="p/hot", status_503=True, times=12))
+        # "Retry-After: 0" keeps the test fast; backoff is test_retry's.
+        proxy.add(
+            Fault(key_contains="p/hot", status_503=True, times=12, add_headers={"Retry-After": "0"})
+        )
         result = _fetch(proxy.endpoint, bucket, tmp_path)
         gets = proxy.requests("GET", "p/hot")
     assert result.ok, result.problems
@@ -408,8 +408,7 @@ def test_11_a_busy_store_slows_the_run_down_and_loses_nothing(
     concurrency: int, request_path: str, bucket: Bucket, tmp_path: Path
 ) -> None:
     files = {f"p/{i:03d}": pattern(f"busy{i}", 1000) for i in range(200)}
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda item: bucket.put(*item), files.items()))
+    bucket.put_many(files)
     with fault_proxy(bucket.endpoint) as proxy:
         proxy.admit_per_second = 60
         result = _fetch(proxy.endpoint, bucket, tmp_path, concurrency=concurrency)

@@ -15,6 +15,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -97,12 +98,15 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start_cli(endpoint: str, bucket: str, dest: Path, *extra: str) -> subprocess.Popen[str]:
+def start_cli(
+    endpoint: str, bucket: str, dest: Path, *extra: str, **popen: Any
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [entry_point(), "-b", bucket, "--endpoint-url", endpoint, "-k", "p", "-m", str(dest),
          "--no-progress", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a shell gives it
+        **popen,
     )  # fmt: skip
 
 
@@ -198,8 +202,7 @@ def test_a_fork_server_starts_only_where_processes_could_follow() -> None:
 
 
 def test_one_process_runs_everything_here(bucket: Bucket, tmp_path: Path) -> None:
-    for i in range(300):
-        bucket.put(f"p/{i:03d}", b"%d" % i)
+    bucket.put_many({f"p/{i:03d}": b"%d" % i for i in range(300)})
     result = fetch(bucket, "p", tmp_path, processes=1)
     assert result.processes == 1
     assert result.downloaded == 300
@@ -235,8 +238,7 @@ def test_every_object_lands_exactly_once_whatever_the_split(
 def test_big_and_small_objects_over_four_processes(bucket: Bucket, tmp_path: Path) -> None:
     big = pattern("big4", 20 * MiB + 7)
     bucket.put("p/big.bin", big)
-    for i in range(100):
-        bucket.put(f"p/s/{i:03d}", pattern(f"s{i}", 1000 + i))
+    bucket.put_many({f"p/s/{i:03d}": pattern(f"s{i}", 1000 + i) for i in range(100)})
     result = fetch(bucket, "p", tmp_path, processes=4)
     assert result.ok
     assert result.processes == 4
