@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test soak bench lint clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# The package is installed as links to this checkout ("strict" editable
+# mode: a plain path that mypy and other tools follow, unlike the default
+# import hook). A module added or removed changes the folder: relink then.
+$(STAMP): pyproject.toml icanhazmodel
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 ## demo: download the sample model from a local S3 server into ./ptms (no AWS account)
@@ -22,9 +25,10 @@ demo: $(STAMP)
 # a subprocess; worksteal keeps the slow ones from queueing behind each other.
 TEST_WORKERS ?= 4
 # The suite starts hundreds of CLI and worker processes: compile the package
-# once (an editable install is not, and PYTHONDONTWRITEBYTECODE may be set).
+# once, here and where its links are (an editable install is not compiled,
+# and PYTHONDONTWRITEBYTECODE may be set).
 test: $(STAMP)
-	$(BIN)/python -m compileall -q icanhazmodel
+	$(BIN)/python -m compileall -q icanhazmodel build
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 	ICANHAZMODEL_TEST_PROCESSES=4 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
@@ -53,4 +57,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) tests/bench/node_modules ptms .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) build tests/bench/node_modules ptms .pytest_cache .mypy_cache .ruff_cache

@@ -11,12 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from ._config import DEFAULT_CONCURRENCY, FetchConfig, parse_processes
+from ._config import DEFAULT_CONCURRENCY, FetchConfig, library_words, parse_processes
 from ._errors import DestinationError, UsageError
 from ._models import FetchResult, LandedFile, Plan, PlannedObject
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
 from ._select import Filters, Shard, parse_shard
-from ._stream import FileStream, PlanStream, RecordStream
+from ._stream import UNFINISHED, FileStream, PlanStream, RecordStream
 
 RecordStreamT = TypeVar("RecordStreamT", bound=RecordStream[Any])
 
@@ -225,8 +225,15 @@ class FileIterator:
     def __init__(
         self, config: FetchConfig, progress: bool | Reporter, buffer: int, folders: bool
     ) -> None:
-        self.result: FetchResult | None = None
+        self._result: FetchResult | None = None
         self._records = self._run(config, progress, buffer, folders)
+
+    @property
+    def result(self) -> FetchResult:
+        """The whole run's result, once every record has been read."""
+        if self._result is None:
+            raise RuntimeError(UNFINISHED)
+        return self._result
 
     def _run(
         self, config: FetchConfig, progress: bool | Reporter, buffer: int, folders: bool
@@ -245,7 +252,7 @@ class FileIterator:
                 except StopAsyncIteration:
                     break
                 yield record
-            self.result = files.result
+            self._result = files.result
 
     def __iter__(self) -> FileIterator:
         return self
@@ -304,6 +311,13 @@ async def _stream(
 
 
 def _config(bucket: str, key: str, options: FetchOptions) -> FetchConfig:
+    try:
+        return _checked_config(bucket, key, options)
+    except UsageError as exc:
+        raise UsageError(library_words(str(exc))) from None
+
+
+def _checked_config(bucket: str, key: str, options: FetchOptions) -> FetchConfig:
     return FetchConfig(
         bucket=bucket,
         key=key,

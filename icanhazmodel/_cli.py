@@ -20,13 +20,14 @@ from ._config import (
     parse_processes,
     split_s3_url,
 )
-from ._errors import IcanhazmodelError, UsageError
+from ._errors import IcanhazmodelError, ProfileNotFound, UsageError
 from ._models import FetchResult, PlannedObject
 from ._output import (
     dumps,
     error_document,
+    manifest_line,
     plan_line,
-    plan_lines,
+    plan_totals,
     planned_document,
     problem_lines,
     result_document,
@@ -57,9 +58,9 @@ changed and resumes what was interrupted.
 
 \b
 Examples:
-  icanhazmodel --profile kevin-digitalreasoning \\
+  icanhazmodel --profile kevin-digitalreasoning --bucket my-models \\
       --model_key conduct/secrecy/en/version_1.2
-  icanhazmodel -k s3://my-models/bert/base --include '*.json' --dry-run
+  icanhazmodel s3://my-models/bert/base --include '*.json' --dry-run
 
 Every option can also be set in the environment: ICANHAZMODEL_<OPTION>,
 e.g. ICANHAZMODEL_MODEL_DIR=/data/ptms.
@@ -88,6 +89,28 @@ def _fail(message: str, code: int, json_context: dict[str, Any] | None = None) -
     sys.exit(code)
 
 
+# Options of aws s3, s5cmd and huggingface-cli that people type here by habit,
+# with what to do instead.
+_HABITS = {
+    "--recursive": "icanhazmodel always fetches everything under the key; drop --recursive",
+    "-r": "icanhazmodel always fetches everything under the key; drop -r",
+    "--endpoint": "the option is --endpoint-url",
+    "--numworkers": "requests in flight are -j/--concurrency; processes are -P/--processes",
+    "--local-dir": "the directory is -m/--model_dir",
+    "--cache-dir": "the directory is -m/--model_dir",
+    "--dryrun": "the option is --dry-run",
+    "--no-progress-bar": "the option is --no-progress",
+    "--only-show-errors": "the option is -q/--quiet",
+}
+
+
+def _no_such_option(exc: click.NoSuchOption) -> str:
+    habit = _HABITS.get(exc.option_name)
+    if habit is not None:
+        return f"no such option: {exc.option_name} ({habit})"
+    return f"{exc.format_message()} (see --help)"
+
+
 class _OneLineErrors(click.Command):
     """Click's usage errors, but as one line (the culprit and where to look)."""
 
@@ -98,6 +121,8 @@ class _OneLineErrors(click.Command):
             return super().main(
                 args, prog_name, standalone_mode=False, auto_envvar_prefix=ENV_PREFIX, **extra
             )
+        except click.NoSuchOption as exc:
+            _fail(_no_such_option(exc), EXIT_USAGE)
         except click.UsageError as exc:
             _fail(f"{exc.format_message()} (see --help)", EXIT_USAGE)
         except click.exceptions.Abort:
@@ -129,8 +154,19 @@ def _bucket_and_key(bucket: str | None, model_key: str) -> tuple[str, str]:
     return url_bucket, key
 
 
+def _model_key(flag: str | None, positional: str | None) -> str:
+    """-k KEY, or the key as aws and s5cmd take it: an argument."""
+    if flag is not None and positional is not None and flag != positional:
+        raise UsageError(f"two keys given: -k '{flag}' and '{positional}'; give one")
+    key = flag if flag is not None else positional
+    if key is None:
+        raise UsageError("no key given: pass -k/--model_key KEY with -b BUCKET, or s3://BUCKET/KEY")
+    return key
+
+
 def _build_config(**options: Any) -> FetchConfig:
-    bucket, key = _bucket_and_key(options["bucket"], options["model_key"])
+    model_key = _model_key(options["model_key"], options["source"])
+    bucket, key = _bucket_and_key(options["bucket"], model_key)
     return FetchConfig(
         bucket=bucket,
         key=key,
@@ -224,16 +260,33 @@ def _report(result: FetchResult, config: FetchConfig, *, json_out: bool, quiet: 
         document = result_document(result, **_json_context(config))
         click.echo(dumps(document, one_line=config.dry_run))
     elif result.plan is not None:
-        for line in plan_lines(result.plan):
-            click.echo(line)
-    if quiet and result.ok:
+        for o in result.plan.objects:  # none where they were printed as planned
+            click.echo(plan_line(o))
+    if quiet:
+        # Errors only: the problems (not told as they happened), no summary.
+        for line in problem_lines(result):
+            click.echo(line, err=True)
         return
-    if result.plan is None:
+    if result.plan is not None:
+        # Beside a real run's summary, on stderr: stdout holds only the plan,
+        # a line per object, for the pipe that reads it.
+        for line in plan_totals(result.plan):
+            click.echo(line, err=True)
+    else:
+        # Last, so that it is what a terminal shows once the run is over;
+        # the problems were told as they happened (see LIVE_PROBLEMS).
         click.echo(summary_line(result), err=True)
         if line := verification_line(result):
             click.echo(line, err=True)
-    for line in problem_lines(result):
-        click.echo(line, err=True)
+    if result.manifest_error:
+        click.echo(manifest_line(result.manifest_error), err=True)
+
+
+def _with_hint(exc: IcanhazmodelError, options: dict[str, Any]) -> str:
+    profile = options["profile"]
+    if isinstance(exc, ProfileNotFound) and profile and (profile.isdigit() or profile == "auto"):
+        return f"{exc} (worker processes are -P/--processes; -p is --profile)"
+    return str(exc)
 
 
 def _json_context(config: FetchConfig) -> dict[str, Any]:
@@ -246,15 +299,20 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     }
 
 
-@click.command(cls=_OneLineErrors, help=_HELP, context_settings={"max_content_width": 100})
+@click.command(
+    cls=_OneLineErrors,
+    help=_HELP,
+    context_settings={"max_content_width": 100, "help_option_names": ["-h", "--help"]},
+)
+@click.argument("source", metavar="[s3://BUCKET/KEY]", required=False)
 @click.option(
     "-k",
     "--model_key",
     "--model-key",
     "model_key",
     cls=_Option,
-    required=True,
-    help="Key of one object, or the prefix to mirror; or s3://BUCKET/KEY for both at once.",
+    help="Key of one object, or the prefix to mirror; or s3://BUCKET/KEY for both at once "
+    "(which may also be given as the argument).",
 )
 @click.option("-b", "--bucket", cls=_Option, help="S3 bucket holding the models.")
 @click.option(
@@ -448,7 +506,7 @@ def main(**options: Any) -> None:
                 printer.flush()  # the plan so far, before the totals or an error
     except IcanhazmodelError as exc:
         reporter.close()
-        _fail(str(exc), exc.exit_code, context)
+        _fail(_with_hint(exc, options), exc.exit_code, context)
     except BaseException as exc:
         # A SIGTERM cancels the run's task (see _run_until_terminated).
         if not isinstance(exc, KeyboardInterrupt) and not (terminated and _cancelled(exc)):

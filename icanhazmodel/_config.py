@@ -26,6 +26,11 @@ _BUCKET = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 _REGION = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$")
 
 
+_NO_BUCKET = (
+    "--bucket (-b) or set ICANHAZMODEL_BUCKET, or give bucket and key at once as -k s3://BUCKET/KEY"
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class FetchConfig:
     """Everything one run needs; built by the CLI or by :func:`fetch`."""
@@ -54,7 +59,7 @@ class FetchConfig:
 
     def __post_init__(self) -> None:
         if not self.bucket:
-            raise UsageError("no bucket given: pass --bucket (-b) or set ICANHAZMODEL_BUCKET")
+            raise UsageError(f"no bucket given: pass {_NO_BUCKET}")
         if not _BUCKET.match(self.bucket):
             raise UsageError(
                 f"bucket name '{self.bucket}' is not valid "
@@ -84,6 +89,31 @@ class FetchConfig:
             raise UsageError(f"--retries must be 0 or more, not {self.retries}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be positive, not {self.stall_timeout}")
+
+
+# A setting's name on the command line, and as fetch()'s keyword: the
+# checks above speak the CLI's language, and a library caller gets theirs.
+_KEYWORDS = {
+    _NO_BUCKET: "bucket=",
+    "--model_key": "key=",
+    "--version-id": "version_id=",
+    "--endpoint-url": "endpoint_url=",
+    "--region": "region=",
+    "--request-payer": "request_payer=",
+    "--concurrency": "concurrency=",
+    "--processes": "processes=",
+    "--retries": "retries=",
+    "--stall-timeout": "stall_timeout=",
+    "--include/--exclude": "include=/exclude=",
+    "--shard": "shard=",
+    "--ca-bundle": "ca_bundle=",
+}
+_FLAG = re.compile("|".join(re.escape(flag) for flag in sorted(_KEYWORDS, key=len, reverse=True)))
+
+
+def library_words(message: str) -> str:
+    """*message* with each command-line flag named as fetch()'s keyword."""
+    return _FLAG.sub(lambda m: _KEYWORDS[m.group(0)], message)
 
 
 def _check_endpoint(url: str) -> None:

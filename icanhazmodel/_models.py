@@ -77,7 +77,7 @@ class Action(enum.StrEnum):
 
     DOWNLOAD = "download"
     SKIP = "skip"  # unchanged since icanhazmodel wrote it
-    KEEP_LOCAL = "keep-local"  # changed on disk since; --force replaces it
+    KEEP_LOCAL = "keep-local"  # changed on disk since; kept unless --force
     REFUSED = "refused"
     FOLDER = "folder"  # a folder marker: a directory to create
 
@@ -194,6 +194,8 @@ class FetchResult:
     # Files checked by size alone though content checks were on, and why
     # (an SSE-KMS ETag without a checksum, a store that hides part sizes).
     size_only: tuple[ObjectReport, ...] = ()
+    resumed: int = 0  # of downloaded, files finished from an earlier run's temp file
+    bytes_resumed: int = 0  # bytes an earlier run left on disk (not in bytes_downloaded)
 
     @property
     def ok(self) -> bool:

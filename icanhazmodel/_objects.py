@@ -145,7 +145,16 @@ def raise_for_answer(
         raise ObjectGone(f"'{key}' was deleted from S3 during the run") from exc
     if transient(status, code):
         raise transient_answer("", code, status, retry_after) from exc
-    raise ObjectError(f"S3 error {code or status}: {exc}") from exc
+    if status == 403 or code == "AccessDenied":
+        raise ObjectError(
+            f"access denied (403{' ' + code if code and code != '403' else ''}): the "
+            "credentials in use may not read this key (check the bucket policy, or try "
+            "another --profile)"
+        ) from exc
+    said = str(exc)
+    raise ObjectError(
+        said if said.startswith("S3 error") else f"S3 error {code or status}: {said}"
+    ) from exc
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._models import Action, FetchResult, Plan, PlannedObject
+from ._models import Action, FetchResult, ObjectReport, Plan, PlannedObject
 
 MiB = 1 << 20
 
@@ -24,12 +24,23 @@ def human_size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
+def files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
 def summary_line(result: FetchResult) -> str:
-    rate = result.bytes_downloaded / result.seconds / MiB if result.seconds > 0 else 0.0
-    parts = [f"{result.downloaded} files downloaded ({result.bytes_downloaded / MiB:.1f} MiB)"]
+    if result.downloaded:
+        parts = [f"{files(result.downloaded)} downloaded ({human_size(result.bytes_downloaded)})"]
+    else:
+        parts = ["nothing downloaded"]
+    if result.resumed:
+        parts.append(
+            f"{result.resumed} resumed ({human_size(result.bytes_resumed)} already on disk)"
+        )
     if result.folders:
-        parts.append(f"{result.folders} folders")
-    parts.append(f"{result.skipped} unchanged")
+        parts.append(f"{result.folders} folder{'' if result.folders == 1 else 's'}")
+    if result.skipped or not result.downloaded:
+        parts.append(f"{result.skipped} unchanged")
     for count, what in (
         (result.refused, "refused"),
         (result.failed, "failed"),
@@ -39,8 +50,10 @@ def summary_line(result: FetchResult) -> str:
     ):
         if count:
             parts.append(f"{count} {what}")
-    processes = f", {result.processes} processes" if result.processes > 1 else ""
-    return f"{', '.join(parts)} in {result.seconds:.2f} s ({rate:.1f} MiB/s{processes})"
+    how = [f"{result.processes} processes"] if result.processes > 1 else []
+    if result.bytes_downloaded and result.seconds > 0:
+        how.insert(0, f"{human_size(int(result.bytes_downloaded / result.seconds))}/s")
+    return f"{', '.join(parts)} in {result.seconds:.2f} s" + (f" ({', '.join(how)})" if how else "")
 
 
 def verification_line(result: FetchResult) -> str:
@@ -48,14 +61,35 @@ def verification_line(result: FetchResult) -> str:
     return f"verified: {levels}" if levels else ""
 
 
-def problem_lines(result: FetchResult) -> list[str]:
-    lines = [f"  {p.status.value}: {p.key!r}: {p.reason}" for p in result.problems]
+# Problems are told once, as they happen, up to this many: a run with
+# thousands of failures must not bury its own summary.
+LIVE_PROBLEMS = 20
+MORE_PROBLEMS = (
+    f"... more than {LIVE_PROBLEMS} problems; the rest are counted in the summary "
+    "(--json lists every one)"
+)
+
+
+def problem_line(p: ObjectReport) -> str:
+    return f"{p.status.value}: {p.key!r}: {p.reason}"
+
+
+def problem_lines(result: FetchResult, limit: int = LIVE_PROBLEMS) -> list[str]:
+    """The problems (for a run that did not tell them as they happened),
+    at most *limit* of them, and a manifest that could not be kept."""
+    lines = [problem_line(p) for p in result.problems[:limit]]
+    if len(result.problems) > limit:
+        lines.append(MORE_PROBLEMS)
     if result.manifest_error:
-        lines.append(
-            f"icanhazmodel: error: {result.manifest_error} (the files above landed and were "
-            "checked; a later run checks them against S3 again)"
-        )
+        lines.append(manifest_line(result.manifest_error))
     return lines
+
+
+def manifest_line(error: str) -> str:
+    return (
+        f"icanhazmodel: error: {error} (the files above landed and were "
+        "checked; a later run checks them against S3 again)"
+    )
 
 
 def plan_line(o: PlannedObject) -> str:
@@ -76,17 +110,19 @@ def planned_document(o: PlannedObject) -> dict[str, Any]:
     }
 
 
-def plan_lines(plan: Plan) -> list[str]:
-    """One line per object held in *plan* (none where they were streamed); then totals."""
-    lines = [plan_line(o) for o in plan.objects]
+def plan_totals(plan: Plan) -> list[str]:
+    """A dry run's summary: what a real run would do."""
     totals = [
-        f"would download {plan.count(Action.DOWNLOAD)} files "
+        f"would download {files(plan.count(Action.DOWNLOAD))} "
         f"({human_size(plan.bytes_to_download)})",
         f"skip {plan.count(Action.SKIP)} unchanged",
     ]
     for action, what in (
         (Action.FOLDER, "create {} folders"),
-        (Action.KEEP_LOCAL, "keep {} locally edited (--force replaces them)"),
+        (
+            Action.KEEP_LOCAL,
+            "keep {} locally edited (delete them, or --force downloads every file again)",
+        ),
         (Action.REFUSED, "refuse {}"),
     ):
         if count := plan.count(action):
@@ -95,7 +131,7 @@ def plan_lines(plan: Plan) -> list[str]:
         totals.append(f"{plan.excluded} excluded by filters")
     if plan.other_shards:
         totals.append(f"{plan.other_shards} left to other shards")
-    lines.append("; ".join(totals))
+    lines = ["; ".join(totals)]
     if plan.free_bytes is not None and plan.bytes_to_download > plan.free_bytes:
         lines.append(
             f"warning: that is more than the {human_size(plan.free_bytes)} free under model_dir"
@@ -118,6 +154,8 @@ def result_document(result: FetchResult, **context: Any) -> dict[str, Any]:
         "excluded": result.excluded,
         "other_shards": result.other_shards,
         "bytes_downloaded": result.bytes_downloaded,
+        "resumed": result.resumed,
+        "bytes_resumed": result.bytes_resumed,
         "seconds": round(result.seconds, 3),
         "processes": result.processes,
         "verification": dict(result.verification),

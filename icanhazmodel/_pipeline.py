@@ -43,7 +43,7 @@ from ._models import (
     Status,
 )
 from ._objects import etag_problem
-from ._output import human_size
+from ._output import LIVE_PROBLEMS, MORE_PROBLEMS, human_size, problem_line
 from ._plan import ConflictTracker, LocalFile, decide, part_size_for
 from ._progress import Notes, Reporter
 from ._resume import clear, resume
@@ -64,7 +64,10 @@ class Watcher(Protocol):
 
 
 MANIFEST_FLUSH_SECONDS = 1.0
-_EDITED = "'{}' was changed since icanhazmodel wrote it; --force replaces it"
+_EDITED = (
+    "'{}' was changed since icanhazmodel wrote it; kept (delete it to fetch S3's copy, "
+    "or --force to download every file again)"
+)
 # Files checked by size only named in the result (and --json); more are counted.
 SIZE_ONLY_LISTED = 1000
 
@@ -109,6 +112,8 @@ class Tally:
     failed: int = 0
     kept_local: int = 0
     bytes_downloaded: int = 0
+    resumed: int = 0
+    bytes_resumed: int = 0
     verification: Counter[str] = field(default_factory=Counter)
     problems: list[ObjectReport] = field(default_factory=list)
     size_only: list[ObjectReport] = field(default_factory=list)
@@ -128,6 +133,8 @@ class Tally:
             other_shards=self.other_shards,
             kept_local=self.kept_local,
             size_only=tuple(self.size_only),
+            resumed=self.resumed,
+            bytes_resumed=self.bytes_resumed,
         )
 
 
@@ -544,7 +551,11 @@ class Run:
             self.tally.failed += 1
         where = os.fspath(path) if path is not None else None
         self.tally.problems.append(ObjectReport(obj.key, status, reason, where, obj.size))
-        self.reporter.message(f"{status.value}: {obj.key!r}: {reason}")
+        told = len(self.tally.problems)
+        if told <= LIVE_PROBLEMS:
+            self.reporter.message(problem_line(self.tally.problems[-1]))
+        elif told == LIVE_PROBLEMS + 1:
+            self.reporter.message(MORE_PROBLEMS)
         self._tell(obj, path, status, reason=reason)
 
     def _tell(
@@ -588,6 +599,9 @@ class Run:
             )
         self.tally.downloaded += 1
         self.tally.bytes_downloaded += new_bytes
+        if new_bytes < size:  # the rest was on disk from an earlier run
+            self.tally.resumed += 1
+            self.tally.bytes_resumed += size - new_bytes
         self.tally.verification[level] += 1
         if self.manifest is not None:
             self.manifest.add_file(

@@ -708,15 +708,24 @@ def _profile_words(options: S3Options) -> str:
     return f" for profile '{profile}'" if profile else ""
 
 
+def _profile_not_found(options: S3Options) -> ProfileNotFound:
+    """Name the profile, and where its name came from: AWS_PROFILE is easy
+    to forget once it is set in a shell."""
+    if options.profile:
+        named = f"AWS profile '{options.profile}'"
+    else:
+        named = f"AWS profile '{os.environ.get('AWS_PROFILE', '')}' (from AWS_PROFILE)"
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
+    return ProfileNotFound(f"{named} not found in {credentials} or {_config_file()}")
+
+
 def _session(options: S3Options) -> aioboto3.Session:
     import aioboto3  # ~0.13 s: only runs that need botocore pay for it
 
     try:
         session = aioboto3.Session(profile_name=options.profile)
     except boto_exc.ProfileNotFound as exc:
-        raise ProfileNotFound(
-            f"AWS profile '{options.profile}' not found in ~/.aws/credentials or ~/.aws/config"
-        ) from exc
+        raise _profile_not_found(options) from exc
     try:
         # Timestamps stay text; _posix_time parses the one field we use.
         factory = session._session.get_component("response_parser_factory")
@@ -749,7 +758,7 @@ async def _open_botocore(options: S3Options, trust: Trust, proxies: Proxies) -> 
         client = await client_cm.__aenter__()
         credentials = None if options.unsigned else await session.get_credentials()
     except boto_exc.ProfileNotFound as exc:
-        raise ProfileNotFound(f"AWS profile '{options.profile}' not found") from exc
+        raise _profile_not_found(options) from exc
     except ValueError as exc:  # botocore's word on an endpoint URL or region it refuses
         raise UsageError(f"botocore refused the client settings: {exc}") from exc
     except boto_exc.ConfigParseError as exc:

@@ -75,8 +75,16 @@ class RecordStream(Generic[T]):
     def result(self) -> FetchResult:
         """The whole run's result, once every record has been read."""
         if self._result is None or self._records:
-            raise RuntimeError("the run has not finished: read every record first")
+            raise RuntimeError(UNFINISHED)
         return self._result
+
+
+# A run left early (a break, an exception) is stopped, as a generator closed
+# early is: it has no result, as such a generator has no return value.
+UNFINISHED = (
+    "no result yet: read every record first (a run whose loop left early, by a break "
+    "or an exception, was stopped then, and has none)"
+)
 
 
 class FileStream(RecordStream[LandedFile]):

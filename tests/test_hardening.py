@@ -224,8 +224,8 @@ def test_6_a_dry_run_reads_a_read_only_manifest_and_writes_nothing(
         result = cli(bucket.endpoint, bucket.name, "p", dest, "--dry-run")
         after = sorted(p.name for p in meta.iterdir())
     assert result.code == 0, result.stderr
-    assert "skip 2 unchanged" in result.stdout
-    assert "would download 0 files" in result.stdout
+    assert "skip 2 unchanged" in result.stderr
+    assert "would download 0 files" in result.stderr
     assert after == before == ["manifest.sqlite3"]  # no -wal, no -shm
 
 
@@ -252,7 +252,7 @@ def test_7_a_manifest_that_cannot_be_written_is_one_line_after_the_summary(
         result = cli(bucket.endpoint, bucket.name, "p", dest)
     assert result.code == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert "1 files downloaded" in result.stderr  # the summary is there
+    assert "1 file downloaded" in result.stderr  # the summary is there
     [error] = [line for line in result.stderr.splitlines() if "error:" in line]
     assert "cannot update the manifest" in error
     assert str(dest / MANIFEST) in error

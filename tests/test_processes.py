@@ -312,7 +312,7 @@ def test_a_worker_killed_mid_object_loses_nothing(
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "stopped" in stderr
-    assert "1 files downloaded" in stderr, stderr
+    assert "1 file downloaded" in stderr, stderr
     assert (tmp_path / "p/big.bin").read_bytes() == big
     assert _partials(tmp_path) == []
 

@@ -264,7 +264,8 @@ def test_closing_iter_files_early_stops_the_run(bucket: Bucket, tmp_path: Path) 
         took = time.monotonic() - left
     assert first.status is Status.DOWNLOADED
     assert took < 2.0
-    assert files.result is None  # it never finished
+    with pytest.raises(RuntimeError, match="left early"):
+        _ = files.result  # it never finished
     assert temp_files(tmp_path) == []
     assert no_worker_left(before)
 

@@ -1,0 +1,212 @@
+"""A newcomer's first hour (#24): the messages, counts and screens someone new
+meets first, each held to what it should say."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import icanhazmodel
+from tests.conftest import Bucket, CliResult, run_cli
+from tests.faultproxy import Fault, fault_proxy
+from tests.test_errors import assert_one_line_error
+
+
+def _cli(bucket: Bucket, *args: str, endpoint: str | None = None) -> CliResult:
+    return run_cli("-b", bucket.name, "--endpoint-url", endpoint or bucket.endpoint, *args)
+
+
+# -- 3. a profile named by AWS_PROFILE -------------------------------------------------------
+
+
+def test_a_missing_profile_from_aws_profile_is_named_with_where_it_came_from(
+    bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "ghost")
+    result = _cli(bucket, "-k", "p", "-m", str(tmp_path))
+    assert_one_line_error(result, 2, "'ghost' (from AWS_PROFILE)", "not found")
+    assert "None" not in result.stderr
+    with pytest.raises(icanhazmodel.ProfileNotFound, match=r"'ghost' \(from AWS_PROFILE\)"):
+        asyncio.run(
+            icanhazmodel.fetch(
+                bucket=bucket.name, key="p", dest=tmp_path, endpoint_url=bucket.endpoint
+            )
+        )
+
+
+# -- 4, 10. what aws and s5cmd users type -------------------------------------------------
+
+
+def test_no_bucket_points_at_the_s3_url_form(tmp_path: Path) -> None:
+    result = run_cli("-k", "conduct/secrecy/en/version_1.2", "-m", str(tmp_path))
+    assert_one_line_error(result, 2, "no bucket given", "s3://BUCKET/KEY")
+
+
+def test_the_key_may_be_given_as_aws_and_s5cmd_take_it(bucket: Bucket, tmp_path: Path) -> None:
+    bucket.put("p/a.txt", b"alpha")
+    result = run_cli(
+        f"s3://{bucket.name}/p", "--endpoint-url", bucket.endpoint, "-m", str(tmp_path)
+    )
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "p/a.txt").read_bytes() == b"alpha"
+    clash = run_cli(f"s3://{bucket.name}/p", "-k", "q", "-m", str(tmp_path))
+    assert_one_line_error(clash, 2, "two keys given")
+    assert_one_line_error(run_cli("-m", str(tmp_path)), 2, "no key given", "s3://BUCKET/KEY")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--recursive"], "always fetches everything under the key"),
+        (["--endpoint", "http://127.0.0.1:9"], "--endpoint-url"),
+        (["--local-dir", "x"], "-m/--model_dir"),
+    ],
+)
+def test_habits_from_other_tools_get_a_pointer(args: list[str], needle: str) -> None:
+    result = run_cli("s3://b/k", *args)
+    assert_one_line_error(result, 2, "no such option", needle)
+
+
+def test_dash_h_is_help() -> None:
+    result = run_cli("-h")
+    assert result.code == 0
+    assert result.stdout.startswith("Usage: icanhazmodel")
+
+
+def test_a_process_count_given_to_dash_p_is_pointed_at_dash_capital_p(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    result = _cli(bucket, "-p", "2", "-k", "p", "-m", str(tmp_path))
+    assert_one_line_error(result, 2, "AWS profile '2' not found", "-P/--processes")
+
+
+# -- 5, 22. problems told once, capped, before the summary; -q prints only errors -------------
+
+
+def _refusals(bucket: Bucket, count: int) -> None:
+    bucket.put_many({f"p/bad\\{i:03d}": b"x" for i in range(count)} | {"p/good": b"good"})
+
+
+def test_problems_are_told_once_and_capped_and_the_summary_is_last(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    _refusals(bucket, 45)
+    result = _cli(bucket, "-k", "p", "-m", str(tmp_path), "--no-progress")
+    assert result.code == 1
+    lines = result.stderr.strip().splitlines()
+    told = [line for line in lines if line.startswith("refused: ")]
+    assert len(told) == 20
+    assert len(set(told)) == 20  # each once
+    assert sum("more than 20 problems" in line for line in lines) == 1
+    assert lines[-2].startswith("1 file downloaded (4 B)")
+    assert "45 refused" in lines[-2]
+    assert lines[-1].startswith("verified:")
+
+
+def test_quiet_prints_the_problems_and_nothing_else(bucket: Bucket, tmp_path: Path) -> None:
+    _refusals(bucket, 3)
+    result = _cli(bucket, "-k", "p", "-m", str(tmp_path), "-q")
+    assert result.code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith("refused: ") for line in lines)
+    assert result.stdout == ""
+
+
+def test_a_dry_run_keeps_stdout_for_the_plan(bucket: Bucket, tmp_path: Path) -> None:
+    bucket.put_many({"p/a": b"a", "p/b": b"bb"})
+    result = _cli(bucket, "-k", "p", "-m", str(tmp_path), "--dry-run")
+    assert result.code == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["download", "download"]
+    assert "would download 2 files (3 B)" in result.stderr
+
+
+# -- 9. a 403 on an object -----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("request_path")
+@pytest.mark.parametrize("code", ["AccessDenied", ""])
+def test_a_denied_object_says_access_denied_once(bucket: Bucket, tmp_path: Path, code: str) -> None:
+    bucket.put_many({"p/secret": b"s", "p/open": b"o"})
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="p/secret", error=(403, code), times=100))
+        result = _cli(bucket, "-k", "p", "-m", str(tmp_path), endpoint=proxy.endpoint)
+    assert result.code == 1
+    [line] = [line for line in result.stderr.splitlines() if "p/secret" in line]
+    assert "access denied" in line
+    assert "--profile" in line
+    assert "S3 error 403: S3 error 403" not in result.stderr
+
+
+# -- 16, 18. counts a person reads ---------------------------------------------------------
+
+
+def test_the_summary_counts_like_a_person(bucket: Bucket, tmp_path: Path) -> None:
+    bucket.put("p/one.yaml", b"x" * 328)
+    first = _cli(bucket, "-k", "p", "-m", str(tmp_path), "--no-progress")
+    assert first.code == 0
+    assert first.stderr.startswith("1 file downloaded (328 B) in "), first.stderr
+    again = _cli(bucket, "-k", "p", "-m", str(tmp_path), "--no-progress")
+    assert again.code == 0
+    summary = again.stderr.splitlines()[0]
+    assert summary.startswith("nothing downloaded, 1 unchanged in "), summary
+    assert "/s" not in summary  # no speed for no bytes
+
+
+# -- 20. the locally-modified hint ---------------------------------------------------------
+
+
+def test_an_edited_file_says_how_to_get_s3s_copy(bucket: Bucket, tmp_path: Path) -> None:
+    bucket.put("p/a", b"a")
+    assert _cli(bucket, "-k", "p", "-m", str(tmp_path)).code == 0
+    (tmp_path / "p/a").write_bytes(b"my edit")
+    result = _cli(bucket, "-k", "p", "-m", str(tmp_path), "--no-progress")
+    assert result.code == 1
+    assert "delete it to fetch S3's copy" in result.stderr
+    assert "--force to download every file again" in result.stderr
+
+
+# -- 21. the library speaks in keywords ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"concurrency": 0}, "concurrency= must be"),
+        ({"processes": "many"}, "processes= must be"),
+        ({"shard": "9"}, "shard= '9'"),
+        ({"retries": -1}, "retries= must be"),
+    ],
+)
+def test_library_errors_name_keywords_not_flags(
+    tmp_path: Path, options: dict[str, object], needle: str
+) -> None:
+    with pytest.raises(icanhazmodel.UsageError) as caught:
+        asyncio.run(icanhazmodel.fetch(bucket="b", key="k", dest=tmp_path, **options))  # type: ignore[arg-type]
+    assert needle in str(caught.value)
+    assert "--" not in str(caught.value)
+
+
+# -- 8. mypy finds the installed package -----------------------------------------------------
+
+
+def test_mypy_finds_the_installed_package_from_anywhere(tmp_path: Path) -> None:
+    """What `make` installs must be visible to mypy in a user's own project."""
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import icanhazmodel\n\n"
+        "def downloaded(r: icanhazmodel.FetchResult) -> int:\n"
+        "    return r.downloaded\n"
+    )
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
