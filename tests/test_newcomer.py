@@ -4,8 +4,10 @@ meets first, each held to what it should say."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -204,6 +206,44 @@ def test_mypy_finds_the_installed_package_from_anywhere(tmp_path: Path) -> None:
     )
     checked = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- 2, 12. README's library snippets type-check under mypy --strict ------------------------
+
+# What a reader carries from the first snippet, and the helpers they stand for.
+_PREAMBLE = """\
+from pathlib import Path
+
+import icanhazmodel
+
+async def tokenize(path: Path) -> None: ...
+def upload_elsewhere(path: Path) -> None: ...
+"""
+
+
+def _readme_snippets() -> list[str]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    # The PyTorch example needs torch, which the test extra does not carry.
+    return [block for block in blocks if "torch" not in block]
+
+
+def test_readme_library_snippets_pass_mypy_strict(tmp_path: Path) -> None:
+    snippets = _readme_snippets()
+    assert len(snippets) >= 3
+    for number, block in enumerate(snippets):
+        body = block
+        if "await" in block or "async " in block:  # top-level await: wrap it as a user would
+            body = "async def main() -> None:\n" + textwrap.indent(block, "    ")
+        (tmp_path / f"snippet_{number}.py").write_text(_PREAMBLE + body)
+    checked = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "."],
         cwd=tmp_path,
         capture_output=True,
         text=True,
