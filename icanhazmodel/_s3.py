@@ -49,6 +49,7 @@ from ._errors import (
     BucketNotFound,
     CredentialsError,
     IcanhazmodelError,
+    NothingToFetch,
     ProfileNotFound,
     S3Error,
     UsageError,
@@ -117,6 +118,13 @@ def _error_code(exc: boto_exc.ClientError | DirectError) -> tuple[str, int]:
     return str(error.get("Code", "")), int(status or 0)
 
 
+def _answer_status(exc: BaseException | None) -> int:
+    """The HTTP status of an S3 error answer; 0 for anything else."""
+    if isinstance(exc, boto_exc.ClientError | DirectError):
+        return _error_code(exc)[1]
+    return 0
+
+
 def _retry_after(exc: boto_exc.ClientError | DirectError) -> str | None:
     if isinstance(exc, DirectError):
         return exc.retry_after
@@ -138,6 +146,9 @@ _TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     # unwrapped, e.g. ClientPayloadError for a body cut short.
     aiohttp.ClientError,
 )
+
+
+LOOKING_UP = "looking up"
 
 
 def _bucket_in_host(options: S3Options) -> str:
@@ -179,7 +190,18 @@ def _raise_run_error(exc: BaseException, options: S3Options, what: str) -> NoRet
                 f"bucket '{bucket}' (try another --profile)"
             ) from exc
         hint = _bucket_in_host(options) if code == "NoSuchKey" else ""
-        raise S3Error(f"S3 error {code or status} while {what}: {exc}{hint}") from exc
+        if (not code or code == str(status)) and not what.startswith(LOOKING_UP):
+            # An answer with no S3 error in it (which a HEAD's never has):
+            # a web server, a proxy's page.
+            where = _effective_endpoint(options) or "the endpoint"
+            raise S3Error(
+                f"{where} answered HTTP {status} with no S3 error while {what}: is it an S3 "
+                f"endpoint? (check --endpoint-url){hint}"
+            ) from exc
+        # botocore's retries are off (one policy retries, see _retry): its
+        # "(reached max retries: 0)" would only mislead.
+        said = str(exc).replace(" (reached max retries: 0)", "")
+        raise S3Error(f"S3 error {code} while {what}: {said}{hint}") from exc
     if isinstance(exc, boto_exc.EndpointConnectionError):
         raise S3Error(f"cannot reach the S3 endpoint while {what}: {exc}") from exc
     if isinstance(exc, boto_exc.BotoCoreError):
@@ -426,8 +448,16 @@ class S3:
 
     async def head(self, key: str, version_id: str | None = None) -> HeadResult | None:
         """HEAD one key; None if there is no such object."""
-        what = f"looking up s3://{self.bucket}/{key}"
-        return await self._run_level(what, lambda: self._head_once(key, version_id, what))
+        what = f"{LOOKING_UP} s3://{self.bucket}/{key}"
+        try:
+            return await self._run_level(what, lambda: self._head_once(key, version_id, what))
+        except S3Error as exc:
+            if version_id is None or _answer_status(exc.__cause__) != 400:
+                raise
+            raise NothingToFetch(
+                f"no object s3://{self.bucket}/{key} with version '{version_id}' "
+                "(--version-id needs the exact key of one object, and one of its versions)"
+            ) from exc
 
     async def _head_once(self, key: str, version_id: str | None, what: str) -> HeadResult | None:
         direct = await self._direct_lister()

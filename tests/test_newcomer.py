@@ -4,10 +4,14 @@ meets first, each held to what it should say."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +254,50 @@ def test_readme_library_snippets_pass_mypy_strict(tmp_path: Path) -> None:
         timeout=300,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- 7, 19. an endpoint that is down, or is not S3; a version of a prefix --------------------
+
+
+@pytest.mark.usefixtures("request_path")
+def test_an_endpoint_that_is_down_is_said_within_seconds(tmp_path: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # closed again: nothing listens there
+    started = time.monotonic()
+    result = run_cli("s3://b/k", "--endpoint-url", f"http://127.0.0.1:{port}", "-m", str(tmp_path))
+    assert time.monotonic() - started < 10
+    assert_one_line_error(result, 1, "cannot reach the S3 endpoint", f"127.0.0.1:{port}")
+
+
+@pytest.mark.usefixtures("request_path")
+def test_a_web_server_that_is_not_s3_is_named_as_such(tmp_path: Path) -> None:
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = run_cli("s3://b/k", "--endpoint-url", endpoint, "-m", str(tmp_path))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_one_line_error(result, 1, f"{endpoint} answered HTTP 404", "is it an S3 endpoint?")
+    assert "max retries" not in result.stderr
+
+
+@pytest.mark.usefixtures("request_path")
+def test_a_version_id_for_a_prefix_says_it_needs_one_object(bucket: Bucket, tmp_path: Path) -> None:
+    bucket.put("p/a", b"a")
+    result = _cli(bucket, "-k", "p", "--version-id", "3HL4kqtJlcpXroDTDmJ", "-m", str(tmp_path))
+    assert result.code != 0
+    assert "Traceback" not in result.stderr
+    assert "--version-id" in result.stderr
+    assert "400 Bad Request" not in result.stderr
