@@ -64,6 +64,7 @@ from ._files import (
     Tree,
     write_whole,
 )
+from ._keys import is_temp_name
 from ._manifest import PartialRecord
 from ._models import ObjectHeaders, RemoteObject
 from ._objects import (
@@ -228,10 +229,16 @@ class Outcomes(Protocol):
     def failed(self, job: FileJob, reason: str) -> None: ...
 
 
-def describe_os_error(exc: OSError) -> str:
+def describe_os_error(exc: OSError, folder: Path | None = None) -> str:
+    """*exc* in a user's words. A temp file's name means nothing to them: an
+    error making or writing one names the folder it was to be in."""
     if isinstance(exc, IcanhazmodelError | PathConflict | EscapesModelDir):
         return str(exc)
-    where = f" ({exc.filename})" if exc.filename else ""
+    name = os.fsdecode(exc.filename) if exc.filename else ""
+    if folder is not None and is_temp_name(os.path.basename(name)):
+        where = f" (writing in folder '{folder}')"
+    else:
+        where = f" ({name})" if name else ""
     return f"{exc.strerror or exc}{where}"
 
 
@@ -322,7 +329,7 @@ class Transfers:
                 job.needs_botocore = isinstance(exc, NeedsBotocore)
             except OSError as exc:
                 self.check_fatal(exc)
-                job.error = describe_os_error(exc)
+                job.error = describe_os_error(exc, job.final.parent)
         job.ranges_left -= 1
         if job.ranges_left == 0:
             await self._finish(job)
@@ -704,7 +711,7 @@ class Transfers:
                 job.restart = str(exc)
             except OSError as exc:
                 self.check_fatal(exc)
-                job.error = describe_os_error(exc)
+                job.error = describe_os_error(exc, job.final.parent)
             if job.restart is not None and await self._real_layout(job):
                 await self._land_from_disk(job, partial)
             if job.restart is not None and (damaged := _damaged_parts(job)):
@@ -767,7 +774,7 @@ class Transfers:
         except OSError as exc:
             self.check_fatal(exc)
             job.restart = None
-            job.error = describe_os_error(exc)
+            job.error = describe_os_error(exc, job.final.parent)
 
     def _forget_partial(self, job: FileJob, *, remove: bool) -> None:
         if job.partial is not None and remove:

@@ -301,3 +301,22 @@ def test_a_version_id_for_a_prefix_says_it_needs_one_object(bucket: Bucket, tmp_
     assert "Traceback" not in result.stderr
     assert "--version-id" in result.stderr
     assert "400 Bad Request" not in result.stderr
+
+
+# -- 6. a folder that cannot be written ------------------------------------------------------
+
+
+def test_an_unwritable_folder_is_named_not_a_temp_file(bucket: Bucket, tmp_path: Path) -> None:
+    from tests.test_hardening import immutable
+
+    bucket.put_many({"p/ok": b"ok", **{f"p/sub/f{i}.bin": b"x" * 100 for i in range(3)}})
+    folder = tmp_path / "p" / "sub"
+    folder.mkdir(parents=True)
+    with immutable(folder):
+        result = _cli(bucket, "-k", "p", "-m", str(tmp_path), "--no-progress")
+    assert result.code == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 3, result.stderr
+    assert all(f"writing in folder '{folder}'" in line for line in failed), failed
+    assert "icanhazmodel-partial" not in result.stderr
+    assert (tmp_path / "p/ok").read_bytes() == b"ok"
