@@ -511,7 +511,10 @@ def main(**options: Any) -> None:
         # A SIGTERM cancels the run's task (see _run_until_terminated).
         if not isinstance(exc, KeyboardInterrupt) and not (terminated and _cancelled(exc)):
             raise
-        reporter.close()
+        if isinstance(reporter, TqdmReporter):
+            reporter.close(interrupted=True)
+        else:
+            reporter.close()
         _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED, context)
     reporter.close()
     _report(result, config, json_out=json_out, quiet=options["quiet"])

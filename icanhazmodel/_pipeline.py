@@ -212,6 +212,7 @@ class Run:
         )
         self._conflicts = ConflictTracker()
         self._prefix = ""
+        self._told_listing_done = False
         self._plan: list[PlannedObject] = []
         self._plan_counts: Counter[Action] = Counter()
         self._plan_bytes = 0
@@ -302,13 +303,21 @@ class Run:
         """List, select and decide; send ranges to the workers (None: plan only)."""
         if exact is not None:
             self._prefix = ""
-            await self._plan_page([exact], send)
+            await self._plan_page([exact], send, last=True)
         else:
             self._prefix = directory_prefix(self.config.key)
             await self._list_prefix(send)
+        self._listing_done()
+        self._check_something_selected()
+
+    def _listing_done(self) -> None:
+        """Tell the reporter the totals are whole (once): as soon as the last
+        page is planned, not once its work is queued, which waits on workers."""
+        if self._told_listing_done:
+            return
+        self._told_listing_done = True
         if (listing_done := getattr(self.reporter, "listing_done", None)) is not None:
             listing_done()
-        self._check_something_selected()
 
     async def _list_prefix(self, send: ObjectSendStream[Work] | None) -> None:
         """List the prefix, holding the store to the listing contract (see
@@ -319,7 +328,7 @@ class Run:
             pages = self.s3.list_pages(self._prefix)
             first = await anext(pages)
             order.check(first.objects)
-            await self._plan_page(first.objects, send, more=first.more)
+            await self._plan_page(first.objects, send, more=first.more, last=not first.more)
             if first.more and first.objects and _fan_out():
                 await pages.aclose()
                 keys = [o.key for o in first.objects]
@@ -330,7 +339,7 @@ class Run:
                 return
             async for page in pages:
                 order.check(page.objects)
-                await self._plan_page(page.objects, send, more=page.more)
+                await self._plan_page(page.objects, send, more=page.more, last=not page.more)
         except BrokenListing as exc:
             where = f"s3://{self.s3.bucket}/{self._prefix}"
             raise S3Error(f"the store broke the listing of {where}: it {exc}") from None
@@ -348,9 +357,14 @@ class Run:
             )
 
     async def _plan_page(
-        self, page: list[RemoteObject], send: ObjectSendStream[Work] | None, more: bool = False
+        self,
+        page: list[RemoteObject],
+        send: ObjectSendStream[Work] | None,
+        more: bool = False,
+        last: bool = False,
     ) -> None:
-        """Plan one listing page (*more*: further pages are coming)."""
+        """Plan one listing page (*more*: further pages are coming; *last*:
+        this page ends the whole listing)."""
         if self.watcher is not None:
             await self.watcher.room()
         jobs: list[FileJob] = []
@@ -384,6 +398,8 @@ class Run:
         if send is None:
             return
         self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
+        if last:
+            self._listing_done()
         if not self.spread.decided and downloads:
             await self.spread.maybe_start(self.config, self.tree, downloads, more)
         for job in downloads:

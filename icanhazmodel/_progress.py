@@ -11,7 +11,7 @@ import collections
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -102,6 +102,50 @@ class MessageReporter(NullReporter):
         print(text, file=self._stream or sys.stderr, flush=True)
 
 
+# Below this many columns a bar drops its name and its bar, keeping what
+# matters (percent, bytes, files); a size is never cut mid-number.
+NARROW_COLUMNS = 60
+# An ETA from the first moments (one slow first byte) reads "22:24:12": none
+# is shown until the rate has had this long to settle.
+ETA_AFTER_SECONDS = 3.0
+
+_WIDE = "{desc}: {pct}|{bar}| {done}/{size} [{elapsed}, {speed}, ETA {eta}{postfix}]"
+_NARROW = "{pct} {done}/{size}{postfix}"
+_NARROW_FILE = "{short} {pct} {done}/{size}"
+
+
+def _bar_class() -> type[tqdm]:
+    """tqdm with our sizes (KiB, MiB: the summary's units, where tqdm's
+    'MB' means MiB), a settled ETA, and a layout that fits the terminal."""
+    from tqdm import tqdm
+
+    from ._output import human_size
+
+    class Bar(tqdm):  # type: ignore[misc]  # tqdm is untyped
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            d: dict[str, Any] = super().format_dict
+            n, total, rate = self.n, self.total or 0, d.get("rate")
+            elapsed = float(d.get("elapsed") or 0.0)
+            d["done"] = human_size(int(n)).replace(" ", "")
+            d["size"] = human_size(int(total)).replace(" ", "")
+            d["speed"] = f"{human_size(int(rate))}/s".replace(" ", "") if rate else "-/s"
+            settled = rate and elapsed >= ETA_AFTER_SECONDS and total >= n
+            d["eta"] = tqdm.format_interval((total - n) / rate) if settled else "--:--"
+            ncols = int(d.get("ncols") or 0)
+            if ncols and ncols < NARROW_COLUMNS:
+                # A file's bar keeps as much of its name's end as fits beside
+                # "100% 20.0MiB/20.0MiB"; the main bar needs no name.
+                d["short"] = str(self.desc)[-max(ncols - 23, 1) :]
+                d["bar_format"] = _NARROW if self.pos == 0 else _NARROW_FILE
+            else:
+                d["bar_format"] = _WIDE
+            d["pct"] = f"{100 * n / total:3.0f}%" if total else "  -%"
+            return d
+
+    return Bar
+
+
 class TqdmReporter:
     """One aggregate bar (position 0) and per-file bars for the largest files.
 
@@ -110,9 +154,7 @@ class TqdmReporter:
     """
 
     def __init__(self, stream: IO[str] | None = None) -> None:
-        from tqdm import tqdm  # only runs that show bars pay for importing it
-
-        self._tqdm = tqdm
+        self._tqdm = _bar_class()
         self._stream = stream or sys.stderr
         self._files_total = 0
         self._files_done = 0
@@ -196,10 +238,15 @@ class TqdmReporter:
     def message(self, text: str) -> None:
         self._tqdm.write(text, file=self._stream)
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """Take the bars down. Interrupted, the main bar goes too: the line
+        left is then the error's, not a bar with '^C' written over it."""
         for key in list(self._bars):
             self._close_bar(key)
-        self._total.refresh()
+        if interrupted:
+            self._total.leave = False
+        else:
+            self._total.refresh()
         self._total.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import io
 import re
 import socket
 import subprocess
@@ -17,9 +18,12 @@ from pathlib import Path
 import pytest
 
 import icanhazmodel
+from icanhazmodel._progress import NullReporter, TqdmReporter
 from tests.conftest import Bucket, CliResult, run_cli
 from tests.faultproxy import Fault, fault_proxy
 from tests.test_errors import assert_one_line_error
+
+MiB = 1 << 20
 
 
 def _cli(bucket: Bucket, *args: str, endpoint: str | None = None) -> CliResult:
@@ -320,3 +324,83 @@ def test_an_unwritable_folder_is_named_not_a_temp_file(bucket: Bucket, tmp_path:
     assert all(f"writing in folder '{folder}'" in line for line in failed), failed
     assert "icanhazmodel-partial" not in result.stderr
     assert (tmp_path / "p/ok").read_bytes() == b"ok"
+
+
+# -- 14, 15, 17. the bars -------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _bars(columns: int) -> tuple[TqdmReporter, _Terminal]:
+    screen = _Terminal()
+    reporter = TqdmReporter(screen)
+    reporter._total.dynamic_ncols = lambda _: (columns, 24)
+    reporter.listed(403, 26 * MiB)
+    reporter.listing_done()
+    reporter.advanced("k", 5 * MiB)
+    return reporter, screen
+
+
+def test_a_wide_bar_speaks_the_summarys_units_and_holds_its_eta_until_it_means_something() -> None:
+    reporter, _ = _bars(200)
+    line = str(reporter._total)
+    assert "5.0MiB/26.0MiB" in line
+    assert "MB" not in line.replace("MiB", "")
+    assert "ETA --:--" in line  # not an hours-long guess from the first moment
+    assert "0/403 files" in line
+    reporter.close()
+
+
+def test_a_narrow_bar_keeps_counts_and_whole_sizes() -> None:
+    reporter, _ = _bars(40)
+    line = str(reporter._total)
+    assert line == " 19% 5.0MiB/26.0MiB, 0/403 files"
+    assert len(line) <= 40
+    key = "conduct/secrecy/en/version_1.2/models/ft/a-very-long-name-of-a-model-file.bin"
+    reporter.file_started(key, 20 * MiB)
+    bar = reporter._bars[key]
+    bar.dynamic_ncols = lambda _: (40, 24)
+    reporter.advanced(key, 5 * MiB)
+    file_line = str(bar)
+    assert len(file_line) <= 40
+    assert file_line.endswith("file.bin  25% 5.0MiB/20.0MiB"), file_line
+    reporter.close()
+
+
+def test_an_interrupted_run_takes_its_bar_down() -> None:
+    reporter, screen = _bars(120)
+    reporter.close(interrupted=True)
+    assert screen.getvalue().rsplit("\r", 1)[-1].strip() == ""  # the line left is blank
+
+
+def test_the_totals_are_whole_as_soon_as_the_last_page_is_listed(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    """A one-page prefix is listed at once; its bar must not say 'listing'
+    while the queue of work drains."""
+    bucket.put_many({f"p/{i:03d}": b"x" for i in range(100)})
+    calls: list[str] = []
+
+    class Recorder(NullReporter):
+        def listing_done(self) -> None:
+            calls.append("listing_done")
+
+        def file_started(self, key: str, size: int) -> None:
+            calls.append("file_started")
+
+    asyncio.run(
+        icanhazmodel.fetch(
+            bucket=bucket.name,
+            key="p",
+            dest=tmp_path,
+            endpoint_url=bucket.endpoint,
+            concurrency=1,
+            processes=1,
+            progress=Recorder(),
+        )
+    )
+    assert calls.count("file_started") == 100
+    assert calls.index("listing_done") < 5
