@@ -151,6 +151,12 @@ class ConnectProxy(_Server):
             self.tunnels.append(target)
             upstream = socket.create_connection((host.strip("[]"), int(port)))
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        elif "://" not in target:
+            # Not a proxy request (a stray client of a server that had this
+            # port before): refuse it, as a proxy would, and stay up.
+            client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            client.close()
+            return
         else:  # http://host:port/path: send it on in origin form
             self.forwarded.append(request_line)
             address, _, path = target.partition("://")[2].partition("/")
