@@ -51,8 +51,9 @@ _WEIGHT = 1 / 8
 class Writer:
     """Runs blocking calls on a small, fixed set of threads."""
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 2, clock: Callable[[], float] = time.perf_counter) -> None:
         self._threads_wanted = threads
+        self._clock = clock  # what times brief calls
         self._threads: list[threading.Thread] = []
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._pending = 0  # calls queued or running
@@ -67,11 +68,11 @@ class Writer:
         thread while such calls stay fast, else as :meth:`call` does."""
         if not self.briefs_inline:
             return await self.call(fn, *args)
-        started = time.perf_counter()
+        started = self._clock()
         try:
             return fn(*args)
         finally:
-            took = min(time.perf_counter() - started, _CAPPED)
+            took = min(self._clock() - started, _CAPPED)
             self._brief_average += (took - self._brief_average) * _WEIGHT
 
     @property

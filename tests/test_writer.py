@@ -100,14 +100,17 @@ def test_results_come_back_to_each_caller(calls: int) -> None:
         writer.close()
 
 
-def _brief_threads(writer: Writer, pauses: list[float]) -> tuple[int, list[int]]:
-    """Run one brief call per pause (each sleeping that long); return the
-    loop's thread and the thread each call ran on."""
+def _brief_threads(pauses: list[float]) -> tuple[Writer, int, list[int]]:
+    """Run one brief call per pause, each taking that long by the writer's
+    clock (a fake one: a loaded machine must not change the verdict);
+    return the writer, the loop's thread and the thread each call ran on."""
     ran_on: list[int] = []
+    now = [0.0]
+    writer = Writer(threads=1, clock=lambda: now[0])
 
     def call(pause: float) -> None:
         ran_on.append(threading.get_ident())
-        time.sleep(pause)
+        now[0] += pause
 
     async def main() -> int:
         for pause in pauses:
@@ -118,26 +121,24 @@ def _brief_threads(writer: Writer, pauses: list[float]) -> tuple[int, list[int]]
         loop_thread = anyio.run(main)
     finally:
         writer.close()
-    return loop_thread, ran_on
+    return writer, loop_thread, ran_on
 
 
 def test_brief_calls_run_on_the_loop_while_fast() -> None:
-    loop_thread, ran_on = _brief_threads(Writer(threads=1), [0.0] * 50)
+    _, loop_thread, ran_on = _brief_threads([0.0] * 50)
     assert ran_on == [loop_thread] * 50
 
 
 def test_one_stall_alone_keeps_brief_calls_on_the_loop() -> None:
     """A filesystem that stalls once (a journal commit) is still fast."""
-    writer = Writer(threads=1)
-    loop_thread, ran_on = _brief_threads(writer, [0.0, 0.05] + [0.0] * 20)
+    writer, loop_thread, ran_on = _brief_threads([0.0, 0.05] + [0.0] * 20)
     assert ran_on == [loop_thread] * 22
     assert writer.briefs_inline
 
 
 def test_brief_calls_move_to_the_threads_once_slow() -> None:
     """On a slow filesystem (a network mount) they would hold up every socket."""
-    writer = Writer(threads=1)
-    loop_thread, ran_on = _brief_threads(writer, [0.005] * 10)
+    writer, loop_thread, ran_on = _brief_threads([0.005] * 10)
     # Capped at 4 ms each, the average passes 1 ms on the third call.
     assert ran_on[:3] == [loop_thread] * 3
     assert loop_thread not in ran_on[3:]
