@@ -265,11 +265,15 @@ def test_readme_library_snippets_pass_mypy_strict(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("request_path")
 def test_an_endpoint_that_is_down_is_said_within_seconds(tmp_path: Path) -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]  # closed again: nothing listens there
-    started = time.monotonic()
-    result = run_cli("s3://b/k", "--endpoint-url", f"http://127.0.0.1:{port}", "-m", str(tmp_path))
+    # Bound but not listening: connections are refused, and no other test's
+    # server can take the port meanwhile and meet this run's retries.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli(
+            "s3://b/k", "--endpoint-url", f"http://127.0.0.1:{port}", "-m", str(tmp_path)
+        )
     assert time.monotonic() - started < 10
     assert_one_line_error(result, 1, "cannot reach the S3 endpoint", f"127.0.0.1:{port}")
 
