@@ -72,11 +72,18 @@ class DirectError(Exception):
     def __init__(
         self, status: int, code: str, message: str, retry_after: str | None = None
     ) -> None:
-        what = f"S3 error {code or status}"
-        super().__init__(f"{what}: {message}" if message else what)
+        super().__init__(answer_text(code, status, message))
         self.status = status
         self.code = code
+        self.message = message
         self.retry_after = retry_after
+
+
+def answer_text(code: str, status: int, message: str, during: str = "") -> str:
+    """An S3 error answer in one line: its code (or status), what we were
+    doing, and the store's own message where it gave one."""
+    what = f"S3 error {code or status}" + (f" while {during}" if during else "")
+    return f"{what}: {message}" if message else what
 
 
 CREDENTIAL_CODES = frozenset(
@@ -120,19 +127,25 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 def transient_answer(
-    what: str, code: str, status: int, retry_after: str | None = None
+    code: str, status: int, retry_after: str | None = None
 ) -> TransientObjectError:
     return TransientObjectError(
-        f"S3 error {code or status}{what}",
+        answer_text(code, status, ""),
         throttled=throttled(status, code),
         retry_after=retry_after_seconds(retry_after),
     )
 
 
 def raise_for_answer(
-    key: str, code: str, status: int, exc: BaseException, retry_after: str | None = None
+    key: str,
+    code: str,
+    status: int,
+    exc: BaseException,
+    retry_after: str | None = None,
+    message: str = "",
 ) -> None:
-    """Turn an S3 error answer while fetching *key* into the right exception."""
+    """Turn an S3 error answer while fetching *key* (*message*: the store's
+    own words) into the right exception."""
     if code in CREDENTIAL_CODES:
         # Every later request would be refused too: stop once, not per object.
         raise CredentialsError(
@@ -144,17 +157,14 @@ def raise_for_answer(
     if status == 404 or code in ("NoSuchKey", "404"):
         raise ObjectGone(f"'{key}' was deleted from S3 during the run") from exc
     if transient(status, code):
-        raise transient_answer("", code, status, retry_after) from exc
+        raise transient_answer(code, status, retry_after) from exc
     if status == 403 or code == "AccessDenied":
+        named = f"403 {code}" if code and code != "403" else "403"
         raise ObjectError(
-            f"access denied (403{' ' + code if code and code != '403' else ''}): the "
-            "credentials in use may not read this key (check the bucket policy, or try "
-            "another --profile)"
+            f"access denied ({named}): the credentials in use may not read this key "
+            "(check the bucket policy, or try another --profile)"
         ) from exc
-    said = str(exc)
-    raise ObjectError(
-        said if said.startswith("S3 error") else f"S3 error {code or status}: {said}"
-    ) from exc
+    raise ObjectError(answer_text(code, status, message)) from exc
 
 
 @contextlib.contextmanager
@@ -165,7 +175,7 @@ def direct_errors(key: str) -> Iterator[None]:
     except (ObjectError, FallBack, ChecksumMismatch):
         raise
     except DirectError as exc:
-        raise_for_answer(key, exc.code, exc.status, exc, exc.retry_after)
+        raise_for_answer(key, exc.code, exc.status, exc, exc.retry_after, exc.message)
     except TRANSIENT_ERRORS as exc:
         raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
 

@@ -68,6 +68,7 @@ from ._objects import (
     ObjectError,
     PartHead,
     TransientObjectError,
+    answer_text,
     byte_range,
     checked,
     not_s3,
@@ -118,6 +119,14 @@ def _error_code(exc: boto_exc.ClientError | DirectError) -> tuple[str, int]:
     return str(error.get("Code", "")), int(status or 0)
 
 
+def _error_message(exc: boto_exc.ClientError | DirectError) -> str:
+    """The store's own words in an error answer (botocore's text around them
+    would add "reached max retries: 0": its retries are off, see _retry)."""
+    if isinstance(exc, DirectError):
+        return exc.message
+    return str(exc.response.get("Error", {}).get("Message", "") or "")
+
+
 def _answer_status(exc: BaseException | None) -> int:
     """The HTTP status of an S3 error answer; 0 for anything else."""
     if isinstance(exc, boto_exc.ClientError | DirectError):
@@ -146,9 +155,6 @@ _TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     # unwrapped, e.g. ClientPayloadError for a body cut short.
     aiohttp.ClientError,
 )
-
-
-LOOKING_UP = "looking up"
 
 
 def _bucket_in_host(options: S3Options) -> str:
@@ -190,7 +196,7 @@ def _raise_run_error(exc: BaseException, options: S3Options, what: str) -> NoRet
                 f"bucket '{bucket}' (try another --profile)"
             ) from exc
         hint = _bucket_in_host(options) if code == "NoSuchKey" else ""
-        if (not code or code == str(status)) and not what.startswith(LOOKING_UP):
+        if (not code or code == str(status)) and exc.operation_name != "HeadObject":
             # An answer with no S3 error in it (which a HEAD's never has):
             # a web server, a proxy's page.
             where = _effective_endpoint(options) or "the endpoint"
@@ -198,10 +204,8 @@ def _raise_run_error(exc: BaseException, options: S3Options, what: str) -> NoRet
                 f"{where} answered HTTP {status} with no S3 error while {what}: is it an S3 "
                 f"endpoint? (check --endpoint-url){hint}"
             ) from exc
-        # botocore's retries are off (one policy retries, see _retry): its
-        # "(reached max retries: 0)" would only mislead.
-        said = str(exc).replace(" (reached max retries: 0)", "")
-        raise S3Error(f"S3 error {code} while {what}: {said}{hint}") from exc
+        said = answer_text(code, status, _error_message(exc), during=what)
+        raise S3Error(f"{said}{hint}") from exc
     if isinstance(exc, boto_exc.EndpointConnectionError):
         raise S3Error(f"cannot reach the S3 endpoint while {what}: {exc}") from exc
     if isinstance(exc, boto_exc.BotoCoreError):
@@ -221,7 +225,7 @@ def run_errors(options: S3Options, what: str) -> Iterator[None]:
     except (boto_exc.ClientError, DirectError) as exc:
         code, status = _error_code(exc)
         if transient(status, code):
-            raise transient_answer("", code, status, _retry_after(exc)) from exc
+            raise transient_answer(code, status, _retry_after(exc)) from exc
         if isinstance(exc, DirectError):
             raise FallBack(f"{status} {code}") from exc
         _raise_run_error(exc, options, what)
@@ -251,7 +255,7 @@ def object_errors(key: str) -> Iterator[None]:
         raise
     except (boto_exc.ClientError, DirectError) as exc:
         code, status = _error_code(exc)
-        raise_for_answer(key, code, status, exc, _retry_after(exc))
+        raise_for_answer(key, code, status, exc, _retry_after(exc), _error_message(exc))
     except boto_exc.FlexibleChecksumError as exc:
         # botocore checks S3's checksum itself when a whole object is asked
         # for with ChecksumMode; its verdict is as good as ours.
@@ -448,7 +452,7 @@ class S3:
 
     async def head(self, key: str, version_id: str | None = None) -> HeadResult | None:
         """HEAD one key; None if there is no such object."""
-        what = f"{LOOKING_UP} s3://{self.bucket}/{key}"
+        what = f"looking up s3://{self.bucket}/{key}"
         try:
             return await self._run_level(what, lambda: self._head_once(key, version_id, what))
         except S3Error as exc:
