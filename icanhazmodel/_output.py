@@ -24,13 +24,15 @@ def human_size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
-def files(count: int) -> str:
-    return f"{count} file" if count == 1 else f"{count} files"
+def counted(count: int, noun: str) -> str:
+    """'1 file', '2 files'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def summary_line(result: FetchResult) -> str:
     if result.downloaded:
-        parts = [f"{files(result.downloaded)} downloaded ({human_size(result.bytes_downloaded)})"]
+        downloaded = counted(result.downloaded, "file")
+        parts = [f"{downloaded} downloaded ({human_size(result.bytes_downloaded)})"]
     else:
         parts = ["nothing downloaded"]
     if result.resumed:
@@ -38,7 +40,7 @@ def summary_line(result: FetchResult) -> str:
             f"{result.resumed} resumed ({human_size(result.bytes_resumed)} already on disk)"
         )
     if result.folders:
-        parts.append(f"{result.folders} folder{'' if result.folders == 1 else 's'}")
+        parts.append(counted(result.folders, "folder"))
     if result.skipped or not result.downloaded:
         parts.append(f"{result.skipped} unchanged")
     for count, what in (
@@ -113,7 +115,7 @@ def planned_document(o: PlannedObject) -> dict[str, Any]:
 def plan_totals(plan: Plan) -> list[str]:
     """A dry run's summary: what a real run would do."""
     totals = [
-        f"would download {files(plan.count(Action.DOWNLOAD))} "
+        f"would download {counted(plan.count(Action.DOWNLOAD), 'file')} "
         f"({human_size(plan.bytes_to_download)})",
         f"skip {plan.count(Action.SKIP)} unchanged",
     ]
