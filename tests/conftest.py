@@ -76,11 +76,7 @@ def seaweed_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def store_bucket(request: pytest.FixtureRequest) -> Bucket:
     """A fresh bucket on each server: moto's model of S3, and SeaweedFS."""
     fixture = "moto_endpoint" if request.param == "moto" else "seaweed_endpoint"
-    endpoint = request.getfixturevalue(fixture)
-    name = f"test-bucket-{next(_bucket_numbers)}"
-    client = s3_client(endpoint)
-    client.create_bucket(Bucket=name)
-    return Bucket(name, endpoint, client, server=request.param)
+    return new_bucket(request.getfixturevalue(fixture), server=request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -152,12 +148,14 @@ def bucket(moto_endpoint: str) -> Bucket:
     return new_bucket(moto_endpoint)
 
 
-def new_bucket(endpoint: str, objects: dict[str, bytes] | None = None) -> Bucket:
-    """A fresh bucket on the moto server at *endpoint*, holding *objects*."""
+def new_bucket(
+    endpoint: str, objects: dict[str, bytes] | None = None, server: str = "moto"
+) -> Bucket:
+    """A fresh bucket on the *server* at *endpoint*, holding *objects*."""
     name = f"test-bucket-{next(_bucket_numbers)}"
     client = s3_client(endpoint)
     client.create_bucket(Bucket=name)
-    made = Bucket(name, endpoint, client)
+    made = Bucket(name, endpoint, client, server)
     made.put_many(objects or {})
     return made
 
