@@ -149,8 +149,10 @@ def _bar_class() -> type[tqdm]:
 class TqdmReporter:
     """One aggregate bar (position 0) and per-file bars for the largest files.
 
-    Bars keep fixed positions and do not stay behind (``leave=False``), so a
-    file finishing out of order leaves no stale line.
+    File bars fill the lines under the main bar from the top and do not stay
+    behind (``leave=False``); when one finishes, those below it move up a
+    line, so a file finishing out of order leaves no blank line between
+    live bars.
     """
 
     def __init__(self, stream: IO[str] | None = None) -> None:
@@ -171,8 +173,7 @@ class TqdmReporter:
             mininterval=0.2,
             smoothing=0.1,
         )
-        self._bars: dict[str, tqdm] = {}
-        self._free_slots = list(range(FILE_BAR_SLOTS, 0, -1))
+        self._bars: dict[str, tqdm] = {}  # in screen order, from line 1
 
     def _postfix(self) -> None:
         files = f"{self._files_done}/{self._files_total}"
@@ -198,12 +199,12 @@ class TqdmReporter:
     def file_started(self, key: str, size: int) -> None:
         if size < FILE_BAR_MIN_BYTES or key in self._bars:
             return
-        if not self._free_slots:
+        if len(self._bars) >= FILE_BAR_SLOTS:
             smallest = self._smallest_bar()
             if smallest is None or (self._bars[smallest].total or 0) >= size:
                 return
             self._close_bar(smallest)
-        slot = self._free_slots.pop()
+        slot = len(self._bars) + 1
         name = key.rsplit("/", 1)[-1]
         self._bars[key] = self._tqdm(
             total=size,
@@ -226,8 +227,14 @@ class TqdmReporter:
 
     def _close_bar(self, key: str) -> None:
         bar = self._bars.pop(key)
-        self._free_slots.append(bar.pos if bar.pos >= 0 else -bar.pos)
         bar.close()
+        # The bars below move up, top first, each clearing the line it
+        # leaves; tqdm holds a fixed position as a negative number.
+        for line, below in enumerate(self._bars.values(), start=1):
+            if abs(below.pos) != line:
+                below.clear()
+                below.pos = -line
+                below.refresh()
 
     def file_done(self, key: str) -> None:
         self._files_done += 1

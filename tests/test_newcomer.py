@@ -374,6 +374,20 @@ def test_a_narrow_bar_keeps_counts_and_whole_sizes() -> None:
     reporter.close()
 
 
+def test_a_finished_file_bar_leaves_no_blank_line_between_live_ones() -> None:
+    reporter, _ = _bars(120)
+    for name in ("a", "b", "c"):
+        reporter.file_started(name, 20 * MiB)
+    reporter.file_done("b")  # finishes out of order
+    lines = {key: abs(bar.pos) for key, bar in reporter._bars.items()}
+    assert lines == {"a": 1, "c": 2}
+    reporter.file_started("d", 20 * MiB)
+    assert abs(reporter._bars["d"].pos) == 3
+    reporter.file_done("a")
+    assert {key: abs(bar.pos) for key, bar in reporter._bars.items()} == {"c": 1, "d": 2}
+    reporter.close()
+
+
 def test_an_interrupted_run_takes_its_bar_down() -> None:
     reporter, screen = _bars(120)
     reporter.close(interrupted=True)
