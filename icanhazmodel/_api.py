@@ -23,8 +23,8 @@ RecordStreamT = TypeVar("RecordStreamT", bound=RecordStream[Any])
 if TYPE_CHECKING:
     from ._files import Tree
     from ._launch import ForkServer
+    from ._ledger import Watcher
     from ._manifest import Manifest
-    from ._pipeline import Watcher
 
 # Records a stream holds unread before the listing waits for the consumer.
 DEFAULT_BUFFER = 256

@@ -25,6 +25,7 @@ from typing import Any
 
 from ._checksums import Expectation
 from ._direct import FrozenCredentials, Route
+from ._events import Landing
 from ._manifest import PartialRecord
 from ._models import RemoteObject, pickled_by_fields
 from ._proxy import Proxies
@@ -126,11 +127,7 @@ class Abort:
 @dataclass(frozen=True, slots=True)
 class Landed:
     id: int
-    level: str
-    size: int
-    mtime_ns: int
-    new_bytes: int
-    unverified: str = ""  # why it was checked by size only
+    landing: Landing
 
 
 @pickled_by_fields
@@ -168,6 +165,7 @@ class Events:
     """What happened in one worker since its last batch."""
 
     progress: dict[int, int] = field(default_factory=dict)  # task id -> bytes (may be < 0)
+    resumed: dict[int, int] = field(default_factory=dict)  # task id -> bytes adopted from disk
     results: list[Landed | Failed | SpanDone] = field(default_factory=list)
     offers: list[Offer] = field(default_factory=list)
     ranges: list[tuple[PartialRecord, int, int, int]] = field(default_factory=list)
@@ -176,7 +174,13 @@ class Events:
 
     def __bool__(self) -> bool:
         return bool(
-            self.progress or self.results or self.offers or self.ranges or self.drops or self.notes
+            self.progress
+            or self.resumed
+            or self.results
+            or self.offers
+            or self.ranges
+            or self.drops
+            or self.notes
         )
 
 

@@ -16,60 +16,45 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.to_thread import run_sync
 
-from ._checksums import NO_VERIFY
 from ._config import FetchConfig
 from ._contract import BrokenListing, KeyOrder
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch, S3Error
 from ._files import Tree
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._launch import ForkServer
-from ._manifest import FileRecord, Manifest, PartialRecord
+from ._ledger import Ledger, Watcher
+from ._manifest import Manifest, PartialRecord
 from ._models import (
     Action,
     FetchResult,
-    LandedFile,
-    ObjectReport,
     Plan,
     PlannedObject,
     RemoteObject,
     Status,
 )
 from ._objects import etag_problem
-from ._output import LIVE_PROBLEMS, MORE_PROBLEMS, human_size, problem_line
+from ._output import human_size
 from ._plan import ConflictTracker, LocalFile, decide, part_size_for
 from ._progress import Notes, Reporter
-from ._resume import clear, resume
+from ._resume import clear
 from ._s3 import S3
 from ._select import relative_key
 from ._spread import Spread
-from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error, job_work
+from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error
 from ._writer import Writer
-
-
-class Watcher(Protocol):
-    """Who hears of each object's outcome as it happens (icanhazmodel.stream)."""
-
-    def put(self, record: LandedFile) -> None: ...
-
-    async def room(self) -> None:
-        """Return when the watcher can take more: the listing waits on it."""
-
 
 MANIFEST_FLUSH_SECONDS = 1.0
 _EDITED = (
     "'{}' was changed since icanhazmodel wrote it; kept (delete it to fetch S3's copy, "
     "or --force to download every file again)"
 )
-# Files checked by size only named in the result (and --json); more are counted.
-SIZE_ONLY_LISTED = 1000
 
 
 def _sizes_apart(needed: int, free: int) -> tuple[str, str]:
@@ -96,46 +81,6 @@ def free_bytes(root: Path) -> int | None:
         except OSError:
             continue
     return None
-
-
-@dataclass
-class Tally:
-    """What the run did so far; becomes the FetchResult."""
-
-    listed: int = 0
-    excluded: int = 0
-    other_shards: int = 0
-    folders: int = 0
-    downloaded: int = 0
-    skipped: int = 0
-    refused: int = 0
-    failed: int = 0
-    kept_local: int = 0
-    bytes_downloaded: int = 0
-    resumed: int = 0
-    bytes_resumed: int = 0
-    verification: Counter[str] = field(default_factory=Counter)
-    problems: list[ObjectReport] = field(default_factory=list)
-    size_only: list[ObjectReport] = field(default_factory=list)
-
-    def result(self, seconds: float) -> FetchResult:
-        return FetchResult(
-            downloaded=self.downloaded,
-            skipped=self.skipped,
-            refused=self.refused,
-            failed=self.failed,
-            bytes_downloaded=self.bytes_downloaded,
-            seconds=seconds,
-            folders=self.folders,
-            verification=dict(self.verification),
-            problems=tuple(self.problems),
-            excluded=self.excluded,
-            other_shards=self.other_shards,
-            kept_local=self.kept_local,
-            size_only=tuple(self.size_only),
-            resumed=self.resumed,
-            bytes_resumed=self.bytes_resumed,
-        )
 
 
 def _most_telling(error: BaseException) -> BaseException:
@@ -197,14 +142,13 @@ class Run:
         self.tree = tree
         self.manifest = manifest
         self.reporter = reporter
-        self.tally = Tally()
+        self.ledger = Ledger(manifest, reporter, watcher)
+        self.tally = self.ledger.tally
         self.writer = Writer()
         self.transfers = Transfers(
             s3,
             tree,
-            manifest,
-            reporter,
-            self,
+            self.ledger,
             self.writer,
             retries=config.retries,
             verify=config.verify,
@@ -218,7 +162,7 @@ class Run:
         self._plan_bytes = 0
         self._free_bytes = free_bytes(tree.root)
         self._bytes_needed = 0
-        self.spread = Spread(self, s3, forks)
+        self.spread = Spread(self.ledger, s3, forks)
 
     # -- the whole run --------------------------------------------------------------
 
@@ -389,9 +333,11 @@ class Run:
             elif action is Action.SKIP:
                 self.tally.skipped += 1
                 if self.watcher is not None:  # else no Path is needed
-                    self._tell(job.obj, job.final, Status.SKIPPED)
+                    self.ledger.tell(job.obj, job.final, Status.SKIPPED)
             else:
-                self._report(job.obj, Status.LOCALLY_MODIFIED, _EDITED.format(job.final), job.final)
+                self.ledger.report(
+                    job.obj, Status.LOCALLY_MODIFIED, _EDITED.format(job.final), job.final
+                )
             if self.config.dry_run:
                 self._planned(job.obj, self.tree.path_str(job.parts), action)
         self._count_space(downloads)
@@ -454,10 +400,7 @@ class Run:
             await self._run_here(fresh, send)
 
     async def _run_here(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
-        if job.resume_candidates:
-            await self.writer.call(resume, self.transfers, job)
-        await self.transfers.align_to_parts(job)
-        for work in job_work(job):
+        for work in await self.transfers.prepare(job):
             await send.send(work)
 
     def _safe_parts(
@@ -480,7 +423,7 @@ class Run:
                 return parts
             reason = _conflict_reason(parts, clash)
         if owned:
-            self._report(obj, Status.REFUSED, reason)
+            self.ledger.report(obj, Status.REFUSED, reason)
             self._planned(obj, self.tree.root, Action.REFUSED, reason)
         else:
             self.tally.other_shards += 1
@@ -492,7 +435,7 @@ class Run:
             return None
         if problem := etag_problem(obj.etag):
             # Fails alone, before any request: it would break every GET of it.
-            self._report(obj, Status.FAILED, problem, self.tree.path(parts))
+            self.ledger.report(obj, Status.FAILED, problem, self.tree.path(parts))
             self._planned(obj, self.tree.path(parts), Action.REFUSED, problem)
             return None
         part_size = (
@@ -513,10 +456,10 @@ class Run:
             await self.writer.call(self.tree.ensure_dir, parts)
         except OSError as exc:
             self.transfers.check_fatal(exc)
-            self._report(obj, Status.FAILED, describe_os_error(exc), self.tree.path(parts))
+            self.ledger.report(obj, Status.FAILED, describe_os_error(exc), self.tree.path(parts))
             return
         self.tally.folders += 1
-        self._tell(obj, self.tree.path(parts), Status.FOLDER)
+        self.ledger.tell(obj, self.tree.path(parts), Status.FOLDER)
 
     # -- what is already on disk (runs in a worker thread) --------------------------
 
@@ -553,79 +496,3 @@ class Run:
             else:
                 clear(self.transfers, record)
         job.resume_candidates = tuple(wanted)
-
-    # -- outcomes (called by the transfers) -----------------------------------------
-
-    def _report(
-        self, obj: RemoteObject, status: Status, reason: str, path: os.PathLike[str] | None = None
-    ) -> None:
-        if status is Status.REFUSED:
-            self.tally.refused += 1
-        elif status is Status.LOCALLY_MODIFIED:
-            self.tally.kept_local += 1
-        else:
-            self.tally.failed += 1
-        where = os.fspath(path) if path is not None else None
-        self.tally.problems.append(ObjectReport(obj.key, status, reason, where, obj.size))
-        told = len(self.tally.problems)
-        if told <= LIVE_PROBLEMS:
-            self.reporter.message(problem_line(self.tally.problems[-1]))
-        elif told == LIVE_PROBLEMS + 1:
-            self.reporter.message(MORE_PROBLEMS)
-        self._tell(obj, path, status, reason=reason)
-
-    def _tell(
-        self,
-        obj: RemoteObject,
-        path: os.PathLike[str] | None,
-        status: Status,
-        level: str | None = None,
-        reason: str = "",
-    ) -> None:
-        if self.watcher is not None:
-            where = Path(path) if path is not None else None
-            self.watcher.put(LandedFile(obj.key, where, obj.size, obj.etag, status, level, reason))
-
-    def landed(self, job: FileJob) -> None:
-        assert job.landed is not None
-        self.record_landed(
-            job.obj,
-            job.final,
-            job.level,
-            job.landed.st_size,
-            job.landed.st_mtime_ns,
-            job.written - job.resumed,
-            job.unverified,
-        )
-
-    def record_landed(
-        self,
-        obj: RemoteObject,
-        path: Path,
-        level: str,
-        size: int,
-        mtime_ns: int,
-        new_bytes: int,
-        unverified: str = "",
-    ) -> None:
-        """Count one landed file and record it in the manifest (wherever it landed)."""
-        if unverified and unverified != NO_VERIFY and len(self.tally.size_only) < SIZE_ONLY_LISTED:
-            self.tally.size_only.append(
-                ObjectReport(obj.key, Status.DOWNLOADED, unverified, str(path), obj.size)
-            )
-        self.tally.downloaded += 1
-        self.tally.bytes_downloaded += new_bytes
-        if new_bytes < size:  # the rest was on disk from an earlier run
-            self.tally.resumed += 1
-            self.tally.bytes_resumed += size - new_bytes
-        self.tally.verification[level] += 1
-        if self.manifest is not None:
-            self.manifest.add_file(
-                FileRecord(obj.key, obj.size, obj.etag, obj.version_id, level, size, mtime_ns)
-            )
-        self.reporter.file_done(obj.key)
-        self._tell(obj, path, Status.DOWNLOADED, level)
-
-    def failed(self, job: FileJob, reason: str) -> None:
-        self._report(job.obj, Status.FAILED, reason, job.final)
-        self.reporter.file_done(job.obj.key)

@@ -31,17 +31,17 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
 from . import _errors
 from ._direct import FrozenCredentials
+from ._events import TransferEvents
 from ._launch import Child
 from ._manifest import PartialRecord
 from ._messages import (
     Abort,
     Bye,
     Events,
-    Failed,
     Fatal,
     Inbox,
     Landed,
@@ -62,17 +62,6 @@ from ._transfer import SMALL_OBJECT, FileJob
 TASKS_PER_REQUEST = 2
 # How long stopping workers may take before they are killed.
 STOP_SECONDS = 1.5
-
-
-class PoolOwner(Protocol):
-    """What the run does with what workers report."""
-
-    def progress(self, job: FileJob, nbytes: int) -> None: ...
-    def landed_remote(self, job: FileJob, result: Landed) -> None: ...
-    def failed_remote(self, job: FileJob, reason: str, needs_botocore: bool) -> None: ...
-    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None: ...
-    def drop_partial(self, tmp_name: str) -> None: ...
-    def note(self, text: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -111,12 +100,13 @@ class Pool:
 
     def __init__(
         self,
-        owner: PoolOwner,
+        events: TransferEvents,
         settings: WorkerSettings,
         started: list[tuple[Child, Connection]],
     ) -> None:
-        """Run the workers *started* (see ``_launch``), each already sent *settings*."""
-        self._owner = owner
+        """Run the workers *started* (see ``_launch``), each already sent
+        *settings*; what they report is replayed into *events* (the run's ledger)."""
+        self._events = events
         self._settings = settings
         self._loop = asyncio.get_running_loop()
         self._workers = [
@@ -142,6 +132,8 @@ class Pool:
         self._next_id = 0
         # Bytes reported so far, by task id (with its spans' bytes) and by span id.
         self._advanced: dict[int, int] = {}
+        # Objects a worker could not fetch on the direct path: the run takes them back.
+        self.needs_botocore: list[FileJob] = []
         for worker in self._workers:
             worker.inbox = Inbox(worker.conn, functools.partial(self._heard, worker))
 
@@ -277,7 +269,7 @@ class Pool:
         self._spans.clear()
         while self._pending:
             task = self._pending.popleft()
-            self._owner.failed_remote(self._jobs.pop(task.id), reason, False)
+            self._events.failed(self._jobs.pop(task.id), reason)
 
     # -- what workers say (read on the loop) ---------------------------------------------
 
@@ -308,15 +300,20 @@ class Pool:
         self._dispatch()  # room freed: send more, and wake whoever waits
 
     def _take_events(self, worker: _Worker, events: Events) -> None:
-        owner = self._owner
+        """Replay a worker's batch into the run's events, with the parent's jobs."""
+        into = self._events
         for record, start, end, crc in events.ranges:
-            owner.add_range(record, start, end, crc)
+            into.range_done(record, start, end, crc)
         for tmp_name in events.drops:
-            owner.drop_partial(tmp_name)
+            into.partial_dropped(tmp_name)
         for text in events.notes:
-            owner.note(text)
+            into.note(text)
         for offer in events.offers:
             self._offered(worker, offer)
+        for task_id, nbytes in events.resumed.items():
+            if (job := self._jobs.get(task_id)) is not None:
+                self._advanced[task_id] = self._advanced.get(task_id, 0) + nbytes
+                into.resumed(job, nbytes)
         for some_id, nbytes in events.progress.items():
             if (span := self._span_of.get(some_id)) is not None:
                 self._advanced[some_id] = self._advanced.get(some_id, 0) + nbytes
@@ -326,7 +323,7 @@ class Pool:
             else:
                 continue  # a span of an object that started over elsewhere
             self._advanced[task_id] = self._advanced.get(task_id, 0) + nbytes
-            owner.progress(self._jobs[task_id], nbytes)
+            into.progress(self._jobs[task_id], nbytes)
         for result in events.results:
             if isinstance(result, SpanDone):
                 worker.release(worker.spans, result.id)
@@ -338,10 +335,11 @@ class Pool:
             self._advanced.pop(result.id, None)
             job = self._jobs.pop(result.id)
             if isinstance(result, Landed):
-                owner.landed_remote(job, result)
+                into.landed(job, result.landing)
+            elif result.needs_botocore:
+                self.needs_botocore.append(job)  # and the rest of the run stays in the parent
             else:
-                assert isinstance(result, Failed)
-                owner.failed_remote(job, result.reason, result.needs_botocore)
+                into.failed(job, result.reason)
 
     # -- objects shared between workers ----------------------------------------------------
 
@@ -383,7 +381,7 @@ class Pool:
     def _unadvance(self, task_id: int, nbytes: int) -> None:
         if nbytes:
             self._advanced[task_id] = self._advanced.get(task_id, 0) - nbytes
-            self._owner.progress(self._jobs[task_id], -nbytes)
+            self._events.progress(self._jobs[task_id], -nbytes)
 
     def _drop_spans(self, task_id: int) -> None:
         """Forget every span of *task_id*: its owner died, and whoever takes
@@ -399,7 +397,7 @@ class Pool:
             return
         worker.alive = False
         code = worker.child.exit_code()
-        self._owner.note(
+        self._events.note(
             f"note: worker process {worker.child.pid} stopped"
             + (f" (exit {code})" if code is not None else "")
             + f"; its {len(worker.outstanding)} objects go to the others"
@@ -410,13 +408,11 @@ class Pool:
             task = self._tasks[task_id]
             self._owner_of.pop(task_id, None)
             self._drop_spans(task_id)
-            self._owner.progress(self._jobs[task_id], -self._advanced.pop(task_id, 0))
+            self._events.progress(self._jobs[task_id], -self._advanced.pop(task_id, 0))
             self._attempts[task_id] = self._attempts.get(task_id, 0) + 1
             if self._attempts[task_id] > 1:
                 self._tasks.pop(task_id)
-                self._owner.failed_remote(
-                    self._jobs.pop(task_id), "its worker process died, twice", False
-                )
+                self._events.failed(self._jobs.pop(task_id), "its worker process died, twice")
                 continue
             # Its partial records were streamed to the parent; the new worker
             # sweeps the folder, so what the dead one left unrecorded goes too.

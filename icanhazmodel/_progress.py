@@ -24,8 +24,13 @@ FILE_BAR_MIN_BYTES = 4 << 20
 
 class Reporter(Protocol):
     """What a run tells about its progress. A reporter may also have
-    ``listing_done()``: called once the whole listing is in, so the totals
-    stop growing (optional; the built-in bars say "listing" until then)."""
+
+    - ``listing_done()``: called once the whole listing is in, so the totals
+      stop growing (the built-in bars say "listing" until then);
+    - ``resumed(key, nbytes)``: *nbytes* of *key* an earlier run left on
+      disk count as done, but not toward the speed (without it they come
+      to ``advanced``).
+    """
 
     def listed(self, files: int, nbytes: int) -> None:
         """More objects were found: grow the totals."""
@@ -146,6 +151,16 @@ def _bar_class() -> type[tqdm]:
     return Bar
 
 
+def _done_already(bar: tqdm, nbytes: int) -> None:
+    """Move *bar* on by *nbytes* that took no time: tqdm's rate is the
+    change in n since its last print (smoothed) or n - initial over the time
+    elapsed, so both marks move with n."""
+    bar.n += nbytes
+    bar.last_print_n += nbytes
+    bar.initial += nbytes
+    bar.refresh()
+
+
 class TqdmReporter:
     """One aggregate bar (position 0) and per-file bars for the largest files.
 
@@ -225,6 +240,11 @@ class TqdmReporter:
         if bar is not None:
             bar.update(nbytes)
 
+    def resumed(self, key: str, nbytes: int) -> None:
+        for bar in (self._total, self._bars.get(key)):
+            if bar is not None:
+                _done_already(bar, nbytes)
+
     def _close_bar(self, key: str) -> None:
         bar = self._bars.pop(key)
         bar.close()
@@ -273,6 +293,7 @@ class LineReporter(MessageReporter):
         self._files_done = 0
         self._bytes_total = 0
         self._bytes_done = 0
+        self._bytes_resumed = 0  # of done: on disk before, not this run's speed
         self._started = clock()
         self._next = self._started + every
         self._listing = True
@@ -288,6 +309,10 @@ class LineReporter(MessageReporter):
         self._bytes_done += nbytes
         self._maybe_print()
 
+    def resumed(self, key: str, nbytes: int) -> None:
+        self._bytes_done += nbytes
+        self._bytes_resumed += nbytes
+
     def file_done(self, key: str) -> None:
         self._files_done += 1
         self._maybe_print()
@@ -298,7 +323,8 @@ class LineReporter(MessageReporter):
             return
         self._next = now + self._every
         elapsed = now - self._started
-        rate = self._bytes_done / elapsed / (1 << 20) if elapsed > 0 else 0.0
+        fetched = self._bytes_done - self._bytes_resumed
+        rate = fetched / elapsed / (1 << 20) if elapsed > 0 else 0.0
         self.message(
             f"progress: {self._files_done}/{self._files_total}"
             f"{'+ files (listing)' if self._listing else ' files'}, "

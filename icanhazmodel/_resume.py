@@ -50,7 +50,6 @@ def resume(transfers: Transfers, job: FileJob) -> None:
             verdict = adopt(transfers, job, record)
             if verdict == "adopted":
                 transfers.open_jobs.add(job)
-                transfers.reporter.advanced(job.obj.key, job.resumed)
                 continue
             if verdict == "busy":
                 continue  # a live run holds it: its record stays
@@ -63,8 +62,7 @@ def clear(transfers: Transfers, record: PartialRecord) -> None:
     parts = transfers.tree.temp_parts(record.tmp_name)
     if parts is not None and not remove_stale(transfers, parts):
         return  # locked by a live run: its record stays
-    if transfers.manifest is not None:
-        transfers.manifest.drop_partial(record.tmp_name)
+    transfers.events.partial_dropped(record.tmp_name)
 
 
 def remove_stale(transfers: Transfers, parts: tuple[str, ...]) -> bool:

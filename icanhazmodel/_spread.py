@@ -1,31 +1,29 @@
-"""A run's objects spread over worker processes: whether to, and what the
-run does with what the workers report (the pool's owner).
+"""A run's objects spread over worker processes: whether to start them,
+and the pool while they run.
 
-The run keeps planning and its own in-process transfers; this object holds
-the pool, hands rotated credentials down, and gives back the objects the
-direct path could not serve, for the run to fetch through botocore.
+The run keeps planning and its own in-process transfers; this object starts
+the pool (which replays what workers report into the run's ledger), hands
+rotated credentials down, and gives back the objects the direct path could
+not serve, for the run to fetch through botocore.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 
 from ._direct import FrozenCredentials
 from ._launch import ForkServer, launch
 from ._limits import processes_for, usable_cpus
-from ._manifest import Manifest, PartialRecord
-from ._messages import Landed, WorkerSettings
-from ._models import RemoteObject
+from ._messages import WorkerSettings
 from ._pool import Pool
-from ._progress import Reporter
 from ._transfer import FileJob
 
 if TYPE_CHECKING:
     from ._config import FetchConfig
     from ._files import Tree
+    from ._ledger import Ledger
     from ._s3 import S3
 
 # How often rotated credentials are looked for, to hand down to workers.
@@ -33,35 +31,21 @@ CREDENTIALS_CHECK_SECONDS = 2.0
 CONNECT_TIMEOUT = 10.0
 
 
-class RunOutcomes(Protocol):
-    reporter: Reporter
-    manifest: Manifest | None
-
-    def record_landed(
-        self,
-        obj: RemoteObject,
-        path: Path,
-        level: str,
-        size: int,
-        mtime_ns: int,
-        new_bytes: int,
-        unverified: str = "",
-    ) -> None: ...
-
-    def failed(self, job: FileJob, reason: str) -> None: ...
-
-
 class Spread:
     """The worker processes of one run, if it has any."""
 
-    def __init__(self, run: RunOutcomes, s3: S3, forks: ForkServer | None = None) -> None:
-        self._run = run
+    def __init__(self, ledger: Ledger, s3: S3, forks: ForkServer | None = None) -> None:
+        self._ledger = ledger  # where the workers' events are replayed
         self._s3 = s3
         self._forks = forks
         self.pool: Pool | None = None
         self.decided = False
-        self.needs_botocore: list[FileJob] = []  # sent back by workers
         self._credentials: FrozenCredentials | None = None
+
+    @property
+    def needs_botocore(self) -> list[FileJob]:
+        """Objects workers sent back: the direct path alone cannot serve them."""
+        return self.pool.needs_botocore if self.pool is not None else []
 
     @property
     def active(self) -> bool:
@@ -91,7 +75,7 @@ class Spread:
                 self._forks.close()  # its ~40 MiB, now rather than at the end
             return
         self._credentials = await self._s3.frozen_credentials()
-        manifest = self._run.manifest
+        manifest = self._ledger.manifest
         settings = WorkerSettings(
             root=str(tree.root),
             bucket=self._s3.bucket,
@@ -109,7 +93,7 @@ class Spread:
         )
         # In a thread: a fork waits for the server to finish its imports.
         started = await anyio.to_thread.run_sync(launch, count, settings, self._forks)
-        self.pool = Pool(self, settings, started)
+        self.pool = Pool(self._ledger, settings, started)
 
     async def submit(self, job: FileJob) -> None:
         assert self.pool is not None
@@ -133,36 +117,3 @@ class Spread:
             if fresh is not None and fresh != self._credentials:
                 self._credentials = fresh
                 await self.pool.share_credentials(fresh)
-
-    # -- what workers report (PoolOwner) --------------------------------------------
-
-    def progress(self, job: FileJob, nbytes: int) -> None:
-        self._run.reporter.advanced(job.obj.key, nbytes)
-
-    def landed_remote(self, job: FileJob, result: Landed) -> None:
-        self._run.record_landed(
-            job.obj,
-            job.final,
-            result.level,
-            result.size,
-            result.mtime_ns,
-            result.new_bytes,
-            result.unverified,
-        )
-
-    def failed_remote(self, job: FileJob, reason: str, needs_botocore: bool) -> None:
-        if needs_botocore:
-            self.needs_botocore.append(job)  # and the rest of the run stays in the parent
-        else:
-            self._run.failed(job, reason)
-
-    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
-        if self._run.manifest is not None:
-            self._run.manifest.add_range(partial, start, end, crc)
-
-    def drop_partial(self, tmp_name: str) -> None:
-        if self._run.manifest is not None:
-            self._run.manifest.drop_partial(tmp_name)
-
-    def note(self, text: str) -> None:
-        self._run.reporter.message(text)

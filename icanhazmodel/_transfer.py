@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 
@@ -57,6 +56,7 @@ from ._checksums import (
     within_parts,
 )
 from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
+from ._events import Landing, TransferEvents
 from ._files import (
     EscapesModelDir,
     PartialFile,
@@ -84,7 +84,7 @@ from ._parts import (
     part_checksum,
 )
 from ._plan import byte_ranges
-from ._progress import Notes, Reporter
+from ._progress import Notes
 from ._retry import Retrying, RetryPolicy, backoff
 from ._writer import Writer
 
@@ -150,9 +150,6 @@ class FileJob:
     # Temp files an earlier run left for this object, best first: adopted
     # (or cleared away) just before its ranges are queued, wherever it runs.
     resume_candidates: tuple[PartialRecord, ...] = ()
-    # Progress is reported under this name instead of the key: a range this
-    # process fetches for an object another worker process owns (a Span).
-    tag: str | None = None
     # Made on first use: an anyio.Lock costs ~10 us (it asks which event
     # loop runs), a tenth of the CPU a dry run spends per key.
     _lock: anyio.Lock | None = field(default=None, repr=False)
@@ -217,18 +214,6 @@ class Work:
     end: int
 
 
-class RecordSink(Protocol):
-    """Where resume records go: the manifest, or a worker's messages to its parent."""
-
-    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None: ...
-    def drop_partial(self, tmp_name: str) -> None: ...
-
-
-class Outcomes(Protocol):
-    def landed(self, job: FileJob) -> None: ...
-    def failed(self, job: FileJob, reason: str) -> None: ...
-
-
 def describe_os_error(exc: OSError, folder: Path | None = None) -> str:
     """*exc* in a user's words. A temp file's name means nothing to them: an
     error making or writing one names the folder it was to be in."""
@@ -256,9 +241,7 @@ class Transfers:
         self,
         s3: ObjectSource,
         tree: Tree,
-        manifest: RecordSink | None,
-        reporter: Reporter,
-        outcomes: Outcomes,
+        events: TransferEvents,
         writer: Writer,
         *,
         retries: int,
@@ -270,9 +253,7 @@ class Transfers:
         self.notes = notes or Notes()
         self.writer = writer
         self.tree = tree
-        self.manifest = manifest
-        self.reporter = reporter
-        self.outcomes = outcomes
+        self.events = events
         self.retries = retries
         self.verify = verify
         # Jobs with a temp file open, so a stopped run can keep or remove them.
@@ -293,7 +274,20 @@ class Transfers:
                 f"cannot write under '{self.tree.root}': {describe_os_error(exc)}"
             ) from exc
 
-    # -- one work item ------------------------------------------------------------
+    # -- one object, then one work item -------------------------------------------
+
+    async def prepare(self, job: FileJob) -> list[Work]:
+        """Ready *job* to fetch, wherever it runs: adopt a temp file an
+        earlier run left (told as resumed), cut its ranges at its upload's
+        parts; then its work items, the ranges not on disk yet."""
+        if job.resume_candidates:
+            from ._resume import resume  # _resume builds on this module
+
+            await self.writer.call(resume, self, job)
+            if job.resumed:
+                self.events.resumed(job, job.resumed)
+        await self.align_to_parts(job)
+        return job_work(job)
 
     async def run(self, work: Work) -> None:
         job = work.job
@@ -481,7 +475,7 @@ class Transfers:
         write = self.writer.brief if job.obj.size <= BRIEF_WRITE else self.writer.call
         job.landed = await write(self._check_and_write_small, job, chunks)
         job.written = job.obj.size
-        self.reporter.advanced(job.obj.key, job.obj.size)
+        self.events.progress(job, job.obj.size)
 
     async def _read_into(self, body: Body, chunks: list[bytes], received: int, size: int) -> None:
         try:
@@ -593,8 +587,8 @@ class Transfers:
 
     def _range_done(self, job: FileJob, start: int, end: int, crc: int) -> None:
         job.done_ranges.append((start, end, crc))
-        if self.manifest is not None and job.partial_record is not None:
-            self.manifest.add_range(job.partial_record, start, end, crc)
+        if job.partial_record is not None:
+            self.events.range_done(job.partial_record, start, end, crc)
 
     async def _stream(
         self,
@@ -662,7 +656,7 @@ class Transfers:
         await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest, part_hash)
         cursor.offset += size
         job.written += size
-        self.reporter.advanced(job.tag or job.obj.key, size)
+        self.events.progress(job, size)
 
     # -- landing --------------------------------------------------------------------
 
@@ -720,7 +714,7 @@ class Transfers:
         self.open_jobs.discard(job)
         if job.landed is not None:
             self._forget_partial(job, remove=False)
-            self.outcomes.landed(job)
+            self.events.landed(job, Landing.of(job))
             return
         self._forget_partial(job, remove=True)
         if job.restart is not None and job.restarts < MAX_RESTARTS:
@@ -732,12 +726,12 @@ class Transfers:
                 "; its part size was inferred (the store does not tell part sizes): "
                 "if the store's copy is right, --no-verify takes it by its size"
             )
-        self.outcomes.failed(job, reason)
+        self.events.failed(job, reason)
 
     async def _refetch(self, job: FileJob, parts: list[tuple[int, int]]) -> None:
         """Fetch again only the ranges of the parts S3 says differ; the object
         is then checked whole again before it lands."""
-        self.reporter.message(
+        self.events.note(
             f"refetching {len(parts)} of {len(job.layout or ())} parts of {job.obj.key!r}: "
             f"{job.restart}"
         )
@@ -752,7 +746,7 @@ class Transfers:
         lost = sum(end - start for start, end in ranges)
         job.written -= lost
         job.resumed = min(job.resumed, job.written)
-        self.reporter.advanced(job.obj.key, -lost)
+        self.events.progress(job, -lost)
         job.ranges_left = len(ranges)
         in_flight = anyio.CapacityLimiter(REFETCHES_IN_FLIGHT)
 
@@ -779,23 +773,23 @@ class Transfers:
     def _forget_partial(self, job: FileJob, *, remove: bool) -> None:
         if job.partial is not None and remove:
             job.partial.discard()
-        if job.partial_record is not None and self.manifest is not None:
-            self.manifest.drop_partial(job.partial_record.tmp_name)
+        if job.partial_record is not None:
+            self.events.partial_dropped(job.partial_record.tmp_name)
         job.partial = None
         job.partial_record = None
 
     async def _start_over(self, job: FileJob) -> None:
         """Fetch the object again from scratch, as one stream, by this worker."""
-        self.reporter.advanced(job.obj.key, -(job.written - job.resumed))
-        self.reporter.message(f"starting over: {job.obj.key!r}: {job.restart}")
+        self.events.progress(job, -(job.written - job.resumed))
+        self.events.note(f"starting over: {job.obj.key!r}: {job.restart}")
         try:
             head = await self.s3.stat(job.obj)
         except ObjectError as exc:
-            self.outcomes.failed(job, f"{job.restart}; then {exc}")
+            self.events.failed(job, f"{job.restart}; then {exc}")
             return
         obj = head.obj
         if problem := etag_problem(obj.etag):
-            self.outcomes.failed(job, f"{job.restart}; then {problem}")
+            self.events.failed(job, f"{job.restart}; then {problem}")
             return
         fresh = FileJob(
             obj=RemoteObject(

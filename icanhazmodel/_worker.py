@@ -28,6 +28,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._direct import DirectGets, DirectSource, HandedCredentials
 from ._errors import IcanhazmodelError
+from ._events import Landing
 from ._files import Tree
 from ._manifest import PartialRecord
 from ._messages import (
@@ -49,8 +50,7 @@ from ._messages import (
     send_message,
 )
 from ._progress import Notes
-from ._resume import resume
-from ._transfer import FileJob, Transfers, Work, job_work
+from ._transfer import FileJob, Transfers, Work
 from ._writer import Writer
 
 # How often a worker sends what happened: often enough for smooth bars,
@@ -64,13 +64,15 @@ class _Stop(Exception):
 
 
 class Worker:
-    """One worker process's run: the Reporter, Outcomes and record sink of its Transfers."""
+    """One worker process's run: it hears its Transfers' events and sends them
+    to the parent in batches, where the pool replays them into the run's ledger."""
 
     def __init__(self, conn: Connection, settings: WorkerSettings) -> None:
         self._conn = conn
         self._settings = settings
         self._events = Events()
-        self._ids: dict[str, int] = {}  # key -> task id, for progress
+        self._ids: dict[str, int] = {}  # key -> task id (a restart is a new job, same key)
+        self._span_ids: dict[FileJob, int] = {}  # a job fetching a span -> the span's id
         self._notes = Notes()
         self._credentials = HandedCredentials(settings.credentials)
         self._tasks: asyncio.Queue[Task | Span | None] = asyncio.Queue()
@@ -81,44 +83,29 @@ class Worker:
         self._transfers: Transfers | None = None
         self._flush_queued = False
 
-    # -- Reporter (progress goes to the parent) -----------------------------------
+    # -- TransferEvents (batched for the parent) -----------------------------------
 
-    def listed(self, files: int, nbytes: int) -> None:
-        pass
+    def _task_of(self, job: FileJob) -> int | None:
+        span = self._span_ids.get(job)
+        return span if span is not None else self._ids.get(job.obj.key)
 
-    def file_started(self, key: str, size: int) -> None:
-        pass
-
-    def advanced(self, key: str, nbytes: int) -> None:
-        task = self._ids.get(key)
+    def progress(self, job: FileJob, nbytes: int) -> None:
+        task = self._task_of(job)
         if task is not None:
             self._events.progress[task] = self._events.progress.get(task, 0) + nbytes
 
-    def file_done(self, key: str) -> None:
-        pass
+    def resumed(self, job: FileJob, nbytes: int) -> None:
+        task = self._ids.get(job.obj.key)
+        if task is not None:
+            self._events.resumed[task] = self._events.resumed.get(task, 0) + nbytes
 
-    def message(self, text: str) -> None:
+    def note(self, text: str) -> None:
         self._events.notes.append(text)
 
-    def close(self) -> None:
-        pass
-
-    # -- Outcomes and records -----------------------------------------------------
-
-    def landed(self, job: FileJob) -> None:
-        assert job.landed is not None
+    def landed(self, job: FileJob, landing: Landing) -> None:
         task = self._ids.pop(job.obj.key)
         self._shared.pop(task, None)
-        self._events.results.append(
-            Landed(
-                task,
-                job.level,
-                job.landed.st_size,
-                job.landed.st_mtime_ns,
-                job.written - job.resumed,
-                job.unverified,
-            )
-        )
+        self._events.results.append(Landed(task, landing))
         self._answered()
 
     def failed(self, job: FileJob, reason: str) -> None:
@@ -140,11 +127,11 @@ class Worker:
             self._flush_queued = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def add_range(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
+    def range_done(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
         self._events.ranges.append((partial, start, end, crc))
 
-    def drop_partial(self, tmp_name: str) -> None:
-        self._events.drops.append(tmp_name)
+    def partial_dropped(self, tmp_name: str) -> None:
+        self._events.drops.append(tmp_name)  # one append: safe from a writer thread
 
     # -- talking to the parent ----------------------------------------------------
 
@@ -220,8 +207,6 @@ class Worker:
             source,
             tree,
             self,
-            self,
-            self,
             writer,
             retries=settings.retries,
             verify=settings.verify,
@@ -259,7 +244,6 @@ class Worker:
                 async with send:
                     while (task := await self._tasks.get()) is not None:
                         if isinstance(task, Span):
-                            self._ids[_span_tag(task.id)] = task.id
                             await send.send(task)
                         else:
                             await self._take(task, transfers, send)
@@ -283,11 +267,8 @@ class Worker:
         self._ids[task.obj.key] = task.id
         if task.sweep_again:
             transfers.tree.forget_sweep(task.parts[:-1])
-        if task.resume:
-            job.resume_candidates = task.resume
-            await transfers.writer.call(resume, transfers, job)
-        await transfers.align_to_parts(job)
-        works = job_work(job)
+        job.resume_candidates = task.resume
+        works = await transfers.prepare(job)
         if task.share and len(works) > 1:
             assert self._group is not None
             self._group.start_soon(self._share, task.id, job, works, send.clone())
@@ -345,10 +326,12 @@ class Worker:
             expectation=span.expectation,
             crc_algorithm=span.crc_algorithm,
             part_hashes={} if span.hash_part else None,
-            tag=_span_tag(span.id),
         )
-        outcome = await transfers.fetch_span(job, span.tmp_name, span.start, span.end)
-        del self._ids[_span_tag(span.id)]
+        self._span_ids[job] = span.id
+        try:
+            outcome = await transfers.fetch_span(job, span.tmp_name, span.start, span.end)
+        finally:
+            del self._span_ids[job]
         crc, part_hash = outcome or (None, None)
         self._events.results.append(SpanDone(span.id, crc, part_hash))
         self._flush()  # its owner may be waiting for nothing else
@@ -360,11 +343,6 @@ class Worker:
                     await self._fetch_span(item, transfers)
                 else:
                     await transfers.run(item)
-
-
-def _span_tag(span: int) -> str:
-    """The name a span's progress goes under (no key holds a NUL)."""
-    return f"\0span {span}"
 
 
 def serve_on(fd: int) -> None:

@@ -388,6 +388,25 @@ def test_a_finished_file_bar_leaves_no_blank_line_between_live_ones() -> None:
     reporter.close()
 
 
+def test_bytes_resumed_from_disk_fill_the_bar_but_are_not_its_speed() -> None:
+    reporter = TqdmReporter(_Terminal())
+    bar = reporter._total
+    bar.dynamic_ncols = lambda _: (200, 24)
+    now = [0.0]
+    bar._time = lambda: now[0]
+    bar.start_t = bar.last_print_t = 0.0
+    reporter.listed(1, 20 * MiB)
+    reporter.listing_done()
+    now[0] = 1.0
+    reporter.resumed("big", 15 * MiB)  # adopted at once from an earlier run's temp file
+    now[0] = 2.0
+    reporter.advanced("big", MiB)  # one MiB fetched in the two seconds so far
+    line = str(bar)
+    assert "16.0MiB/20.0MiB" in line
+    assert "512.0KiB/s" in line, line
+    reporter.close()
+
+
 def test_an_interrupted_run_takes_its_bar_down() -> None:
     reporter, screen = _bars(120)
     reporter.close(interrupted=True)

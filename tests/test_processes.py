@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import icanhazmodel
 from icanhazmodel import _launch
 from icanhazmodel._checksums import Expectation
+from icanhazmodel._events import Landing
 from icanhazmodel._launch import ForkServer
 from icanhazmodel._limits import may_use_processes, processes_for
 from icanhazmodel._manifest import PartialRecord
@@ -143,7 +144,8 @@ def test_messages_pickle_whole_and_equal() -> None:
         Task(1, obj, ("p", "é", "x.bin"), 8 * MiB, (record,), sweep_again=True, share=True),
         Span(2, 1, obj, ("p", "é", "x.bin"), "t", 0, 10, "crc32", expect, True),
         SpanResult(1, 0, 10, None, b"h"),
-        Landed(1, "md5", 10, 123, 10, "why"),
+        Landing("md5", 10, 123, 10, "why"),
+        Landed(1, Landing("md5", 10, 123, 7)),
         Failed(1, "no", needs_botocore=True),
         SpanDone(2, 7),
         Offer(1, "t", "crc32", expect, False, ((0, 10), (10, 20))),

@@ -16,6 +16,7 @@ import pytest
 
 import icanhazmodel
 from icanhazmodel import FetchResult, Status
+from icanhazmodel._progress import NullReporter
 from tests.conftest import Bucket, entry_point, run_cli, tree_of
 from tests.faultproxy import Fault, fault_proxy
 from tests.sample_tree import pattern
@@ -189,6 +190,32 @@ def test_a_killed_run_resumes_from_what_is_on_disk(bucket: Bucket, tmp_path: Pat
     assert (tmp_path / "p/big.bin").read_bytes() == big
     assert 0 < result.bytes_downloaded < len(big)
     assert _partials(tmp_path) == []
+
+
+class _Counted(NullReporter):
+    def __init__(self) -> None:
+        self.advanced_bytes = 0
+        self.resumed_bytes = 0
+
+    def advanced(self, key: str, nbytes: int) -> None:
+        self.advanced_bytes += nbytes
+
+    def resumed(self, key: str, nbytes: int) -> None:
+        self.resumed_bytes += nbytes
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "worker processes"])
+def test_resumed_bytes_are_told_apart_from_fetched_ones(
+    bucket: Bucket, tmp_path: Path, processes: int
+) -> None:
+    """Bytes adopted from disk count toward the bars' totals, not their speed."""
+    big = _killed_mid_download(bucket, tmp_path, f"told-{processes}")
+    counted = _Counted()
+    result = fetch(bucket, tmp_path, processes=processes, progress=counted)
+    assert (tmp_path / "p/big.bin").read_bytes() == big
+    assert result.resumed == 1
+    assert counted.resumed_bytes == result.bytes_resumed > 0
+    assert counted.advanced_bytes == result.bytes_downloaded == len(big) - result.bytes_resumed
 
 
 def test_a_damaged_range_in_a_resumed_file_is_fetched_again(bucket: Bucket, tmp_path: Path) -> None:
