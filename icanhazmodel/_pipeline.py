@@ -20,11 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.to_thread import run_sync
 
 from ._config import FetchConfig
 from ._contract import BrokenListing, KeyOrder
+from ._engine import Engine
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch, S3Error
 from ._files import Tree
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
@@ -47,7 +47,7 @@ from ._resume import clear
 from ._s3 import S3
 from ._select import relative_key
 from ._spread import Spread
-from ._transfer import SMALL_OBJECT, FileJob, Transfers, Work, describe_os_error
+from ._transfer import SMALL_OBJECT, FileJob, Transfers, describe_os_error
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
@@ -172,20 +172,15 @@ class Run:
         if self.config.dry_run:
             await self._produce(exact, None)
             return self._result(started)
-        send, receive = anyio.create_memory_object_stream[Work](self.config.concurrency)
         try:
             async with anyio.create_task_group() as outer:
                 if self.manifest is not None:
                     outer.start_soon(self._flush_periodically, self.manifest)
                 outer.start_soon(self.spread.share_credentials)
-                async with anyio.create_task_group() as tg:
-                    for _ in range(self.config.concurrency):
-                        tg.start_soon(self._work, receive.clone())
-                    receive.close()
-                    async with send:
-                        await self._produce(exact, send)
-                        await self.spread.finish()
-                        await self._take_back(send)
+                async with Engine(self.transfers, self.config.concurrency).running() as engine:
+                    await self._produce(exact, engine)
+                    await self.spread.finish()
+                    await self._take_back(engine)
                 outer.cancel_scope.cancel()
         except BaseException as exc:
             telling = _most_telling(exc)
@@ -234,23 +229,16 @@ class Run:
                 await run_sync(manifest.flush)
             self.notes.say(self.reporter)
 
-    async def _work(self, receive: ObjectReceiveStream[Work]) -> None:
-        async with receive:
-            async for work in receive:
-                await self.transfers.run(work)
-
     # -- producer -------------------------------------------------------------------
 
-    async def _produce(
-        self, exact: RemoteObject | None, send: ObjectSendStream[Work] | None
-    ) -> None:
+    async def _produce(self, exact: RemoteObject | None, engine: Engine | None) -> None:
         """List, select and decide; send ranges to the workers (None: plan only)."""
         if exact is not None:
             self._prefix = ""
-            await self._plan_page([exact], send, last=True)
+            await self._plan_page([exact], engine, last=True)
         else:
             self._prefix = directory_prefix(self.config.key)
-            await self._list_prefix(send)
+            await self._list_prefix(engine)
         self._listing_done()
         self._check_something_selected()
 
@@ -263,7 +251,7 @@ class Run:
         if (listing_done := getattr(self.reporter, "listing_done", None)) is not None:
             listing_done()
 
-    async def _list_prefix(self, send: ObjectSendStream[Work] | None) -> None:
+    async def _list_prefix(self, engine: Engine | None) -> None:
         """List the prefix, holding the store to the listing contract (see
         ``_contract``): one page, and if it holds more than that, the rest
         fanned out over its sub-prefixes (in the same key order)."""
@@ -272,18 +260,18 @@ class Run:
             pages = self.s3.list_pages(self._prefix)
             first = await anext(pages)
             order.check(first.objects)
-            await self._plan_page(first.objects, send, more=first.more, last=not first.more)
+            await self._plan_page(first.objects, engine, more=first.more, last=not first.more)
             if first.more and first.objects and _fan_out():
                 await pages.aclose()
                 keys = [o.key for o in first.objects]
                 async with self.s3.fanned_out(self._prefix, keys) as rest:
                     async for page in rest:
                         order.check(page.objects)
-                        await self._plan_page(page.objects, send, more=page.more)
+                        await self._plan_page(page.objects, engine, more=page.more)
                 return
             async for page in pages:
                 order.check(page.objects)
-                await self._plan_page(page.objects, send, more=page.more, last=not page.more)
+                await self._plan_page(page.objects, engine, more=page.more, last=not page.more)
         except BrokenListing as exc:
             where = f"s3://{self.s3.bucket}/{self._prefix}"
             raise S3Error(f"the store broke the listing of {where}: it {exc}") from None
@@ -303,7 +291,7 @@ class Run:
     async def _plan_page(
         self,
         page: list[RemoteObject],
-        send: ObjectSendStream[Work] | None,
+        engine: Engine | None,
         more: bool = False,
         last: bool = False,
     ) -> None:
@@ -341,7 +329,7 @@ class Run:
             if self.config.dry_run:
                 self._planned(job.obj, self.tree.path_str(job.parts), action)
         self._count_space(downloads)
-        if send is None:
+        if engine is None:
             return
         self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
         if last:
@@ -349,7 +337,7 @@ class Run:
         if not self.spread.decided and downloads:
             await self.spread.maybe_start(self.config, self.tree, downloads, more)
         for job in downloads:
-            await self._enqueue(job, send)
+            await self._enqueue(job, engine)
 
     def _count_space(self, downloads: list[FileJob]) -> None:
         """Stop before filling the disk: compare what the listing asks for so
@@ -382,26 +370,22 @@ class Run:
         else:
             self._plan.append(planned)
 
-    async def _enqueue(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
+    async def _enqueue(self, job: FileJob, engine: Engine) -> None:
         if self.watcher is not None:
             await self.watcher.room()
         self.reporter.file_started(job.obj.key, job.obj.size)
         if self.spread.active:
             await self.spread.submit(job)
             return
-        await self._take_back(send)
-        await self._run_here(job, send)
+        await self._take_back(engine)
+        await engine.add(job)
 
-    async def _take_back(self, send: ObjectSendStream[Work]) -> None:
+    async def _take_back(self, engine: Engine) -> None:
         """Fetch here, through botocore, what worker processes could not."""
         while self.spread.needs_botocore:
             job = self.spread.needs_botocore.pop()
             fresh = FileJob(obj=job.obj, parts=job.parts, tree=job.tree, part_size=job.part_size)
-            await self._run_here(fresh, send)
-
-    async def _run_here(self, job: FileJob, send: ObjectSendStream[Work]) -> None:
-        for work in await self.transfers.prepare(job):
-            await send.send(work)
+            await engine.add(fresh)
 
     def _safe_parts(
         self, obj: RemoteObject, owned: bool, *, is_dir: bool

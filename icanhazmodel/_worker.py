@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._direct import DirectGets, DirectSource, HandedCredentials
+from ._engine import Engine, Step
 from ._errors import IcanhazmodelError
 from ._events import Landing
 from ._files import Tree
@@ -78,7 +79,7 @@ class Worker:
         self._tasks: asyncio.Queue[Task | Span | None] = asyncio.Queue()
         self._stopped = asyncio.Event()
         self._shared: dict[int, FileJob] = {}  # task id -> an object whose ranges it offered
-        self._group: TaskGroup | None = None
+        self._engine: Engine | None = None
         self._parent_gone = False
         self._transfers: Transfers | None = None
         self._flush_queued = False
@@ -163,8 +164,8 @@ class Worker:
         if isinstance(message, Task | Span):
             self._tasks.put_nowait(message)
         elif isinstance(message, SpanResult):
-            assert self._group is not None  # results follow offers, made in the group
-            self._group.start_soon(self._took_span, message)
+            assert self._engine is not None  # results follow offers, made while it runs
+            self._engine.start_soon(partial(self._took_span, message))
         elif isinstance(message, NewCredentials):
             self._credentials.frozen = message.credentials
         elif isinstance(message, NoMoreTasks):
@@ -232,21 +233,16 @@ class Worker:
 
     async def _run(self, transfers: Transfers) -> None:
         concurrency = self._settings.concurrency
-        send, receive = anyio.create_memory_object_stream[Work | Span](concurrency)
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_periodically)
             outer.start_soon(self._watch_for_stop, outer.cancel_scope)
-            async with anyio.create_task_group() as tg:
-                self._group = tg
-                for _ in range(concurrency):
-                    tg.start_soon(self._work, receive.clone(), transfers)
-                receive.close()
-                async with send:
-                    while (task := await self._tasks.get()) is not None:
-                        if isinstance(task, Span):
-                            await send.send(task)
-                        else:
-                            await self._take(task, transfers, send)
+            async with Engine(transfers, concurrency).running() as engine:
+                self._engine = engine
+                while (task := await self._tasks.get()) is not None:
+                    if isinstance(task, Span):
+                        await engine.put(partial(self._fetch_span, task, transfers))
+                    else:
+                        await self._take(task, transfers, engine)
             outer.cancel_scope.cancel()
         if self._stopped.is_set():
             raise _Stop
@@ -255,9 +251,7 @@ class Worker:
         await self._stopped.wait()
         scope.cancel()
 
-    async def _take(
-        self, task: Task, transfers: Transfers, send: MemoryObjectSendStream[Work | Span]
-    ) -> None:
+    async def _take(self, task: Task, transfers: Transfers, engine: Engine) -> None:
         job = FileJob(
             obj=task.obj,
             parts=task.parts,
@@ -270,16 +264,15 @@ class Worker:
         job.resume_candidates = task.resume
         works = await transfers.prepare(job)
         if task.share and len(works) > 1:
-            assert self._group is not None
-            self._group.start_soon(self._share, task.id, job, works, send.clone())
+            engine.start_soon(partial(self._share, task.id, job, works, engine.sender()))
             return
         for work in works:
-            await send.send(work)
+            await engine.put(work)
 
     # -- objects spread over processes ----------------------------------------------
 
     async def _share(
-        self, task: int, job: FileJob, works: list[Work], send: MemoryObjectSendStream[Work | Span]
+        self, task: int, job: FileJob, works: list[Work], send: MemoryObjectSendStream[Work | Step]
     ) -> None:
         """Offer all but the first of *job*'s ranges to the parent, which
         spreads them over every worker (this one too); run the first here."""
@@ -335,14 +328,6 @@ class Worker:
         crc, part_hash = outcome or (None, None)
         self._events.results.append(SpanDone(span.id, crc, part_hash))
         self._flush()  # its owner may be waiting for nothing else
-
-    async def _work(self, receive: ObjectReceiveStream[Work | Span], transfers: Transfers) -> None:
-        async with receive:
-            async for item in receive:
-                if isinstance(item, Span):
-                    await self._fetch_span(item, transfers)
-                else:
-                    await transfers.run(item)
 
 
 def serve_on(fd: int) -> None:
