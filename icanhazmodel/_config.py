@@ -153,3 +153,21 @@ def split_s3_url(text: str) -> tuple[str, str] | None:
     if not bucket:
         raise UsageError(f"'{text}' names no bucket: use s3://BUCKET/KEY")
     return bucket, key
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """What the adapter needs to know to open a client."""
+
+    bucket: str
+    profile: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    pool_size: int = 10
+    retries: int = 5
+    read_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    unsigned: bool = False
+    request_payer: str | None = None
+    verify_ssl: bool = True  # False: --no-verify-ssl
+    ca_bundle: str | None = None  # --ca-bundle

@@ -37,21 +37,10 @@ import yarl
 
 from ._checksums import CHECKSUM_ALGORITHMS
 from ._listxml import ListPage, NotAListing, parse_list_page
-from ._models import ObjectHeaders, RemoteObject, encrypted_with_key
+from ._models import ObjectHeaders, encrypted_with_key
 from ._objects import (
-    Body,
     DirectError,
     FallBack,
-    HeadResult,
-    NeedsBotocore,
-    ObjectError,
-    PartHead,
-    TransientObjectError,
-    byte_range,
-    checked,
-    direct_errors,
-    not_s3,
-    posix_time,
     transient,
 )
 from ._proxy import Proxies
@@ -441,80 +430,3 @@ def _error_fields(body: bytes) -> tuple[str, str]:
     except ElementTree.ParseError:
         return "", body[:200].decode("utf-8", "replace")
     return root.findtext("Code") or "", root.findtext("Message") or ""
-
-
-class DirectSource:
-    """An ObjectSource on the direct path alone: what a worker process uses.
-
-    Anything the direct path cannot serve raises :class:`NeedsBotocore`, so
-    the parent, which has botocore, fetches that object instead.
-    """
-
-    def __init__(self, gets: DirectGets, bucket: str) -> None:
-        self._gets = gets
-        self.bucket = bucket
-
-    async def open_body(
-        self,
-        obj: RemoteObject,
-        *,
-        start: int = 0,
-        end: int | None = None,
-        if_match: bool = True,
-        want_checksum: bool = False,
-    ) -> Body:
-        end = obj.size if end is None else end
-        ranged = byte_range(obj, start, end)
-        etag = f'"{obj.etag}"' if if_match and obj.etag else None
-        with _no_fallback(), direct_errors(obj.key):
-            raw = await self._gets.open(
-                obj.key,
-                byte_range=ranged,
-                if_match=etag,
-                version_id=obj.version_id,
-                want_checksum=want_checksum,
-            )
-        return checked(Body(raw, obj.key, raw.headers), obj, start, end, ranged)
-
-    async def stat(self, obj: RemoteObject) -> HeadResult:
-        with _no_fallback(), direct_errors(obj.key):
-            size, headers, modified = await self._gets.head(obj.key, obj.version_id)
-        if not headers.etag:
-            raise not_s3(f"HEAD s3://{self.bucket}/{obj.key}")
-        return head_result(obj.key, obj.version_id, size, headers, modified)
-
-    async def part_head(self, obj: RemoteObject, number: int) -> PartHead | None:
-        try:
-            with _no_fallback(), direct_errors(obj.key):
-                _, headers, _ = await self._gets.head(obj.key, obj.version_id, number)
-        except TransientObjectError:
-            raise
-        except ObjectError:
-            return None
-        return PartHead.of(headers)
-
-    async def aclose(self) -> None:
-        await self._gets.aclose()
-
-
-def head_result(
-    key: str, version_id: str | None, size: int, headers: ObjectHeaders, modified: str
-) -> HeadResult:
-    """A direct HEAD's answer as the pipeline takes it."""
-    fresh = RemoteObject(
-        key=key,
-        size=size,
-        etag=headers.etag,
-        last_modified=posix_time(modified),
-        checksum_algorithms=tuple(headers.checksums),
-        version_id=version_id,
-    )
-    return HeadResult(fresh, headers)
-
-
-@contextlib.contextmanager
-def _no_fallback() -> Iterator[None]:
-    try:
-        yield
-    except FallBack as exc:
-        raise NeedsBotocore(f"the direct path cannot serve it ({exc})") from exc

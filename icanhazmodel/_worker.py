@@ -26,7 +26,8 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._direct import DirectGets, DirectSource, HandedCredentials
+from ._direct import DirectGets, HandedCredentials
+from ._directstore import DirectStore
 from ._engine import Engine, Step
 from ._errors import IcanhazmodelError
 from ._events import Landing
@@ -200,7 +201,7 @@ class Worker:
             proxies=settings.proxies,
             request_payer=settings.request_payer,
         )
-        source = DirectSource(gets, settings.bucket)
+        source = DirectStore(gets, settings.bucket, alone=True)
         tree = Tree(Path(settings.root))
         tree.keep_temp = lambda: set(settings.keep_temp)
         writer = Writer()

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 import icanhazmodel
+from icanhazmodel._botostore import open_botocore
 from icanhazmodel._direct import FrozenCredentials, resolve_route
 from icanhazmodel._light import LightStart, light_start
 from icanhazmodel._proxy import Proxies
-from icanhazmodel._s3 import S3Options, _open_botocore
+from icanhazmodel._s3 import S3Options
 from icanhazmodel._tls import Trust
 from tests.conftest import Bucket, tree_of
 from tests.faultproxy import Fault, FaultProxy, fault_proxy
@@ -49,11 +50,11 @@ def start(
 
 async def botocores_route(endpoint: str, bucket: str, region: str | None) -> object:
     options = S3Options(bucket=bucket, endpoint_url=endpoint, region=region)
-    boto = await _open_botocore(options, Trust(), Proxies())
+    boto = await open_botocore(options, Trust(), Proxies())
     try:
         return await resolve_route(boto.client, boto.credentials, bucket)
     finally:
-        await boto.exit(None, None, None)
+        await boto.aclose()
 
 
 @pytest.mark.parametrize(

@@ -376,7 +376,8 @@ def test_a_profile_without_keys_says_so_and_that_env_keys_are_not_used(
 def test_an_endpoint_holding_the_bucket_in_its_host_gets_a_hint() -> None:
     from botocore.exceptions import ClientError
 
-    from icanhazmodel._s3 import S3Options, run_errors
+    from icanhazmodel._s3 import S3Options
+    from icanhazmodel._storeerrors import run_errors
 
     options = S3Options(bucket="models", endpoint_url="https://models.s3.eu-west-1.amazonaws.com")
     error = ClientError(
