@@ -19,7 +19,8 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._transfer import FileJob, Transfers, Work
+from ._jobs import FileJob, Work
+from ._transfer import Transfers
 
 # A request-sized step that is not a range of an object this process owns.
 Step: TypeAlias = Callable[[], Coroutine[Any, Any, None]]

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 from ._models import pickled_by_fields
 
 if TYPE_CHECKING:
+    from ._jobs import FileJob
     from ._manifest import PartialRecord
-    from ._transfer import FileJob
 
 
 @pickled_by_fields

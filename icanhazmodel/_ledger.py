@@ -17,11 +17,11 @@ from typing import Protocol
 
 from ._checksums import NO_VERIFY
 from ._events import Landing
+from ._jobs import FileJob
 from ._manifest import FileRecord, Manifest, PartialRecord
 from ._models import FetchResult, LandedFile, ObjectReport, RemoteObject, Status
 from ._output import LIVE_PROBLEMS, MORE_PROBLEMS, problem_line
 from ._progress import Reporter
-from ._transfer import FileJob
 
 # Files checked by size only named in the result (and --json); more are counted.
 SIZE_ONLY_LISTED = 1000

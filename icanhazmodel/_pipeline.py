@@ -27,6 +27,7 @@ from ._contract import BrokenListing, KeyOrder
 from ._engine import Engine
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch, S3Error
 from ._files import Tree
+from ._jobs import FileJob
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._launch import ForkServer
 from ._ledger import Ledger, Watcher
@@ -47,7 +48,7 @@ from ._resume import clear
 from ._s3 import S3
 from ._select import relative_key
 from ._spread import Spread
-from ._transfer import SMALL_OBJECT, FileJob, Transfers, describe_os_error
+from ._transfer import SMALL_OBJECT, Transfers, describe_os_error
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
@@ -187,7 +188,9 @@ class Run:
             self.spread.abort()
             # Interrupted or cancelled: keep big temp files for the next run
             # to resume. Stopped by an error of ours (disk full, say): tidy up.
-            self.transfers.abandon(keep_resumable=not isinstance(telling, IcanhazmodelError))
+            self.transfers.temp_files.abandon(
+                keep_resumable=not isinstance(telling, IcanhazmodelError)
+            )
             if telling is exc:
                 raise
             raise telling from None

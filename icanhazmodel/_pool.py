@@ -36,6 +36,7 @@ from typing import Any
 from . import _errors
 from ._direct import FrozenCredentials
 from ._events import TransferEvents
+from ._jobs import FileJob
 from ._launch import Child
 from ._manifest import PartialRecord
 from ._messages import (
@@ -55,7 +56,7 @@ from ._messages import (
     WorkerSettings,
     send_message,
 )
-from ._transfer import SMALL_OBJECT, FileJob
+from ._transfer import SMALL_OBJECT
 
 # Tasks a worker holds (queued or running) per request it keeps in flight:
 # enough that it never waits for the parent, few enough to balance the load.

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from ._checksums import Digest
 from ._files import PartialFile, try_remove_unlocked
+from ._jobs import FileJob
 from ._manifest import PartialRecord
-from ._transfer import FileJob, Transfers, describe_os_error, hash_span
+from ._transfer import Transfers, describe_os_error
+from ._verify import hash_span
 
 
 def adopt(transfers: Transfers, job: FileJob, record: PartialRecord) -> str:
@@ -49,7 +51,7 @@ def resume(transfers: Transfers, job: FileJob) -> None:
         if job.partial is None:
             verdict = adopt(transfers, job, record)
             if verdict == "adopted":
-                transfers.open_jobs.add(job)
+                transfers.temp_files.adopted(job)
                 continue
             if verdict == "busy":
                 continue  # a live run holds it: its record stays

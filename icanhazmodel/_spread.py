@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._direct import FrozenCredentials
+from ._jobs import FileJob
 from ._launch import ForkServer, launch
 from ._limits import processes_for, usable_cpus
 from ._messages import WorkerSettings
 from ._pool import Pool
-from ._transfer import FileJob
 
 if TYPE_CHECKING:
     from ._config import FetchConfig

@@ -26,34 +26,18 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from functools import cached_property, partial
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import anyio
 
 from ._checksums import (
-    NO_VERIFY,
-    RANGE_CRC,
     SIZE_ONLY,
     ChecksumMismatch,
     Digest,
-    Expectation,
     PartsDigest,
-    check_whole,
-    choose,
-    contiguous_end,
-    crc_bytes,
-    crc_of_ranges,
-    crcs_by_part,
-    cut_within_parts,
-    is_crc,
     make_digest,
-    multipart_parts,
-    part_spans,
-    settle,
-    size_only,
-    within_parts,
 )
 from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
 from ._events import Landing, TransferEvents
@@ -64,9 +48,9 @@ from ._files import (
     Tree,
     write_whole,
 )
+from ._jobs import FileJob, Work, job_work
 from ._keys import is_temp_name
-from ._manifest import PartialRecord
-from ._models import ObjectHeaders, RemoteObject
+from ._models import RemoteObject
 from ._objects import (
     Body,
     NeedsBotocore,
@@ -77,15 +61,10 @@ from ._objects import (
     TransientObjectError,
     etag_problem,
 )
-from ._parts import (
-    ask_every_part,
-    damaged_parts,
-    learn_layout,
-    part_checksum,
-)
-from ._plan import byte_ranges
 from ._progress import Notes
 from ._retry import Retrying, RetryPolicy, backoff
+from ._tempfiles import TempFiles
+from ._verify import MAX_RESTARTS, Verifier, parts_to_refetch
 from ._writer import Writer
 
 MiB = 1 << 20
@@ -101,117 +80,8 @@ WRITE_BATCH = MiB // 2
 # The most one read from the socket may return; with the batch, this bounds
 # what each request in flight holds (measured: ~1.5 MiB per request).
 READ_SIZE = 256 * 1024
-# Bytes read back at a time to hash ranges already on disk (page cache).
-HASH_BLOCK = 256 * 1024
-# A checksum mismatch or a mid-download overwrite: one fresh start, then report.
-MAX_RESTARTS = 1
-# Parts bigger than this are not one range each (too few ranges in flight):
-# such uploads are hashed serially instead.
-MAX_ALIGNED_PART = 64 * MiB
 # Damaged parts fetched again at once, on top of the run's own requests.
 REFETCHES_IN_FLIGHT = 4
-
-
-@dataclass(eq=False)
-class FileJob:
-    """One object on its way to disk, as one or several byte ranges."""
-
-    obj: RemoteObject
-    parts: tuple[str, ...]
-    tree: Tree  # the model directory it lands in, at .final
-    part_size: int
-    ranges_left: int = 1
-    expectation: Expectation | None = None
-    crc_algorithm: str = RANGE_CRC  # per-range CRC of multi-range downloads
-    partial: PartialFile | None = None
-    partial_record: PartialRecord | None = None
-    done_ranges: list[tuple[int, int, int]] = field(default_factory=list)
-    digest: Digest | PartsDigest | None = None  # whole-object digest of single-range downloads
-    # Multi-range objects checked by a hash (MD5, SHA), which cannot be
-    # combined from ranges: hashed in offset order as ranges complete, while
-    # later ranges still download, so little is left to hash at the end.
-    sequential: Digest | PartsDigest | None = None
-    sequential_upto: int = 0
-    written: int = 0
-    resumed: int = 0  # of written, bytes an earlier run left on disk
-    landed: os.stat_result | None = None
-    error: str | None = None
-    restart: str | None = None
-    restarts: int = 0
-    needs_botocore: bool = False  # the direct path alone cannot serve it
-    layout: tuple[int, ...] | None = None  # part sizes, for a check by parts
-    layout_inferred: bool = False  # from a usual part size: the store told none
-    # Ranges cut at the parts of a multipart upload: each part's hash (MD5,
-    # SHA) by start, hashed as it streams (None: not cut at parts). Part
-    # CRCs need no such thing: they are combined from the ranges' CRCs.
-    part_hashes: dict[int, bytes] | None = None
-    # What S3 says each part's checksum is (from part HEADs, after a mismatch).
-    part_checksums: list[bytes | None] | None = None
-    # Temp files an earlier run left for this object, best first: adopted
-    # (or cleared away) just before its ranges are queued, wherever it runs.
-    resume_candidates: tuple[PartialRecord, ...] = ()
-    # Made on first use: an anyio.Lock costs ~10 us (it asks which event
-    # loop runs), a tenth of the CPU a dry run spends per key.
-    _lock: anyio.Lock | None = field(default=None, repr=False)
-    _hash_lock: anyio.Lock | None = field(default=None, repr=False)
-
-    @cached_property
-    def final(self) -> Path:
-        """Where it lands. Made when first asked: a rerun that skips it
-        never needs a Path (a tenth of a listed key's cost)."""
-        return self.tree.path(self.parts)
-
-    @property
-    def lock(self) -> anyio.Lock:
-        if self._lock is None:
-            self._lock = anyio.Lock()
-        return self._lock
-
-    @property
-    def hash_lock(self) -> anyio.Lock:
-        """Held while hashing ranges in order (see sequential)."""
-        if self._hash_lock is None:
-            self._hash_lock = anyio.Lock()
-        return self._hash_lock
-
-    @property
-    def level(self) -> str:
-        """How the file was (or will be) checked: a Verification value."""
-        return (self.expectation or SIZE_ONLY).level.value
-
-    @property
-    def unverified(self) -> str:
-        """Why the file was checked by size only ("" if it was not)."""
-        return (self.expectation or SIZE_ONLY).why
-
-    @property
-    def multi_range(self) -> bool:
-        return self.part_size < self.obj.size
-
-    @property
-    def hashes_parts(self) -> bool:
-        """Whether its ranges are parts to hash (MD5, SHA) as they stream."""
-        expectation = self.expectation
-        return (
-            self.part_hashes is not None
-            and expectation is not None
-            and expectation.by_parts
-            and not is_crc(expectation.part_algorithm or "")
-        )
-
-    @property
-    def resumable(self) -> bool:
-        """Worth keeping the temp file if the run stops now."""
-        return self.multi_range and bool(self.done_ranges) and self.partial_record is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Work:
-    """One byte range [start, end) of one object: the unit a worker takes."""
-
-    job: FileJob
-    start: int
-    end: int
 
 
 def describe_os_error(exc: OSError, folder: Path | None = None) -> str:
@@ -254,10 +124,10 @@ class Transfers:
         self.writer = writer
         self.tree = tree
         self.events = events
+        self.verifier = Verifier(self.s3, writer, enabled=verify)
+        self.temp_files = TempFiles(tree, events, writer)
         self.retries = retries
         self.verify = verify
-        # Jobs with a temp file open, so a stopped run can keep or remove them.
-        self.open_jobs: set[FileJob] = set()
 
     def check_fatal(self, exc: OSError) -> None:
         """Stop the run on errors that every further write would hit too."""
@@ -286,7 +156,8 @@ class Transfers:
             await self.writer.call(resume, self, job)
             if job.resumed:
                 self.events.resumed(job, job.resumed)
-        await self.align_to_parts(job)
+        if job.obj.size > SMALL_OBJECT:  # a smaller one is read whole
+            await self.verifier.align_to_parts(job)
         return job_work(job)
 
     async def run(self, work: Work) -> None:
@@ -307,7 +178,7 @@ class Transfers:
             if part_hash is not None and job.part_hashes is not None:
                 job.part_hashes[start] = part_hash
             self._range_done(job, start, end, crc)
-            await self._hash_in_order(job)
+            await self.verifier.hash_in_order(job)
 
         await self._settle(job, record)
 
@@ -373,92 +244,6 @@ class Transfers:
 
     # -- small objects: whole in memory -------------------------------------------
 
-    def _expectation(self, headers: ObjectHeaders) -> Expectation:
-        """What the object's bytes will be checked against (size only with --no-verify)."""
-        if not self.verify:
-            return size_only(NO_VERIFY)
-        return choose(
-            headers.checksums,
-            headers.checksum_type,
-            headers.etag,
-            encrypted_with_key=headers.encrypted_with_key,
-        )
-
-    async def _expect(self, job: FileJob, headers: ObjectHeaders) -> Expectation:
-        if job.expectation is None:
-            job.expectation = self._expectation(headers)
-        if job.expectation.by_parts and job.layout is None:
-            await self._learn_layout(job, job.expectation.parts)
-        return job.expectation
-
-    async def _expect_from_body(self, job: FileJob, body: Body) -> Expectation:
-        """The expectation from a GET's headers; the body is closed if that fails
-        (learning a multipart layout asks S3 once more)."""
-        try:
-            return await self._expect(job, body.headers)
-        except BaseException:
-            body.close()
-            raise
-
-    async def _learn_layout(self, job: FileJob, parts: int) -> None:
-        """Where a multipart upload's parts end (see ``_parts``); where that
-        cannot be known, the object is checked by size only, saying why."""
-        # (A CRC that may be FULL_OBJECT could still be checked whole here;
-        # stores that cannot tell part sizes have not been seen to send one.)
-        if parts == 1:
-            job.layout = (job.obj.size,)
-            return
-        layout = await learn_layout(self.s3, job.obj, parts)
-        if layout.sizes is None:
-            job.expectation = size_only(layout.why)
-        job.layout = layout.sizes
-        job.layout_inferred = layout.inferred
-
-    async def align_to_parts(self, job: FileJob) -> None:
-        """Cut an object uploaded in equal parts at its parts, before its ranges
-        are queued: each part is then digested as it streams, in parallel, and
-        the multipart ETag or COMPOSITE checksum checked from the parts'
-        digests without reading back. Parts over MAX_ALIGNED_PART are cut in
-        even shares (part CRCs combine from them; a hash is then fed in order)."""
-        parts = multipart_parts(job.obj.etag)
-        if (
-            not self.verify
-            or parts is None
-            or parts < 2
-            or job.partial is not None  # resumed: its ranges are cut already
-            or job.obj.size <= SMALL_OBJECT
-        ):
-            return
-        try:
-            layout = await learn_layout(self.s3, job.obj, parts)
-        except ObjectError:
-            return  # the first range's HEAD will tell what it can
-        sizes = layout.sizes
-        cut = cut_within_parts(sizes, MAX_ALIGNED_PART) if sizes else 0
-        if sizes is None or not cut:
-            return
-        job.layout = sizes
-        job.layout_inferred = layout.inferred
-        job.part_size = cut
-        if cut == sizes[0]:
-            job.part_hashes = {}
-
-    async def _real_layout(self, job: FileJob) -> bool:
-        """After a check by parts failed: ask S3 each part's size (and checksum).
-        True if the parts are not as guessed (the bytes may be right after all)."""
-        expectation = job.expectation
-        if expectation is None or not expectation.by_parts or expectation.parts < 2:
-            return False
-        heads = await ask_every_part(self.s3, job.obj, expectation.parts)
-        if heads is None:
-            return False
-        job.part_checksums = [part_checksum(expectation, head) for head in heads]
-        real = tuple(head.size for head in heads)
-        if real == job.layout:
-            return False
-        job.layout = real
-        return True
-
     async def _fetch_small(self, job: FileJob) -> None:
         chunks: list[bytes] = []
         breaks = 0
@@ -467,7 +252,7 @@ class Transfers:
             received = sum(len(chunk) for chunk in chunks)
             body = await self.s3.open_body(job.obj, start=received, want_checksum=self.verify)
             try:
-                await self._expect_from_body(job, body)
+                await self.verifier.expect_from_body(job, body)
                 await self._read_into(body, chunks, received, job.obj.size)
                 break
             except TransientObjectError as exc:
@@ -499,12 +284,7 @@ class Transfers:
         return breaks + 1
 
     def _check_and_write_small(self, job: FileJob, chunks: list[bytes]) -> os.stat_result:
-        expectation = job.expectation or SIZE_ONLY
-        if expectation.algorithm:
-            digest = make_digest(expectation, job.layout)
-            for chunk in chunks:
-                digest.update(chunk)
-            job.expectation = check_whole(expectation, digest, job.layout)
+        self.verifier.check_small(job, chunks)
         return write_whole(self.tree, job.parts, chunks, job.obj.last_modified)
 
     # -- larger objects: ranges streamed into a temp file -------------------------
@@ -517,43 +297,11 @@ class Transfers:
             if job.error is not None:
                 raise ObjectError(job.error)
             if job.multi_range and job.expectation is None:
-                await self._expect_from_head(job)
+                await self.verifier.expect_from_head(job)
             if job.partial is None:
-                await self.writer.call(self._create_partial, job)
+                await self.writer.call(self.temp_files.create, job)
             assert job.partial is not None
             return job.partial
-
-    async def _expect_from_head(self, job: FileJob) -> None:
-        """A ranged GET carries no whole-object checksum: HEAD tells it."""
-        if not self.verify:
-            job.expectation = size_only(NO_VERIFY)
-            return
-        head = await self.s3.stat(job.obj)
-        if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
-            raise ObjectChanged(f"'{job.obj.key}' changed in S3 since it was listed")
-        # A multipart upload's layout asks S3 once more (HEAD ?partNumber=1).
-        expectation = await self._expect(job, head.headers)
-        algorithm = expectation.algorithm
-        if algorithm and is_crc(algorithm) and not job.done_ranges:
-            job.crc_algorithm = algorithm
-        if algorithm and not _crcs_tell(job) and not job.hashes_parts:
-            job.sequential = make_digest(expectation, job.layout)
-
-    def _create_partial(self, job: FileJob) -> None:
-        # Registered here, in the writer thread, so a run cancelled meanwhile
-        # still knows about the file and cleans it up.
-        partial = PartialFile(self.tree, job.parts, job.obj.size)
-        job.partial = partial
-        self.open_jobs.add(job)
-        if job.multi_range:
-            job.partial_record = PartialRecord(
-                tmp_name=partial.tmp.relative_to(self.tree.root).as_posix(),
-                key=job.obj.key,
-                etag=job.obj.etag,
-                size=job.obj.size,
-                part_size=job.part_size,
-                crc_algorithm=job.crc_algorithm,
-            )
 
     async def _fetch_range(self, work: Work) -> None:
         job = work.job
@@ -572,18 +320,7 @@ class Transfers:
             if part_hash is not None and job.part_hashes is not None:
                 job.part_hashes[work.start] = part_hash.value()
             self._range_done(job, work.start, work.end, digest.crc)
-            await self._hash_in_order(job)
-
-    async def _hash_in_order(self, job: FileJob) -> None:
-        """Feed the sequential digest every byte now contiguous from its cursor."""
-        if job.sequential is None or job.partial is None:
-            return
-        async with job.hash_lock:
-            while (end := contiguous_end(job.done_ranges, job.sequential_upto)) > (
-                start := job.sequential_upto
-            ):
-                await self.writer.call(hash_span, job.partial, job.sequential, start, end)
-                job.sequential_upto = end
+            await self.verifier.hash_in_order(job)
 
     def _range_done(self, job: FileJob, start: int, end: int, crc: int) -> None:
         job.done_ranges.append((start, end, crc))
@@ -609,7 +346,7 @@ class Transfers:
             job.obj, start=cursor.offset, end=end, want_checksum=first and self.verify
         )
         if first:
-            expectation = await self._expect_from_body(job, body)
+            expectation = await self.verifier.expect_from_body(job, body)
             job.digest = make_digest(expectation, job.layout)
         digest = range_digest if job.multi_range else job.digest
         asked = end - cursor.offset
@@ -663,34 +400,8 @@ class Transfers:
     def _verify_and_commit(
         self, job: FileJob, partial: PartialFile, from_disk: bool = False
     ) -> os.stat_result:
-        expectation = job.expectation or SIZE_ONLY
-        if expectation.algorithm:
-            # Settled: a CRC S3 left untyped is now known COMPOSITE or whole.
-            job.expectation = self._check(job, partial, expectation, from_disk)
+        self.verifier.check_file(job, partial, from_disk)
         return partial.commit(job.obj.last_modified)
-
-    def _check(
-        self, job: FileJob, partial: PartialFile, expectation: Expectation, from_disk: bool
-    ) -> Expectation:
-        """The bytes of *job* against *expectation*, from what was digested as
-        they streamed where that covers them, else read back from disk."""
-        size = job.obj.size
-        if from_disk:  # read back, with what is now known (a multipart layout)
-            return check_whole(expectation, _read_back(partial, expectation, job), job.layout)
-        if not job.multi_range:
-            return check_whole(expectation, job.digest or Digest(None), job.layout)
-        if expectation.by_parts and job.layout and (digests := _streamed_parts(job)) is not None:
-            return settle(expectation, digests, job.layout)
-        if not expectation.by_parts and expectation.algorithm == job.crc_algorithm:
-            crc = crc_bytes(job.crc_algorithm, crc_of_ranges(job.crc_algorithm, job.done_ranges))
-            if crc != expectation.expected:
-                raise ChecksumMismatch(expectation.describe(crc))
-            return expectation
-        if job.sequential is not None and job.sequential_upto == size:
-            return check_whole(expectation, job.sequential, job.layout)
-        # Ranges resumed before the digest was set up, or parts that turned
-        # out not to be as guessed: read it back.
-        return check_whole(expectation, _read_back(partial, expectation, job), job.layout)
 
     async def _finish(self, job: FileJob) -> None:
         """After an object's last range: land it, start it over, or report it."""
@@ -699,24 +410,24 @@ class Transfers:
             job.error = f"got {job.written} bytes, expected {job.obj.size}"
         if job.error is None and job.restart is None and partial is not None:
             try:
-                await self._hash_in_order(job)
+                await self.verifier.hash_in_order(job)
                 job.landed = await self.writer.call(self._verify_and_commit, job, partial)
             except ChecksumMismatch as exc:
                 job.restart = str(exc)
             except OSError as exc:
                 self.check_fatal(exc)
                 job.error = describe_os_error(exc, job.final.parent)
-            if job.restart is not None and await self._real_layout(job):
+            if job.restart is not None and await self.verifier.real_layout(job):
                 await self._land_from_disk(job, partial)
-            if job.restart is not None and (damaged := _damaged_parts(job)):
+            if job.restart is not None and (damaged := parts_to_refetch(job)):
                 await self._refetch(job, damaged)
                 return
-        self.open_jobs.discard(job)
+        self.temp_files.done(job)
         if job.landed is not None:
-            self._forget_partial(job, remove=False)
+            self.temp_files.forget(job, remove=False)
             self.events.landed(job, Landing.of(job))
             return
-        self._forget_partial(job, remove=True)
+        self.temp_files.forget(job, remove=True)
         if job.restart is not None and job.restarts < MAX_RESTARTS:
             await self._start_over(job)
             return
@@ -770,14 +481,6 @@ class Transfers:
             job.restart = None
             job.error = describe_os_error(exc, job.final.parent)
 
-    def _forget_partial(self, job: FileJob, *, remove: bool) -> None:
-        if job.partial is not None and remove:
-            job.partial.discard()
-        if job.partial_record is not None:
-            self.events.partial_dropped(job.partial_record.tmp_name)
-        job.partial = None
-        job.partial_record = None
-
     async def _start_over(self, job: FileJob) -> None:
         """Fetch the object again from scratch, as one stream, by this worker."""
         self.events.progress(job, -(job.written - job.resumed))
@@ -804,41 +507,9 @@ class Transfers:
             tree=job.tree,
             part_size=max(obj.size, 1),
             restarts=job.restarts + 1,
-            expectation=self._expectation(head.headers),
+            expectation=self.verifier.expectation(head.headers),
         )
         await self.run(Work(fresh, 0, fresh.obj.size))
-
-    def abandon(self, *, keep_resumable: bool) -> None:
-        """The run is stopping early: keep resumable temp files, remove the rest.
-
-        Synchronous on purpose: this runs while the run is being cancelled,
-        where an await would be cancelled again before it could clean up.
-        """
-        self.writer.drain()  # no thread may still be writing to these files
-        for job in list(self.open_jobs):
-            if job.partial is None:
-                continue
-            if keep_resumable and job.resumable:
-                job.partial.keep()
-            else:
-                self._forget_partial(job, remove=True)
-        self.open_jobs.clear()
-
-
-def job_work(job: FileJob) -> list[Work]:
-    """The work items of *job*: its byte ranges not already on disk."""
-    done = {start for start, _, _ in job.done_ranges}
-    ranges = [r for r in byte_ranges(job.obj.size, job.part_size) if r[0] not in done]
-    if not ranges:  # every range resumed from disk: just land it
-        ranges = [(job.obj.size, job.obj.size)]
-    job.ranges_left = len(ranges)
-    return [Work(job, start, end) for start, end in ranges]
-
-
-def hash_span(partial: PartialFile, digest: Digest | PartsDigest, start: int, end: int) -> None:
-    """Feed *digest* the bytes [start, end) already on disk."""
-    for block in partial.blocks(start, end, block=HASH_BLOCK):
-        digest.update(block)
 
 
 def _write_and_hash(
@@ -855,51 +526,3 @@ def _write_and_hash(
         if running is not None:
             for chunk in batch:
                 running.update(chunk)
-
-
-def _crcs_tell(job: FileJob) -> bool:
-    """Whether the ranges' CRCs alone will check this job: a whole-object CRC
-    (ranges combine), or part CRCs from ranges that stay within parts."""
-    expectation = job.expectation or SIZE_ONLY
-    if expectation.part_algorithm != job.crc_algorithm:
-        return False
-    if not expectation.by_parts:
-        return True
-    return job.layout is not None and within_parts(job.part_size, job.layout)
-
-
-def _streamed_parts(job: FileJob) -> list[bytes] | None:
-    """Each part's digest as its bytes streamed; None where that did not cover them."""
-    expectation = job.expectation or SIZE_ONLY
-    layout = job.layout or ()
-    if job.hashes_parts and job.part_hashes is not None:
-        starts = [start for start, _ in part_spans(layout)]
-        if set(job.part_hashes) == set(starts):
-            return [job.part_hashes[start] for start in starts]
-        return None
-    if expectation.part_algorithm == job.crc_algorithm:
-        return crcs_by_part(job.crc_algorithm, job.done_ranges, layout)
-    return None
-
-
-def _damaged_parts(job: FileJob) -> list[tuple[int, int]]:
-    """After a check by parts failed: the parts to fetch again (see damaged_parts),
-    where S3 told each part's checksum and this run has not refetched parts yet."""
-    if (
-        job.expectation is None
-        or job.layout is None
-        or job.part_checksums is None
-        or job.partial is None
-        or job.restarts >= MAX_RESTARTS
-        or (received := _streamed_parts(job)) is None
-    ):
-        return []
-    return damaged_parts(job.expectation, job.layout, received, job.part_checksums)
-
-
-def _read_back(
-    partial: PartialFile, expectation: Expectation, job: FileJob
-) -> Digest | PartsDigest:
-    digest = make_digest(expectation, job.layout)
-    hash_span(partial, digest, 0, job.obj.size)
-    return digest

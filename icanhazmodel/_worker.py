@@ -32,6 +32,7 @@ from ._engine import Engine, Step
 from ._errors import IcanhazmodelError
 from ._events import Landing
 from ._files import Tree
+from ._jobs import FileJob, Work
 from ._manifest import PartialRecord
 from ._messages import (
     Abort,
@@ -52,7 +53,7 @@ from ._messages import (
     send_message,
 )
 from ._progress import Notes
-from ._transfer import FileJob, Transfers, Work
+from ._transfer import Transfers
 from ._writer import Writer
 
 # How often a worker sends what happened: often enough for smooth bars,
@@ -220,10 +221,10 @@ class Worker:
             self._flush()
             self._send(Bye())
         except _Stop:
-            transfers.abandon(keep_resumable=True)
+            transfers.temp_files.abandon(keep_resumable=True)
             self._flush()
         except IcanhazmodelError as exc:
-            transfers.abandon(keep_resumable=False)
+            transfers.temp_files.abandon(keep_resumable=False)
             self._flush()
             self._send(Fatal(type(exc).__name__, str(exc)))
         finally:
