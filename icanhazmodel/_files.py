@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ._errors import DestinationError
+from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
 from ._keys import PARTIAL_SUFFIX, is_temp_name
 
 _FILE_MODE = 0o666  # narrowed by the umask, as for any new file
@@ -523,3 +523,33 @@ def try_remove_unlocked(tree: Tree, parts: tuple[str, ...]) -> bool:
         raise UnusableTemp(exc.errno, exc.strerror, str(tree.path(parts))) from None
     finally:
         os.close(dir_fd)
+
+
+# -- what a failed write means --------------------------------------------------------
+
+
+def describe_os_error(exc: OSError, folder: Path | None = None) -> str:
+    """*exc* in a user's words. A temp file's name means nothing to them: an
+    error making or writing one names the folder it was to be in."""
+    if isinstance(exc, IcanhazmodelError | PathConflict | EscapesModelDir):
+        return str(exc)
+    name = os.fsdecode(exc.filename) if exc.filename else ""
+    if folder is not None and is_temp_name(os.path.basename(name)):
+        where = f" (writing in folder '{folder}')"
+    else:
+        where = f" ({name})" if name else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def stop_if_fatal(exc: OSError, root: Path) -> None:
+    """Stop the run on errors that every further write under *root* would hit too."""
+    if isinstance(exc, IcanhazmodelError):  # e.g. model_dir cannot be created
+        raise exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" (writing '{exc.filename}')" if exc.filename else ""
+        raise NotEnoughSpace(
+            f"no space left under '{root}'{where}: free some and run "
+            "again; files that already landed are kept and skipped"
+        ) from exc
+    if exc.errno == errno.EROFS:
+        raise DestinationError(f"cannot write under '{root}': {describe_os_error(exc)}") from exc

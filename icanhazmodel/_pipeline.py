@@ -26,7 +26,7 @@ from ._config import FetchConfig
 from ._contract import BrokenListing, KeyOrder
 from ._engine import Engine
 from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch, S3Error
-from ._files import Tree
+from ._files import Tree, describe_os_error
 from ._jobs import FileJob
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._launch import ForkServer
@@ -48,7 +48,7 @@ from ._resume import clear
 from ._s3 import S3
 from ._select import relative_key
 from ._spread import Spread
-from ._transfer import SMALL_OBJECT, Transfers, describe_os_error
+from ._transfer import SMALL_OBJECT, Transfers
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0

@@ -9,10 +9,10 @@ object's ranges are queued.
 from __future__ import annotations
 
 from ._checksums import Digest
-from ._files import PartialFile, try_remove_unlocked
+from ._files import PartialFile, describe_os_error, try_remove_unlocked
 from ._jobs import FileJob
 from ._manifest import PartialRecord
-from ._transfer import Transfers, describe_os_error
+from ._transfer import Transfers
 from ._verify import hash_span
 
 

@@ -1,6 +1,9 @@
-"""Fetching one byte range, and landing a file once all its ranges are in.
+"""Fetching one byte range; the last range of an object hands it to landing.
 
-A worker hands each work item to :meth:`Transfers.run`. Small objects are
+An engine slot (``_engine``) hands each work item to :meth:`Transfers.run`.
+What the bytes are checked against is ``_verify``'s; the temp file's life
+is ``_tempfiles``'s; what happens after the last range (commit, mend, start
+over, report) is ``_landing``'s. Small objects are
 read whole into memory, checked, and written in one hop to a writer thread.
 Larger ones stream, batch by batch, to their offsets in a temp file; the
 batch's checksum is computed in the same thread hop, off the event loop.
@@ -14,7 +17,8 @@ What can go wrong, and what happens:
   version with ``If-Match`` so two versions are never spliced together;
 - the object changes in S3 mid-download (412), the bytes do not match S3's
   checksum, or the server ignores a byte range: the object starts over from
-  scratch as one plain GET, once; then it is reported;
+  scratch as one plain GET, once (or only its damaged parts are fetched
+  again, see ``_landing``); then it is reported;
 - anything else: the object is reported failed and the run goes on. Only
   errors that stop every write (disk full, read-only) end the run.
 
@@ -23,12 +27,10 @@ No file reaches its final path before its size and checksum are checked.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import anyio
 
@@ -39,18 +41,10 @@ from ._checksums import (
     PartsDigest,
     make_digest,
 )
-from ._errors import DestinationError, IcanhazmodelError, NotEnoughSpace
-from ._events import Landing, TransferEvents
-from ._files import (
-    EscapesModelDir,
-    PartialFile,
-    PathConflict,
-    Tree,
-    write_whole,
-)
+from ._events import TransferEvents
+from ._files import PartialFile, Tree, describe_os_error, stop_if_fatal, write_whole
 from ._jobs import FileJob, Work, job_work
-from ._keys import is_temp_name
-from ._models import RemoteObject
+from ._landing import Lander
 from ._objects import (
     Body,
     NeedsBotocore,
@@ -59,12 +53,11 @@ from ._objects import (
     ObjectSource,
     RangeIgnored,
     TransientObjectError,
-    etag_problem,
 )
 from ._progress import Notes
 from ._retry import Retrying, RetryPolicy, backoff
 from ._tempfiles import TempFiles
-from ._verify import MAX_RESTARTS, Verifier, parts_to_refetch
+from ._verify import Verifier
 from ._writer import Writer
 
 MiB = 1 << 20
@@ -82,19 +75,6 @@ WRITE_BATCH = MiB // 2
 READ_SIZE = 256 * 1024
 # Damaged parts fetched again at once, on top of the run's own requests.
 REFETCHES_IN_FLIGHT = 4
-
-
-def describe_os_error(exc: OSError, folder: Path | None = None) -> str:
-    """*exc* in a user's words. A temp file's name means nothing to them: an
-    error making or writing one names the folder it was to be in."""
-    if isinstance(exc, IcanhazmodelError | PathConflict | EscapesModelDir):
-        return str(exc)
-    name = os.fsdecode(exc.filename) if exc.filename else ""
-    if folder is not None and is_temp_name(os.path.basename(name)):
-        where = f" (writing in folder '{folder}')"
-    else:
-        where = f" ({name})" if name else ""
-    return f"{exc.strerror or exc}{where}"
 
 
 @dataclass(slots=True)
@@ -126,23 +106,13 @@ class Transfers:
         self.events = events
         self.verifier = Verifier(self.s3, writer, enabled=verify)
         self.temp_files = TempFiles(tree, events, writer)
+        self.lander = Lander(self.s3, self.verifier, self.temp_files, events, writer, self.run)
         self.retries = retries
         self.verify = verify
 
     def check_fatal(self, exc: OSError) -> None:
         """Stop the run on errors that every further write would hit too."""
-        if isinstance(exc, IcanhazmodelError):  # e.g. model_dir cannot be created
-            raise exc
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = f" (writing '{exc.filename}')" if exc.filename else ""
-            raise NotEnoughSpace(
-                f"no space left under '{self.tree.root}'{where}: free some and run "
-                "again; files that already landed are kept and skipped"
-            ) from exc
-        if exc.errno == errno.EROFS:
-            raise DestinationError(
-                f"cannot write under '{self.tree.root}': {describe_os_error(exc)}"
-            ) from exc
+        stop_if_fatal(exc, self.tree.root)
 
     # -- one object, then one work item -------------------------------------------
 
@@ -197,7 +167,7 @@ class Transfers:
                 job.error = describe_os_error(exc, job.final.parent)
         job.ranges_left -= 1
         if job.ranges_left == 0:
-            await self._finish(job)
+            await self.lander.finish(job)
 
     # -- objects shared between worker processes ------------------------------------
 
@@ -396,120 +366,6 @@ class Transfers:
         self.events.progress(job, size)
 
     # -- landing --------------------------------------------------------------------
-
-    def _verify_and_commit(
-        self, job: FileJob, partial: PartialFile, from_disk: bool = False
-    ) -> os.stat_result:
-        self.verifier.check_file(job, partial, from_disk)
-        return partial.commit(job.obj.last_modified)
-
-    async def _finish(self, job: FileJob) -> None:
-        """After an object's last range: land it, start it over, or report it."""
-        partial = job.partial
-        if job.error is None and job.restart is None and job.written != job.obj.size:
-            job.error = f"got {job.written} bytes, expected {job.obj.size}"
-        if job.error is None and job.restart is None and partial is not None:
-            try:
-                await self.verifier.hash_in_order(job)
-                job.landed = await self.writer.call(self._verify_and_commit, job, partial)
-            except ChecksumMismatch as exc:
-                job.restart = str(exc)
-            except OSError as exc:
-                self.check_fatal(exc)
-                job.error = describe_os_error(exc, job.final.parent)
-            if job.restart is not None and await self.verifier.real_layout(job):
-                await self._land_from_disk(job, partial)
-            if job.restart is not None and (damaged := parts_to_refetch(job)):
-                await self._refetch(job, damaged)
-                return
-        self.temp_files.done(job)
-        if job.landed is not None:
-            self.temp_files.forget(job, remove=False)
-            self.events.landed(job, Landing.of(job))
-            return
-        self.temp_files.forget(job, remove=True)
-        if job.restart is not None and job.restarts < MAX_RESTARTS:
-            await self._start_over(job)
-            return
-        reason = job.error or f"{job.restart} (also after starting over)"
-        if job.error is None and job.layout_inferred:
-            reason += (
-                "; its part size was inferred (the store does not tell part sizes): "
-                "if the store's copy is right, --no-verify takes it by its size"
-            )
-        self.events.failed(job, reason)
-
-    async def _refetch(self, job: FileJob, parts: list[tuple[int, int]]) -> None:
-        """Fetch again only the ranges of the parts S3 says differ; the object
-        is then checked whole again before it lands."""
-        self.events.note(
-            f"refetching {len(parts)} of {len(job.layout or ())} parts of {job.obj.key!r}: "
-            f"{job.restart}"
-        )
-        job.restarts += 1
-        job.restart = None
-        ranges = [(s, e) for s, e, _ in job.done_ranges if any(a <= s < b for a, b in parts)]
-        starts = {start for start, _ in ranges}
-        job.done_ranges = [r for r in job.done_ranges if r[0] not in starts]
-        if job.part_hashes is not None:
-            for start in starts:
-                job.part_hashes.pop(start, None)
-        lost = sum(end - start for start, end in ranges)
-        job.written -= lost
-        job.resumed = min(job.resumed, job.written)
-        self.events.progress(job, -lost)
-        job.ranges_left = len(ranges)
-        in_flight = anyio.CapacityLimiter(REFETCHES_IN_FLIGHT)
-
-        async def again(start: int, end: int) -> None:
-            async with in_flight:
-                await self.run(Work(job, start, end))
-
-        async with anyio.create_task_group() as tg:
-            for start, end in ranges:
-                tg.start_soon(again, start, end)
-
-    async def _land_from_disk(self, job: FileJob, partial: PartialFile) -> None:
-        """Check the bytes on disk again against the layout S3 just told."""
-        try:
-            job.landed = await self.writer.call(self._verify_and_commit, job, partial, True)
-            job.restart = None
-        except ChecksumMismatch:
-            pass
-        except OSError as exc:
-            self.check_fatal(exc)
-            job.restart = None
-            job.error = describe_os_error(exc, job.final.parent)
-
-    async def _start_over(self, job: FileJob) -> None:
-        """Fetch the object again from scratch, as one stream, by this worker."""
-        self.events.progress(job, -(job.written - job.resumed))
-        self.events.note(f"starting over: {job.obj.key!r}: {job.restart}")
-        try:
-            head = await self.s3.stat(job.obj)
-        except ObjectError as exc:
-            self.events.failed(job, f"{job.restart}; then {exc}")
-            return
-        obj = head.obj
-        if problem := etag_problem(obj.etag):
-            self.events.failed(job, f"{job.restart}; then {problem}")
-            return
-        fresh = FileJob(
-            obj=RemoteObject(
-                key=job.obj.key,
-                size=obj.size,
-                etag=obj.etag,
-                last_modified=obj.last_modified,
-                checksum_algorithms=obj.checksum_algorithms,
-                version_id=job.obj.version_id,
-            ),
-            parts=job.parts,
-            tree=job.tree,
-            part_size=max(obj.size, 1),
-            restarts=job.restarts + 1,
-            expectation=self.verifier.expectation(head.headers),
-        )
-        await self.run(Work(fresh, 0, fresh.obj.size))
 
 
 def _write_and_hash(
