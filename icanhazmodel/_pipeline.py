@@ -12,11 +12,10 @@ run's whole request budget, shared by big files and small ones alike.
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -24,29 +23,29 @@ from anyio.to_thread import run_sync
 
 from ._config import FetchConfig
 from ._contract import BrokenListing, KeyOrder
+from ._dryrun import PlanBook
 from ._engine import Engine
-from ._errors import IcanhazmodelError, NotEnoughSpace, NothingToFetch, S3Error
+from ._errors import IcanhazmodelError, NothingToFetch, S3Error
 from ._files import Tree, describe_os_error
 from ._jobs import FileJob
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._launch import ForkServer
 from ._ledger import Ledger, Watcher
-from ._manifest import Manifest, PartialRecord
+from ._manifest import Manifest
 from ._models import (
     Action,
     FetchResult,
-    Plan,
     PlannedObject,
     RemoteObject,
     Status,
 )
 from ._objects import etag_problem
-from ._output import human_size
-from ._plan import ConflictTracker, LocalFile, decide, part_size_for
+from ._ondisk import inspect
+from ._plan import ConflictTracker, part_size_for
 from ._progress import Notes, Reporter
-from ._resume import clear
 from ._s3 import S3
 from ._select import relative_key
+from ._space import SpaceCheck
 from ._spread import Spread
 from ._transfer import SMALL_OBJECT, Transfers
 from ._writer import Writer
@@ -58,30 +57,12 @@ _EDITED = (
 )
 
 
-def _sizes_apart(needed: int, free: int) -> tuple[str, str]:
-    """Two sizes in words that never read the same when they differ."""
-    shown = human_size(needed), human_size(free)
-    if shown[0] == shown[1]:
-        return f"{needed:,} bytes", f"{free:,} bytes"
-    return shown
-
-
 def _conflict_reason(parts: tuple[str, ...], clash: str) -> str:
     if clash.endswith("/"):
         return f"its path is a folder already, holding the keys under '{clash}'"
     if clash == "/".join(parts):
         return f"the folder it names is already the file of key '{clash}'"
     return f"'{clash}' is already the file of key '{clash}', so it cannot also be a folder"
-
-
-def free_bytes(root: Path) -> int | None:
-    """Free space where *root* is (or would be created); None if unknown."""
-    for path in (root, *root.parents):
-        try:
-            return shutil.disk_usage(path).free
-        except OSError:
-            continue
-    return None
 
 
 def _most_telling(error: BaseException) -> BaseException:
@@ -110,14 +91,6 @@ def _fan_out() -> bool:
     return os.environ.get("ICANHAZMODEL_LIST_FANOUT", "1") != "0"
 
 
-def _local_file(path: str | os.PathLike[str]) -> LocalFile | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return LocalFile(st.st_size, st.st_mtime_ns)
-
-
 class Run:
     """One fetch: owns the tally, the producer and the workers."""
 
@@ -135,9 +108,6 @@ class Run:
     ) -> None:
         self.config = config
         self.watcher = watcher
-        # A dry run hands each planned object here as it is decided, instead
-        # of holding the whole plan: a million keys stay a few MiB.
-        self.plan_sink = plan_sink
         self.notes = notes or Notes()
         self.s3 = s3
         self.tree = tree
@@ -158,11 +128,8 @@ class Run:
         self._conflicts = ConflictTracker()
         self._prefix = ""
         self._told_listing_done = False
-        self._plan: list[PlannedObject] = []
-        self._plan_counts: Counter[Action] = Counter()
-        self._plan_bytes = 0
-        self._free_bytes = free_bytes(tree.root)
-        self._bytes_needed = 0
+        self._book = PlanBook(plan_sink) if config.dry_run else None
+        self._space = SpaceCheck(tree.root, enforce=not (config.ignore_space or config.dry_run))
         self.spread = Spread(self.ledger, s3, forks)
 
     # -- the whole run --------------------------------------------------------------
@@ -201,14 +168,11 @@ class Run:
     def _result(self, started: float) -> FetchResult:
         result = self.tally.result(time.monotonic() - started)
         result = replace(result, processes=self.spread.size)
-        if self.config.dry_run:
-            plan = Plan(
-                tuple(self._plan),
+        if self._book is not None:
+            plan = self._book.plan(
                 excluded=self.tally.excluded,
                 other_shards=self.tally.other_shards,
-                free_bytes=self._free_bytes,
-                counts=dict(self._plan_counts),
-                download_bytes=self._plan_bytes,
+                free_bytes=self._space.free,
             )
             result = replace(result, plan=plan)
         return result
@@ -315,7 +279,16 @@ class Run:
                 jobs.append(job)
         if not jobs:
             return
-        actions = await run_sync(self._inspect, jobs)
+        actions = await run_sync(
+            partial(
+                inspect,
+                jobs,
+                self.manifest,
+                self.transfers,
+                force=self.config.force,
+                dry_run=self.config.dry_run,
+            )
+        )
         self.notes.say(self.reporter)
         downloads = []
         for job, action in zip(jobs, actions, strict=True):
@@ -331,7 +304,7 @@ class Run:
                 )
             if self.config.dry_run:
                 self._planned(job.obj, self.tree.path_str(job.parts), action)
-        self._count_space(downloads)
+        self._space.need(sum(job.obj.size - job.written for job in downloads))
         if engine is None:
             return
         self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
@@ -342,36 +315,11 @@ class Run:
         for job in downloads:
             await self._enqueue(job, engine)
 
-    def _count_space(self, downloads: list[FileJob]) -> None:
-        """Stop before filling the disk: compare what the listing asks for so
-        far with the free space measured when the run started."""
-        self._bytes_needed += sum(job.obj.size - job.written for job in downloads)
-        if (
-            self._free_bytes is not None
-            and self._bytes_needed > self._free_bytes
-            and not self.config.ignore_space
-            and not self.config.dry_run
-        ):
-            needed, free = _sizes_apart(self._bytes_needed, self._free_bytes)
-            raise NotEnoughSpace(
-                f"the objects listed so far need {needed} but only "
-                f"{free} is free under '{self.tree.root}': free some space, "
-                "or pass --ignore-space to try anyway"
-            )
-
     def _planned(
         self, obj: RemoteObject, path: Path | str, action: Action, reason: str = ""
     ) -> None:
-        if not self.config.dry_run:
-            return
-        self._plan_counts[action] += 1
-        if action is Action.DOWNLOAD:
-            self._plan_bytes += obj.size
-        planned = PlannedObject(obj.key, obj.size, str(path), action, reason)
-        if self.plan_sink is not None:
-            self.plan_sink(planned)
-        else:
-            self._plan.append(planned)
+        if self._book is not None:
+            self._book.add(obj, path, action, reason)
 
     async def _enqueue(self, job: FileJob, engine: Engine) -> None:
         if self.watcher is not None:
@@ -447,39 +395,3 @@ class Run:
             return
         self.tally.folders += 1
         self.ledger.tell(obj, self.tree.path(parts), Status.FOLDER)
-
-    # -- what is already on disk (runs in a worker thread) --------------------------
-
-    def _inspect(self, jobs: list[FileJob]) -> list[Action]:
-        keys = [job.obj.key for job in jobs]
-        records = self.manifest.files(keys) if self.manifest else {}
-        # A dry run only looks: it neither resumes nor clears temp files.
-        partials = self.manifest.partials(keys) if self.manifest and not self.config.dry_run else {}
-        actions = []
-        for job in jobs:
-            record = records.get(job.obj.key)
-            local = _local_file(self.tree.path_str(job.parts)) if record else None
-            action = decide(job.obj, record, local, force=self.config.force)
-            if action is Action.DOWNLOAD or partials.get(job.obj.key):
-                self._resume(job, partials.get(job.obj.key, []), use=action is Action.DOWNLOAD)
-            actions.append(action)
-        return actions
-
-    def _resume(self, job: FileJob, candidates: list[PartialRecord], *, use: bool) -> None:
-        """Note the temp files an earlier run left that could be resumed (the
-        transfer adopts one just before fetching); clear away the others."""
-        wanted = []
-        for record in sorted(candidates, key=lambda r: -len(r.ranges)):
-            parts = self.tree.temp_parts(record.tmp_name)
-            if (
-                parts is not None
-                and parts[:-1] == job.parts[:-1]  # beside its file, or not ours
-                and use
-                and job.obj.size > SMALL_OBJECT
-                and record.part_size < job.obj.size
-                and (record.etag, record.size) == (job.obj.etag, job.obj.size)
-            ):
-                wanted.append(record)
-            else:
-                clear(self.transfers, record)
-        job.resume_candidates = tuple(wanted)

@@ -631,7 +631,7 @@ def test_19_a_kept_local_edit_is_not_called_failed(bucket: Bucket, tmp_path: Pat
 
 
 def test_19_sizes_that_differ_never_read_the_same() -> None:
-    from icanhazmodel._pipeline import _sizes_apart
+    from icanhazmodel._space import sizes_apart as _sizes_apart
 
     need, free = _sizes_apart(210_000, 209_000)
     assert need != free
