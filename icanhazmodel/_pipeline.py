@@ -136,7 +136,7 @@ class Run:
 
     async def execute(self) -> FetchResult:
         started = time.monotonic()
-        exact = await self._exact_object()
+        exact = await self.s3.exact(self.config.key, self.config.version_id)
         if self.config.dry_run:
             await self._produce(exact, None)
             return self._result(started)
@@ -176,18 +176,6 @@ class Run:
             )
             result = replace(result, plan=plan)
         return result
-
-    async def _exact_object(self) -> RemoteObject | None:
-        """The object named exactly by the key, if there is one."""
-        key = self.config.key
-        if not key or key.endswith("/"):
-            return None
-        head = await self.s3.head(key, self.config.version_id)
-        if head is None and self.config.version_id:
-            raise NothingToFetch(
-                f"no version '{self.config.version_id}' of s3://{self.s3.bucket}/{key}"
-            )
-        return head.obj if head else None
 
     async def _flush_periodically(self, manifest: Manifest) -> None:
         while True:

@@ -242,6 +242,15 @@ class S3:
                 "(--version-id needs the exact key of one object, and one of its versions)"
             ) from exc
 
+    async def exact(self, key: str, version_id: str | None) -> RemoteObject | None:
+        """The object named exactly by *key* (a prefix names none), if there is one."""
+        if not key or key.endswith("/"):
+            return None
+        head = await self.head(key, version_id)
+        if head is None and version_id:
+            raise NothingToFetch(f"no version '{version_id}' of s3://{self.bucket}/{key}")
+        return head.obj if head else None
+
     async def _lookup(
         self, store: Store, key: str, version_id: str | None, what: str
     ) -> HeadResult | None:
