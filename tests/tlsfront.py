@@ -14,6 +14,7 @@ endpoint and the usual proxy variables.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import threading
@@ -24,17 +25,48 @@ _CHUNK = 1 << 16
 _HEAD_KEPT = 4096  # bytes of each client stream kept, to read request heads
 
 
-def _pump(source: socket.socket, sink: socket.socket, kept: bytearray | None = None) -> None:
-    """Copy *source* to *sink* until either side ends, then close both."""
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy *source* to *sink* until either side ends, then close both (plain
+    sockets: one thread a direction is safe)."""
     try:
         while data := source.recv(_CHUNK):
-            if kept is not None and len(kept) < _HEAD_KEPT:
-                kept += data[: _HEAD_KEPT - len(kept)]
             sink.sendall(data)
     except OSError:
         pass
     finally:
         for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _duplex(tls: ssl.SSLSocket, plain: socket.socket, kept: bytearray) -> None:
+    """Copy both ways between a TLS client and its plain upstream, in one
+    thread, until either side ends; then close both. An SSL socket must not
+    be read in one thread while another writes it (OpenSSL's SSL objects are
+    not thread-safe): with a pump thread per direction, a TLS 1.3 session
+    ticket written during a read broke a stream now and then."""
+    try:
+        while True:
+            # Bytes already decrypted wait in the SSL object, not the socket.
+            ready = [tls] if tls.pending() else select.select([tls, plain], [], [])[0]
+            if tls in ready:
+                data = tls.recv(_CHUNK)
+                if not data:
+                    return
+                if len(kept) < _HEAD_KEPT:
+                    kept += data[: _HEAD_KEPT - len(kept)]
+                plain.sendall(data)
+            if plain in ready:
+                data = plain.recv(_CHUNK)
+                if not data:
+                    return
+                tls.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (tls, plain):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
@@ -117,8 +149,7 @@ class TlsFront(_Server):
             return
         kept = bytearray()
         self.heads.append(kept)
-        _start(_pump, upstream, tls)
-        _pump(tls, upstream, kept)
+        _duplex(tls, upstream, kept)
 
 
 @dataclass
