@@ -8,12 +8,16 @@ object's ranges are queued.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._checksums import Digest
 from ._files import PartialFile, describe_os_error, try_remove_unlocked
 from ._jobs import FileJob
 from ._manifest import PartialRecord
-from ._transfer import Transfers
 from ._verify import hash_span
+
+if TYPE_CHECKING:
+    from ._transfer import Transfers
 
 
 def adopt(transfers: Transfers, job: FileJob, record: PartialRecord) -> str:

@@ -55,6 +55,7 @@ from ._objects import (
     TransientObjectError,
 )
 from ._progress import Notes
+from ._resume import resume
 from ._retry import Retrying, RetryPolicy, backoff
 from ._tempfiles import TempFiles
 from ._verify import Verifier
@@ -73,8 +74,6 @@ WRITE_BATCH = MiB // 2
 # The most one read from the socket may return; with the batch, this bounds
 # what each request in flight holds (measured: ~1.5 MiB per request).
 READ_SIZE = 256 * 1024
-# Damaged parts fetched again at once, on top of the run's own requests.
-REFETCHES_IN_FLIGHT = 4
 
 
 @dataclass(slots=True)
@@ -108,7 +107,6 @@ class Transfers:
         self.temp_files = TempFiles(tree, events, writer)
         self.lander = Lander(self.s3, self.verifier, self.temp_files, events, writer, self.run)
         self.retries = retries
-        self.verify = verify
 
     def check_fatal(self, exc: OSError) -> None:
         """Stop the run on errors that every further write would hit too."""
@@ -121,8 +119,6 @@ class Transfers:
         earlier run left (told as resumed), cut its ranges at its upload's
         parts; then its work items, the ranges not on disk yet."""
         if job.resume_candidates:
-            from ._resume import resume  # _resume builds on this module
-
             await self.writer.call(resume, self, job)
             if job.resumed:
                 self.events.resumed(job, job.resumed)
@@ -220,7 +216,9 @@ class Transfers:
         while True:
             # What arrived before a break is kept: the next request asks for the rest.
             received = sum(len(chunk) for chunk in chunks)
-            body = await self.s3.open_body(job.obj, start=received, want_checksum=self.verify)
+            body = await self.s3.open_body(
+                job.obj, start=received, want_checksum=self.verifier.enabled
+            )
             try:
                 await self.verifier.expect_from_body(job, body)
                 await self._read_into(body, chunks, received, job.obj.size)
@@ -313,7 +311,7 @@ class Transfers:
         """
         first = cursor.offset == 0 and not job.multi_range
         body = await self.s3.open_body(
-            job.obj, start=cursor.offset, end=end, want_checksum=first and self.verify
+            job.obj, start=cursor.offset, end=end, want_checksum=first and self.verifier.enabled
         )
         if first:
             expectation = await self.verifier.expect_from_body(job, body)
