@@ -25,6 +25,15 @@ _CHUNK = 1 << 16
 _HEAD_KEPT = 4096  # bytes of each client stream kept, to read request heads
 
 
+def _close(*socks: socket.socket) -> None:
+    """Shut down and close *socks*: the other end sees the stream end."""
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
 def _pump(source: socket.socket, sink: socket.socket) -> None:
     """Copy *source* to *sink* until either side ends, then close both (plain
     sockets: one thread a direction is safe)."""
@@ -34,11 +43,7 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
+        _close(source, sink)
 
 
 def _duplex(tls: ssl.SSLSocket, plain: socket.socket, kept: bytearray) -> None:
@@ -66,11 +71,7 @@ def _duplex(tls: ssl.SSLSocket, plain: socket.socket, kept: bytearray) -> None:
     except OSError:
         pass
     finally:
-        for sock in (tls, plain):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                sock.close()
+        _close(tls, plain)
 
 
 def _start(target: object, *args: object) -> None:
