@@ -111,44 +111,49 @@ def first_page_density(keys: Sequence[str], prefix: str, delimiter: str) -> _Den
     return density
 
 
-@asynccontextmanager
-async def fanned_out(
-    list_page: ListPageFn, prefix: str, first_page: Sequence[str], delimiter: str = "/"
-) -> AsyncIterator[AsyncIterator[ListPage]]:
-    """The objects under *prefix* after the keys of its *first_page*, as pages in key order.
+class _FanOut:
+    """The state of one fanned-out listing: the chains being listed, what
+    the tree looked like so far, and where the cutting stands."""
 
-    Use as ``async with fanned_out(...) as pages: async for page in pages``:
-    the listing tasks live in the ``async with``, so leaving it (or an error
-    in any of them) stops them all.
-    """
-    import anyio
-    from anyio.streams.memory import MemoryObjectReceiveStream
+    def __init__(
+        self, list_page: ListPageFn, prefix: str, first_page: Sequence[str], delimiter: str
+    ) -> None:
+        import anyio
+        from anyio.streams.memory import MemoryObjectReceiveStream
 
-    start_after = first_page[-1]
-    density = first_page_density(first_page, prefix, delimiter)
-    descents = 0
-    flat_sample: list[str] = []  # the keys of the page that showed no folder
-    guess: FlatGuess | None = None
-    ended = False  # a chain listed to the prefix's last key
-    chains_in, chains_out = anyio.create_memory_object_stream[MemoryObjectReceiveStream[ListPage]](
-        LOOKAHEAD
-    )
-    # Every stream made, closed at the end even where a task was cancelled
-    # before it could close its own.
-    streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = [
-        chains_in,
-        chains_out,
-    ]
+        self.list_page = list_page
+        self.prefix = prefix
+        self.delimiter = delimiter
+        self.start_after = first_page[-1]
+        self.density = first_page_density(first_page, prefix, delimiter)
+        self.descents = 0
+        self.flat_sample: list[str] = []  # the keys of the page that showed no folder
+        self.guess: FlatGuess | None = None
+        self.ended = False  # a chain listed to the prefix's last key
+        self.chains_in, self.chains_out = anyio.create_memory_object_stream[
+            MemoryObjectReceiveStream[ListPage]
+        ](LOOKAHEAD)
+        # Every stream made, closed at the end even where a task was cancelled
+        # before it could close its own.
+        self.streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = [
+            self.chains_in,
+            self.chains_out,
+        ]
 
-    async def list_range(where: _Range, send: MemoryObjectSendStream[ListPage]) -> None:
-        nonlocal ended
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
+
+    async def list_range(self, where: _Range, send: MemoryObjectSendStream[ListPage]) -> None:
+        import anyio
+
         chain = TokenChain()
         token: str | None = None
         listed = 0
         async with send:
             while True:
-                page = await list_page(
-                    prefix, token, None, None if token else where.start, where.high
+                page = await self.list_page(
+                    self.prefix, token, None, None if token else where.start, where.high
                 )
                 objects = page.objects
                 if where.low is not None and objects and objects[0].key < where.low:
@@ -160,107 +165,124 @@ async def fanned_out(
                     except anyio.BrokenResourceError:
                         return  # the reader left (the run stops): list no more
                 if page.cut or page.next_token is None:
-                    ended = ended or page.next_token is None
-                    if where.flat and guess is not None and where.low and where.high:
-                        guess.learned(listed, where.low, where.high)
+                    self.ended = self.ended or page.next_token is None
+                    if where.flat and self.guess is not None and where.low and where.high:
+                        self.guess.learned(listed, where.low, where.high)
                     elif where.subs:
-                        density.seen(listed, where.subs)
+                        self.density.seen(listed, where.subs)
                     return  # past the range's end, or the prefix's
                 token = chain.follow(page.next_token)
 
-    async def start(tg: TaskGroup, where: _Range) -> None:
-        send, receive = anyio.create_memory_object_stream[ListPage](PAGES_AHEAD)
-        streams.extend((send, receive))
-        tg.start_soon(list_range, where, send)
-        await chains_in.send(receive)
+    async def start(self, tg: TaskGroup, where: _Range) -> None:
+        import anyio
 
-    async def sub_prefixes(sub: str, after: str | None, depth: int) -> AsyncIterator[str]:
+        send, receive = anyio.create_memory_object_stream[ListPage](PAGES_AHEAD)
+        self.streams.extend((send, receive))
+        tg.start_soon(self.list_range, where, send)
+        await self.chains_in.send(receive)
+
+    async def sub_prefixes(self, sub: str, after: str | None, depth: int) -> AsyncIterator[str]:
         """The sub-prefixes of *sub* after the key *after*, in key order; those
         of a narrow level (a page of at most NARROW) are followed by their own,
         up to DESCENTS in all. A page with no sub-prefix and more to come ends
         the level (what follows is flat: a chain lists it)."""
-        nonlocal descents
         chain = TokenChain()
         token: str | None = None
         while True:
-            page = await list_page(sub, token, delimiter, after, None)
+            page = await self.list_page(sub, token, self.delimiter, after, None)
             narrow = (
                 token is None
                 and page.next_token is None
                 and len(page.prefixes) <= NARROW
-                and density.holds_pages()
+                and self.density.holds_pages()
             )
             for found in page.prefixes:
                 if after is None or found > after:
                     yield found
                 # One holding *after* sorts before it: not a boundary, but
                 # what it holds after *after* may be cut further.
-                if narrow and depth < MAX_DEPTH and descents < DESCENTS:
-                    descents += 1
+                if narrow and depth < MAX_DEPTH and self.descents < DESCENTS:
+                    self.descents += 1
                     inner = after if after is not None and after > found else None
-                    async for deeper in sub_prefixes(found, inner, depth + 1):
+                    async for deeper in self.sub_prefixes(found, inner, depth + 1):
                         yield deeper
             if page.next_token is None or not page.prefixes:
                 if page.next_token is not None and depth == 0:
-                    flat_sample.extend(obj.key for obj in page.objects)
+                    self.flat_sample.extend(obj.key for obj in page.objects)
                 return
             token = chain.follow(page.next_token)
 
-    async def walk(tg: TaskGroup) -> None:
+    async def walk(self, tg: TaskGroup) -> None:
+        import anyio
+
         try:
-            await cut_ranges(tg)
+            await self.cut_ranges(tg)
         except anyio.BrokenResourceError:
             # The reader left (a SIGTERM cancels the run's task, whose reader
             # closes its end before this task is cancelled): list no more, and
             # let the cancellation, not this, say why the run ended.
             return
 
-    async def cut_ranges(tg: TaskGroup) -> None:
+    async def cut_ranges(self, tg: TaskGroup) -> None:
         """Cut the key range after start_after at every few sub-prefixes."""
-        begin, low = start_after, None
+        begin, low = self.start_after, None
         taken = 0  # sub-prefixes in the chain being cut
-        async with chains_in:
-            async for sub in sub_prefixes(prefix, start_after, 0):
-                if taken and taken >= density.step(FALLBACK_STEP):
-                    await start(tg, _Range(begin, low, sub, taken))
+        async with self.chains_in:
+            async for sub in self.sub_prefixes(self.prefix, self.start_after, 0):
+                if taken and taken >= self.density.step(FALLBACK_STEP):
+                    await self.start(tg, _Range(begin, low, sub, taken))
                     # Listed from just before the boundary; what sorts between
                     # that and the boundary is the previous chain's, and dropped.
-                    begin, low, taken = sub[: -len(delimiter)], sub, 0
+                    begin, low, taken = sub[: -len(self.delimiter)], sub, 0
                 taken += 1
             # The end; or a page of files and no folder: what follows is flat,
             # and walking it by delimiter pages would be as slow as one chain
             # that lists it. Cut it where the sample says (as long as no
             # chain has seen the prefix's end), then one chain for the rest.
-            nonlocal guess
-            guess = FlatGuess.from_sample(flat_sample, CHAIN_PAGES * density.page_size, prefix)
-            after = flat_sample[-1] if flat_sample else ""
+            self.guess = FlatGuess.from_sample(
+                self.flat_sample, CHAIN_PAGES * self.density.page_size, self.prefix
+            )
+            after = self.flat_sample[-1] if self.flat_sample else ""
             flat = False  # the range being cut starts at a guessed boundary
-            while guess is not None and not ended:
-                boundary = guess.next_boundary(after)
+            while self.guess is not None and not self.ended:
+                boundary = self.guess.next_boundary(after)
                 if boundary is None:
                     break
-                await start(tg, _Range(begin, low, boundary, taken, flat=flat))
+                await self.start(tg, _Range(begin, low, boundary, taken, flat=flat))
                 begin, low, taken, after = just_before(boundary), boundary, 0, boundary
                 flat = True
-            await start(tg, _Range(begin, low, None, taken))
+            await self.start(tg, _Range(begin, low, None, taken))
 
-    async def in_order() -> AsyncIterator[ListPage]:
-        async with chains_out:
-            async for chain in chains_out:
+    async def in_order(self) -> AsyncIterator[ListPage]:
+        async with self.chains_out:
+            async for chain in self.chains_out:
                 async with chain:
                     async for page in chain:
                         yield page
 
+
+@asynccontextmanager
+async def fanned_out(
+    list_page: ListPageFn, prefix: str, first_page: Sequence[str], delimiter: str = "/"
+) -> AsyncIterator[AsyncIterator[ListPage]]:
+    """The objects under *prefix* after the keys of its *first_page*, as pages in key order.
+
+    Use as ``async with fanned_out(...) as pages: async for page in pages``:
+    the listing tasks live in the ``async with``, so leaving it (or an error
+    in any of them) stops them all.
+    """
+    import anyio
+
+    fan = _FanOut(list_page, prefix, first_page, delimiter)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(walk, tg)
-            yield in_order()
+            tg.start_soon(fan.walk, tg)
+            yield fan.in_order()
             tg.cancel_scope.cancel()  # left early: stop listing
     except BaseExceptionGroup as group:
         raise _most_telling(group) from None
     finally:
-        for stream in streams:
-            stream.close()
+        fan.close()
 
 
 def _most_telling(group: BaseExceptionGroup) -> BaseException:
