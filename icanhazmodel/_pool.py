@@ -10,10 +10,9 @@ and manifest records.
 
 An object of several byte ranges is shared: its worker (the owner) makes
 the temp file, then offers its other ranges back; the parent hands them out
-as :class:`~._messages.Span` items to whichever workers have the fewest bytes
-to fetch, ahead of new objects, and relays each outcome to the owner, which
-checks the whole object and lands it as before. So one big file uses every
-process, not one.
+to whichever workers have the fewest bytes to fetch, ahead of new objects,
+and passes each outcome to the owner, which checks the whole object and
+lands it as before (``_shares``). So one big file uses every process.
 
 A worker that dies (OOM killer, ``kill -9``) loses nothing: its unanswered
 tasks go to the others, once, and the folders it wrote in are swept again.
@@ -49,13 +48,13 @@ from ._messages import (
     NewCredentials,
     NoMoreTasks,
     Offer,
-    Span,
     SpanDone,
     SpanResult,
     Task,
     WorkerSettings,
     send_message,
 )
+from ._shares import Shares
 from ._transfer import SMALL_OBJECT
 
 # Tasks a worker holds (queued or running) per request it keeps in flight:
@@ -123,15 +122,14 @@ class Pool:
         self._jobs: dict[int, FileJob] = {}
         self._tasks: dict[int, Task] = {}
         self._owner_of: dict[int, _Worker] = {}  # task id -> the worker it was sent to
-        self._spans: deque[Span] = deque()  # offered, not yet sent
-        self._span_of: dict[int, Span] = {}  # span id -> span, until its owner hears
+        self._shares = Shares(self._new_id)
         self._attempts: dict[int, int] = {}
         self._pending: deque[Task] = deque()
         self._max_pending = sum(w.capacity for w in self._workers)
         self._waiters: list[asyncio.Future[None]] = []
         self._fatal: BaseException | None = None
         self._next_id = 0
-        # Bytes reported so far, by task id (with its spans' bytes) and by span id.
+        # Bytes reported so far, by task id (with its spans' bytes).
         self._advanced: dict[int, int] = {}
         # Objects a worker could not fetch on the direct path: the run takes them back.
         self.needs_botocore: list[FileJob] = []
@@ -183,7 +181,7 @@ class Pool:
 
     async def finish(self) -> None:
         """Wait until every task is answered, then let the workers go."""
-        while self._pending or self._spans or self._unanswered():
+        while self._pending or self._shares or self._unanswered():
             self._check_fatal()
             if not any(w.alive for w in self._workers):
                 self._fail_everything("every worker process died")
@@ -228,12 +226,12 @@ class Pool:
         return sum(len(w.outstanding) for w in self._workers)
 
     def _dispatch(self) -> None:
-        while self._spans:  # first: they finish objects already begun
+        while self._shares:  # first: they finish objects already begun
             ready = [w for w in self._workers if w.has_room_for_span()]
             if not ready:
                 break
             worker = min(ready, key=lambda w: w.load)
-            span = self._spans.popleft()
+            span = self._shares.next()
             worker.hold(worker.spans, span.id, span.end - span.start)
             self._send(worker, span)
         while self._pending:
@@ -267,7 +265,7 @@ class Pool:
             self._died(worker)
 
     def _fail_everything(self, reason: str) -> None:
-        self._spans.clear()
+        self._shares.clear()
         while self._pending:
             task = self._pending.popleft()
             self._events.failed(self._jobs.pop(task.id), reason)
@@ -316,19 +314,16 @@ class Pool:
                 self._advanced[task_id] = self._advanced.get(task_id, 0) + nbytes
                 into.resumed(job, nbytes)
         for some_id, nbytes in events.progress.items():
-            if (span := self._span_of.get(some_id)) is not None:
-                self._advanced[some_id] = self._advanced.get(some_id, 0) + nbytes
-                task_id = span.task
-            elif some_id in self._jobs:
-                task_id = some_id
-            else:
+            owner = self._shares.progress(some_id, nbytes)
+            if owner is None and some_id not in self._jobs:
                 continue  # a span of an object that started over elsewhere
-            self._advanced[task_id] = self._advanced.get(task_id, 0) + nbytes
-            into.progress(self._jobs[task_id], nbytes)
+            of = some_id if owner is None else owner
+            self._advanced[of] = self._advanced.get(of, 0) + nbytes
+            into.progress(self._jobs[of], nbytes)
         for result in events.results:
             if isinstance(result, SpanDone):
                 worker.release(worker.spans, result.id)
-                self._span_done(result)
+                self._span_done(result.id, result.crc, result.part_hash)
                 continue
             worker.release(worker.outstanding, result.id)
             self._tasks.pop(result.id, None)
@@ -348,49 +343,21 @@ class Pool:
         job = self._jobs.get(offer.task)
         if job is None or self._owner_of.get(offer.task) is not worker:
             return
-        for start, end in offer.ranges:
-            span = Span(
-                self._new_id(),
-                offer.task,
-                job.obj,
-                job.parts,
-                offer.tmp_name,
-                start,
-                end,
-                offer.crc_algorithm,
-                offer.expectation,
-                offer.hash_part,
-            )
-            self._span_of[span.id] = span
-            self._spans.append(span)
         # Its own share is the rest.
-        own = worker.outstanding[offer.task] - sum(end - start for start, end in offer.ranges)
-        worker.hold(worker.outstanding, offer.task, own)
+        handed_out = self._shares.offer(job, offer)
+        worker.hold(worker.outstanding, offer.task, worker.outstanding[offer.task] - handed_out)
 
-    def _span_done(self, result: SpanDone) -> None:
-        span = self._span_of.pop(result.id, None)
-        advanced = self._advanced.pop(result.id, 0)
-        if span is None:
+    def _span_done(self, span_id: int, crc: int | None, part_hash: bytes | None = None) -> None:
+        """Tell the owner how its range went (*crc* None: fetch it yourself)."""
+        if (answered := self._shares.answered(span_id)) is None:
             return  # its owner died: the object starts over elsewhere
-        if result.crc is None:  # the owner fetches it again, and reports that
-            self._unadvance(span.task, advanced)
+        span, advanced = answered
+        if crc is None and advanced:  # the owner fetches it again, and reports that
+            self._advanced[span.task] = self._advanced.get(span.task, 0) - advanced
+            self._events.progress(self._jobs[span.task], -advanced)
         self._send(
-            self._owner_of[span.task],
-            SpanResult(span.task, span.start, span.end, result.crc, result.part_hash),
+            self._owner_of[span.task], SpanResult(span.task, span.start, span.end, crc, part_hash)
         )
-
-    def _unadvance(self, task_id: int, nbytes: int) -> None:
-        if nbytes:
-            self._advanced[task_id] = self._advanced.get(task_id, 0) - nbytes
-            self._events.progress(self._jobs[task_id], -nbytes)
-
-    def _drop_spans(self, task_id: int) -> None:
-        """Forget every span of *task_id*: its owner died, and whoever takes
-        the object over starts it again (a late SpanDone is then ignored)."""
-        self._spans = deque(span for span in self._spans if span.task != task_id)
-        for span_id in [i for i, span in self._span_of.items() if span.task == task_id]:
-            del self._span_of[span_id]
-            self._advanced.pop(span_id, None)
 
     def _died(self, worker: _Worker) -> None:
         """A worker went away without Bye: hand its tasks to the others, once."""
@@ -408,7 +375,7 @@ class Pool:
             worker.release(worker.outstanding, task_id)
             task = self._tasks[task_id]
             self._owner_of.pop(task_id, None)
-            self._drop_spans(task_id)
+            self._shares.forget(task_id)
             self._events.progress(self._jobs[task_id], -self._advanced.pop(task_id, 0))
             self._attempts[task_id] = self._attempts.get(task_id, 0) + 1
             if self._attempts[task_id] > 1:
@@ -423,9 +390,5 @@ class Pool:
         # Ranges it was fetching for objects other workers own: back to them.
         for span_id in list(worker.spans):
             worker.release(worker.spans, span_id)
-            if (span := self._span_of.pop(span_id, None)) is not None:
-                self._unadvance(span.task, self._advanced.pop(span_id, 0))
-                self._send(
-                    self._owner_of[span.task], SpanResult(span.task, span.start, span.end, None)
-                )
+            self._span_done(span_id, None)
         self._dispatch()
