@@ -34,12 +34,12 @@ class Landing:
 
     @classmethod
     def of(cls, job: FileJob) -> Landing:
-        assert job.landed is not None
+        assert job.state.landed is not None
         return cls(
             job.level,
-            job.landed.st_size,
-            job.landed.st_mtime_ns,
-            job.written - job.resumed,
+            job.state.landed.st_size,
+            job.state.landed.st_mtime_ns,
+            job.state.written - job.state.resumed,
             job.unverified,
         )
 

@@ -21,7 +21,7 @@ import anyio
 from ._checksums import ChecksumMismatch
 from ._events import Landing, TransferEvents
 from ._files import PartialFile, describe_os_error, stop_if_fatal
-from ._jobs import FileJob, Work
+from ._jobs import Check, FileJob, TransferState, Work
 from ._models import RemoteObject
 from ._objects import ObjectError, ObjectSource, etag_problem
 from ._tempfiles import TempFiles
@@ -53,34 +53,38 @@ class Lander:
 
     async def finish(self, job: FileJob) -> None:
         """After an object's last range: land it, start it over, or report it."""
-        partial = job.partial
-        if job.error is None and job.restart is None and job.written != job.obj.size:
-            job.error = f"got {job.written} bytes, expected {job.obj.size}"
-        if job.error is None and job.restart is None and partial is not None:
+        partial = job.state.partial
+        if (
+            job.state.error is None
+            and job.state.restart is None
+            and job.state.written != job.obj.size
+        ):
+            job.state.error = f"got {job.state.written} bytes, expected {job.obj.size}"
+        if job.state.error is None and job.state.restart is None and partial is not None:
             try:
                 await self.verifier.hash_in_order(job)
-                job.landed = await self.writer.call(self._verify_and_commit, job, partial)
+                job.state.landed = await self.writer.call(self._verify_and_commit, job, partial)
             except ChecksumMismatch as exc:
-                job.restart = str(exc)
+                job.state.restart = str(exc)
             except OSError as exc:
                 stop_if_fatal(exc, job.tree.root)
-                job.error = describe_os_error(exc, job.final.parent)
-            if job.restart is not None and await self.verifier.real_layout(job):
+                job.state.error = describe_os_error(exc, job.final.parent)
+            if job.state.restart is not None and await self.verifier.real_layout(job):
                 await self._land_from_disk(job, partial)
-            if job.restart is not None and (damaged := parts_to_refetch(job)):
+            if job.state.restart is not None and (damaged := parts_to_refetch(job)):
                 await self._refetch(job, damaged)
                 return
         self.temp_files.done(job)
-        if job.landed is not None:
+        if job.state.landed is not None:
             self.temp_files.forget(job, remove=False)
             self.events.landed(job, Landing.of(job))
             return
         self.temp_files.forget(job, remove=True)
-        if job.restart is not None and job.restarts < MAX_RESTARTS:
+        if job.state.restart is not None and job.state.restarts < MAX_RESTARTS:
             await self._start_over(job)
             return
-        reason = job.error or f"{job.restart} (also after starting over)"
-        if job.error is None and job.layout_inferred:
+        reason = job.state.error or f"{job.state.restart} (also after starting over)"
+        if job.state.error is None and job.check.layout_inferred:
             reason += (
                 "; its part size was inferred (the store does not tell part sizes): "
                 "if the store's copy is right, --no-verify takes it by its size"
@@ -96,35 +100,35 @@ class Lander:
     async def _land_from_disk(self, job: FileJob, partial: PartialFile) -> None:
         """Check the bytes on disk again against the layout S3 just told."""
         try:
-            job.landed = await self.writer.call(self._verify_and_commit, job, partial, True)
-            job.restart = None
+            job.state.landed = await self.writer.call(self._verify_and_commit, job, partial, True)
+            job.state.restart = None
         except ChecksumMismatch:
             pass
         except OSError as exc:
             stop_if_fatal(exc, job.tree.root)
-            job.restart = None
-            job.error = describe_os_error(exc, job.final.parent)
+            job.state.restart = None
+            job.state.error = describe_os_error(exc, job.final.parent)
 
     async def _refetch(self, job: FileJob, parts: list[tuple[int, int]]) -> None:
         """Fetch again only the ranges of the parts S3 says differ; the object
         is then checked whole again before it lands."""
         self.events.note(
-            f"refetching {len(parts)} of {len(job.layout or ())} parts of {job.obj.key!r}: "
-            f"{job.restart}"
+            f"refetching {len(parts)} of {len(job.check.layout or ())} parts of {job.obj.key!r}: "
+            f"{job.state.restart}"
         )
-        job.restarts += 1
-        job.restart = None
-        ranges = [(s, e) for s, e, _ in job.done_ranges if any(a <= s < b for a, b in parts)]
+        job.state.restarts += 1
+        job.state.restart = None
+        ranges = [(s, e) for s, e, _ in job.state.done_ranges if any(a <= s < b for a, b in parts)]
         starts = {start for start, _ in ranges}
-        job.done_ranges = [r for r in job.done_ranges if r[0] not in starts]
-        if job.part_hashes is not None:
+        job.state.done_ranges = [r for r in job.state.done_ranges if r[0] not in starts]
+        if job.check.part_hashes is not None:
             for start in starts:
-                job.part_hashes.pop(start, None)
+                job.check.part_hashes.pop(start, None)
         lost = sum(end - start for start, end in ranges)
-        job.written -= lost
-        job.resumed = min(job.resumed, job.written)
+        job.state.written -= lost
+        job.state.resumed = min(job.state.resumed, job.state.written)
         self.events.progress(job, -lost)
-        job.ranges_left = len(ranges)
+        job.state.ranges_left = len(ranges)
         in_flight = anyio.CapacityLimiter(REFETCHES_IN_FLIGHT)
 
         async def again(start: int, end: int) -> None:
@@ -137,16 +141,16 @@ class Lander:
 
     async def _start_over(self, job: FileJob) -> None:
         """Fetch the object again from scratch, as one stream, by this worker."""
-        self.events.progress(job, -(job.written - job.resumed))
-        self.events.note(f"starting over: {job.obj.key!r}: {job.restart}")
+        self.events.progress(job, -(job.state.written - job.state.resumed))
+        self.events.note(f"starting over: {job.obj.key!r}: {job.state.restart}")
         try:
             head = await self.s3.stat(job.obj)
         except ObjectError as exc:
-            self.events.failed(job, f"{job.restart}; then {exc}")
+            self.events.failed(job, f"{job.state.restart}; then {exc}")
             return
         obj = head.obj
         if problem := etag_problem(obj.etag):
-            self.events.failed(job, f"{job.restart}; then {problem}")
+            self.events.failed(job, f"{job.state.restart}; then {problem}")
             return
         fresh = FileJob(
             obj=RemoteObject(
@@ -160,7 +164,7 @@ class Lander:
             parts=job.parts,
             tree=job.tree,
             part_size=max(obj.size, 1),
-            restarts=job.restarts + 1,
-            expectation=self.verifier.expectation(head.headers),
+            check=Check(expectation=self.verifier.expectation(head.headers)),
+            state=TransferState(restarts=job.state.restarts + 1),
         )
         await self._run(Work(fresh, 0, fresh.obj.size))

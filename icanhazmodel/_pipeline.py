@@ -292,10 +292,12 @@ class Run:
                 )
             if self.config.dry_run:
                 self._planned(job.obj, self.tree.path_str(job.parts), action)
-        self._space.need(sum(job.obj.size - job.written for job in downloads))
+        self._space.need(sum(job.obj.size - job.state.written for job in downloads))
         if engine is None:
             return
-        self.reporter.listed(len(downloads), sum(job.obj.size - job.written for job in downloads))
+        self.reporter.listed(
+            len(downloads), sum(job.obj.size - job.state.written for job in downloads)
+        )
         if last:
             self._listing_done()
         if not self.spread.decided and downloads:

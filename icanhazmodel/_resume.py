@@ -37,12 +37,12 @@ def adopt(transfers: Transfers, job: FileJob, record: PartialRecord) -> str:
     if not good:
         partial.keep()
         return "unusable"
-    job.partial = partial
-    job.partial_record = record
+    job.state.partial = partial
+    job.state.partial_record = record
     job.part_size = record.part_size
-    job.crc_algorithm = record.crc_algorithm
-    job.done_ranges = good
-    job.written = job.resumed = sum(end - start for start, end, _ in good)
+    job.check.crc_algorithm = record.crc_algorithm
+    job.state.done_ranges = good
+    job.state.written = job.state.resumed = sum(end - start for start, end, _ in good)
     return "adopted"
 
 
@@ -52,7 +52,7 @@ def resume(transfers: Transfers, job: FileJob) -> None:
     Blocking (it reads recorded ranges back): call it from a thread.
     """
     for record in job.resume_candidates:
-        if job.partial is None:
+        if job.state.partial is None:
             verdict = adopt(transfers, job, record)
             if verdict == "adopted":
                 transfers.temp_files.adopted(job)

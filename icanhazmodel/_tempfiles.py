@@ -31,16 +31,16 @@ class TempFiles:
         # Registered here, in the writer thread, so a run cancelled meanwhile
         # still knows about the file and cleans it up.
         partial = PartialFile(self.tree, job.parts, job.obj.size)
-        job.partial = partial
+        job.state.partial = partial
         self._open.add(job)
         if job.multi_range:
-            job.partial_record = PartialRecord(
+            job.state.partial_record = PartialRecord(
                 tmp_name=partial.tmp.relative_to(self.tree.root).as_posix(),
                 key=job.obj.key,
                 etag=job.obj.etag,
                 size=job.obj.size,
                 part_size=job.part_size,
-                crc_algorithm=job.crc_algorithm,
+                crc_algorithm=job.check.crc_algorithm,
             )
 
     def adopted(self, job: FileJob) -> None:
@@ -54,12 +54,12 @@ class TempFiles:
     def forget(self, job: FileJob, *, remove: bool) -> None:
         """Drop *job*'s temp file and its record (*remove*: delete the file too;
         else it was committed onto its path)."""
-        if job.partial is not None and remove:
-            job.partial.discard()
-        if job.partial_record is not None:
-            self.events.partial_dropped(job.partial_record.tmp_name)
-        job.partial = None
-        job.partial_record = None
+        if job.state.partial is not None and remove:
+            job.state.partial.discard()
+        if job.state.partial_record is not None:
+            self.events.partial_dropped(job.state.partial_record.tmp_name)
+        job.state.partial = None
+        job.state.partial_record = None
 
     def abandon(self, *, keep_resumable: bool) -> None:
         """The run is stopping early: keep resumable temp files, remove the rest.
@@ -69,10 +69,10 @@ class TempFiles:
         """
         self.writer.drain()  # no thread may still be writing to these files
         for job in list(self._open):
-            if job.partial is None:
+            if job.state.partial is None:
                 continue
             if keep_resumable and job.resumable:
-                job.partial.keep()
+                job.state.partial.keep()
             else:
                 self.forget(job, remove=True)
         self._open.clear()

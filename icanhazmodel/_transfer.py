@@ -120,8 +120,8 @@ class Transfers:
         parts; then its work items, the ranges not on disk yet."""
         if job.resume_candidates:
             await self.writer.call(resume, self, job)
-            if job.resumed:
-                self.events.resumed(job, job.resumed)
+            if job.state.resumed:
+                self.events.resumed(job, job.state.resumed)
         if job.obj.size > SMALL_OBJECT:  # a smaller one is read whole
             await self.verifier.align_to_parts(job)
         return job_work(job)
@@ -140,9 +140,9 @@ class Transfers:
         ranges offered): count it as this process's own range."""
 
         async def record() -> None:
-            job.written += end - start
-            if part_hash is not None and job.part_hashes is not None:
-                job.part_hashes[start] = part_hash
+            job.state.written += end - start
+            if part_hash is not None and job.check.part_hashes is not None:
+                job.check.part_hashes[start] = part_hash
             self._range_done(job, start, end, crc)
             await self.verifier.hash_in_order(job)
 
@@ -150,19 +150,19 @@ class Transfers:
 
     async def _settle(self, job: FileJob, step: Callable[[], Awaitable[None]]) -> None:
         """Run one range's *step*, then land the object if it was the last."""
-        if job.error is None and job.restart is None:
+        if job.state.error is None and job.state.restart is None:
             try:
                 await step()
             except (ObjectChanged, ChecksumMismatch, RangeIgnored) as exc:
-                job.restart = str(exc)
+                job.state.restart = str(exc)
             except ObjectError as exc:
-                job.error = str(exc)
-                job.needs_botocore = isinstance(exc, NeedsBotocore)
+                job.state.error = str(exc)
+                job.state.needs_botocore = isinstance(exc, NeedsBotocore)
             except OSError as exc:
                 self.check_fatal(exc)
-                job.error = describe_os_error(exc, job.final.parent)
-        job.ranges_left -= 1
-        if job.ranges_left == 0:
+                job.state.error = describe_os_error(exc, job.final.parent)
+        job.state.ranges_left -= 1
+        if job.state.ranges_left == 0:
             await self.lander.finish(job)
 
     # -- objects shared between worker processes ------------------------------------
@@ -177,7 +177,7 @@ class Transfers:
             await self._open_partial(job)
         except (ObjectError, OSError):
             return False
-        return job.partial_record is not None and job.expectation is not None
+        return job.state.partial_record is not None and job.check.expectation is not None
 
     async def fetch_span(
         self, job: FileJob, tmp_name: str, start: int, end: int
@@ -192,7 +192,7 @@ class Transfers:
             )
         except OSError:
             return None
-        job.partial = joined
+        job.state.partial = joined
         outcome: tuple[int, bytes | None] | None = None
         try:
             await self._fetch_range(Work(job, start, end))
@@ -201,8 +201,8 @@ class Transfers:
         except OSError as exc:
             self.check_fatal(exc)
         else:
-            if job.done_ranges:
-                outcome = (job.done_ranges[-1][2], (job.part_hashes or {}).get(start))
+            if job.state.done_ranges:
+                outcome = (job.state.done_ranges[-1][2], (job.check.part_hashes or {}).get(start))
         # Not in a finally: a cancelled write may still be in a writer
         # thread, and its descriptor must not be closed (and reused) under it.
         joined.keep()
@@ -226,8 +226,8 @@ class Transfers:
             except TransientObjectError as exc:
                 breaks = await self._broke(breaks, exc)
         write = self.writer.brief if job.obj.size <= BRIEF_WRITE else self.writer.call
-        job.landed = await write(self._check_and_write_small, job, chunks)
-        job.written = job.obj.size
+        job.state.landed = await write(self._check_and_write_small, job, chunks)
+        job.state.written = job.obj.size
         self.events.progress(job, job.obj.size)
 
     async def _read_into(self, body: Body, chunks: list[bytes], received: int, size: int) -> None:
@@ -258,42 +258,42 @@ class Transfers:
     # -- larger objects: ranges streamed into a temp file -------------------------
 
     async def _open_partial(self, job: FileJob) -> PartialFile:
-        async with job.lock:
+        async with job.state.lock:
             # Another range of this object may have failed while we waited.
-            if job.restart is not None:
-                raise ObjectChanged(job.restart)
-            if job.error is not None:
-                raise ObjectError(job.error)
-            if job.multi_range and job.expectation is None:
+            if job.state.restart is not None:
+                raise ObjectChanged(job.state.restart)
+            if job.state.error is not None:
+                raise ObjectError(job.state.error)
+            if job.multi_range and job.check.expectation is None:
                 await self.verifier.expect_from_head(job)
-            if job.partial is None:
+            if job.state.partial is None:
                 await self.writer.call(self.temp_files.create, job)
-            assert job.partial is not None
-            return job.partial
+            assert job.state.partial is not None
+            return job.state.partial
 
     async def _fetch_range(self, work: Work) -> None:
         job = work.job
         partial = await self._open_partial(job)
         cursor = _Cursor(work.start)
-        digest = Digest(job.crc_algorithm) if job.multi_range else None
-        expectation = job.expectation or SIZE_ONLY
+        digest = Digest(job.check.crc_algorithm) if job.multi_range else None
+        expectation = job.check.expectation or SIZE_ONLY
         part_hash = Digest(expectation.part_algorithm) if job.hashes_parts else None
         breaks = 0
-        while cursor.offset < work.end and job.error is None and job.restart is None:
+        while cursor.offset < work.end and job.state.error is None and job.state.restart is None:
             try:
                 await self._stream(job, partial, cursor, work.end, digest, part_hash)
             except TransientObjectError as exc:
                 breaks = await self._broke(breaks, exc)
         if digest is not None and cursor.offset == work.end:
-            if part_hash is not None and job.part_hashes is not None:
-                job.part_hashes[work.start] = part_hash.value()
+            if part_hash is not None and job.check.part_hashes is not None:
+                job.check.part_hashes[work.start] = part_hash.value()
             self._range_done(job, work.start, work.end, digest.crc)
             await self.verifier.hash_in_order(job)
 
     def _range_done(self, job: FileJob, start: int, end: int, crc: int) -> None:
-        job.done_ranges.append((start, end, crc))
-        if job.partial_record is not None:
-            self.events.range_done(job.partial_record, start, end, crc)
+        job.state.done_ranges.append((start, end, crc))
+        if job.state.partial_record is not None:
+            self.events.range_done(job.state.partial_record, start, end, crc)
 
     async def _stream(
         self,
@@ -315,8 +315,8 @@ class Transfers:
         )
         if first:
             expectation = await self.verifier.expect_from_body(job, body)
-            job.digest = make_digest(expectation, job.layout)
-        digest = range_digest if job.multi_range else job.digest
+            job.check.digest = make_digest(expectation, job.check.layout)
+        digest = range_digest if job.multi_range else job.check.digest
         asked = end - cursor.offset
         batch: list[bytes] = []
         batched = 0
@@ -360,7 +360,7 @@ class Transfers:
         size = sum(len(chunk) for chunk in batch)
         await self.writer.call(_write_and_hash, partial, cursor.offset, batch, digest, part_hash)
         cursor.offset += size
-        job.written += size
+        job.state.written += size
         self.events.progress(job, size)
 
     # -- landing --------------------------------------------------------------------

@@ -85,11 +85,11 @@ class Verifier:
         )
 
     async def expect(self, job: FileJob, headers: ObjectHeaders) -> Expectation:
-        if job.expectation is None:
-            job.expectation = self.expectation(headers)
-        if job.expectation.by_parts and job.layout is None:
-            await self._learn_layout(job, job.expectation.parts)
-        return job.expectation
+        if job.check.expectation is None:
+            job.check.expectation = self.expectation(headers)
+        if job.check.expectation.by_parts and job.check.layout is None:
+            await self._learn_layout(job, job.check.expectation.parts)
+        return job.check.expectation
 
     async def expect_from_body(self, job: FileJob, body: Body) -> Expectation:
         """The expectation from a GET's headers; the body is closed if that fails
@@ -103,7 +103,7 @@ class Verifier:
     async def expect_from_head(self, job: FileJob) -> None:
         """A ranged GET carries no whole-object checksum: HEAD tells it."""
         if not self.enabled:
-            job.expectation = size_only(NO_VERIFY)
+            job.check.expectation = size_only(NO_VERIFY)
             return
         head = await self.s3.stat(job.obj)
         if (head.obj.etag, head.obj.size) != (job.obj.etag, job.obj.size):
@@ -111,10 +111,10 @@ class Verifier:
         # A multipart upload's layout asks S3 once more (HEAD ?partNumber=1).
         expectation = await self.expect(job, head.headers)
         algorithm = expectation.algorithm
-        if algorithm and is_crc(algorithm) and not job.done_ranges:
-            job.crc_algorithm = algorithm
+        if algorithm and is_crc(algorithm) and not job.state.done_ranges:
+            job.check.crc_algorithm = algorithm
         if algorithm and not crcs_tell(job) and not job.hashes_parts:
-            job.sequential = make_digest(expectation, job.layout)
+            job.check.sequential = make_digest(expectation, job.check.layout)
 
     async def _learn_layout(self, job: FileJob, parts: int) -> None:
         """Where a multipart upload's parts end (see ``_parts``); where that
@@ -122,13 +122,13 @@ class Verifier:
         # (A CRC that may be FULL_OBJECT could still be checked whole here;
         # stores that cannot tell part sizes have not been seen to send one.)
         if parts == 1:
-            job.layout = (job.obj.size,)
+            job.check.layout = (job.obj.size,)
             return
         layout = await learn_layout(self.s3, job.obj, parts)
         if layout.sizes is None:
-            job.expectation = size_only(layout.why)
-        job.layout = layout.sizes
-        job.layout_inferred = layout.inferred
+            job.check.expectation = size_only(layout.why)
+        job.check.layout = layout.sizes
+        job.check.layout_inferred = layout.inferred
 
     async def align_to_parts(self, job: FileJob) -> None:
         """Cut an object (one that streams: not read whole) uploaded in equal
@@ -142,7 +142,7 @@ class Verifier:
             not self.enabled
             or parts is None
             or parts < 2
-            or job.partial is not None  # resumed: its ranges are cut already
+            or job.state.partial is not None  # resumed: its ranges are cut already
         ):
             return
         try:
@@ -153,59 +153,61 @@ class Verifier:
         cut = cut_within_parts(sizes, MAX_ALIGNED_PART) if sizes else 0
         if sizes is None or not cut:
             return
-        job.layout = sizes
-        job.layout_inferred = layout.inferred
+        job.check.layout = sizes
+        job.check.layout_inferred = layout.inferred
         job.part_size = cut
         if cut == sizes[0]:
-            job.part_hashes = {}
+            job.check.part_hashes = {}
 
     async def real_layout(self, job: FileJob) -> bool:
         """After a check by parts failed: ask S3 each part's size (and checksum).
         True if the parts are not as guessed (the bytes may be right after all)."""
-        expectation = job.expectation
+        expectation = job.check.expectation
         if expectation is None or not expectation.by_parts or expectation.parts < 2:
             return False
         heads = await ask_every_part(self.s3, job.obj, expectation.parts)
         if heads is None:
             return False
-        job.part_checksums = [part_checksum(expectation, head) for head in heads]
+        job.check.part_checksums = [part_checksum(expectation, head) for head in heads]
         real = tuple(head.size for head in heads)
-        if real == job.layout:
+        if real == job.check.layout:
             return False
-        job.layout = real
+        job.check.layout = real
         return True
 
     # -- digests as bytes arrive --------------------------------------------------------
 
     async def hash_in_order(self, job: FileJob) -> None:
         """Feed the sequential digest every byte now contiguous from its cursor."""
-        if job.sequential is None or job.partial is None:
+        if job.check.sequential is None or job.state.partial is None:
             return
-        async with job.hash_lock:
-            while (end := contiguous_end(job.done_ranges, job.sequential_upto)) > (
-                start := job.sequential_upto
+        async with job.check.hash_lock:
+            while (end := contiguous_end(job.state.done_ranges, job.check.sequential_upto)) > (
+                start := job.check.sequential_upto
             ):
-                await self.writer.call(hash_span, job.partial, job.sequential, start, end)
-                job.sequential_upto = end
+                await self.writer.call(
+                    hash_span, job.state.partial, job.check.sequential, start, end
+                )
+                job.check.sequential_upto = end
 
     # -- the check (blocking: in a writer thread) ------------------------------------------
 
     def check_small(self, job: FileJob, chunks: list[bytes]) -> None:
         """Check an object read whole into memory, before it is written."""
-        expectation = job.expectation or SIZE_ONLY
+        expectation = job.check.expectation or SIZE_ONLY
         if expectation.algorithm:
-            digest = make_digest(expectation, job.layout)
+            digest = make_digest(expectation, job.check.layout)
             for chunk in chunks:
                 digest.update(chunk)
-            job.expectation = check_whole(expectation, digest, job.layout)
+            job.check.expectation = check_whole(expectation, digest, job.check.layout)
 
     def check_file(self, job: FileJob, partial: PartialFile, from_disk: bool = False) -> None:
         """Check a temp file before it is committed (*from_disk*: read it back,
         with what is now known of its layout). Settled: a CRC S3 left untyped
         is then known COMPOSITE or whole."""
-        expectation = job.expectation or SIZE_ONLY
+        expectation = job.check.expectation or SIZE_ONLY
         if expectation.algorithm:
-            job.expectation = _check(job, partial, expectation, from_disk)
+            job.check.expectation = _check(job, partial, expectation, from_disk)
 
 
 def _check(
@@ -215,45 +217,47 @@ def _check(
     they streamed where that covers them, else read back from disk."""
     size = job.obj.size
     if from_disk:  # read back, with what is now known (a multipart layout)
-        return check_whole(expectation, _read_back(partial, expectation, job), job.layout)
+        return check_whole(expectation, _read_back(partial, expectation, job), job.check.layout)
     if not job.multi_range:
-        return check_whole(expectation, job.digest or Digest(None), job.layout)
-    if expectation.by_parts and job.layout and (digests := _streamed_parts(job)) is not None:
-        return settle(expectation, digests, job.layout)
-    if not expectation.by_parts and expectation.algorithm == job.crc_algorithm:
-        crc = crc_bytes(job.crc_algorithm, crc_of_ranges(job.crc_algorithm, job.done_ranges))
+        return check_whole(expectation, job.check.digest or Digest(None), job.check.layout)
+    if expectation.by_parts and job.check.layout and (digests := _streamed_parts(job)) is not None:
+        return settle(expectation, digests, job.check.layout)
+    if not expectation.by_parts and expectation.algorithm == job.check.crc_algorithm:
+        crc = crc_bytes(
+            job.check.crc_algorithm, crc_of_ranges(job.check.crc_algorithm, job.state.done_ranges)
+        )
         if crc != expectation.expected:
             raise ChecksumMismatch(expectation.describe(crc))
         return expectation
-    if job.sequential is not None and job.sequential_upto == size:
-        return check_whole(expectation, job.sequential, job.layout)
+    if job.check.sequential is not None and job.check.sequential_upto == size:
+        return check_whole(expectation, job.check.sequential, job.check.layout)
     # Ranges resumed before the digest was set up, or parts that turned
     # out not to be as guessed: read it back.
-    return check_whole(expectation, _read_back(partial, expectation, job), job.layout)
+    return check_whole(expectation, _read_back(partial, expectation, job), job.check.layout)
 
 
 def crcs_tell(job: FileJob) -> bool:
     """Whether the ranges' CRCs alone will check this job: a whole-object CRC
     (ranges combine), or part CRCs from ranges that stay within parts."""
-    expectation = job.expectation or SIZE_ONLY
-    if expectation.part_algorithm != job.crc_algorithm:
+    expectation = job.check.expectation or SIZE_ONLY
+    if expectation.part_algorithm != job.check.crc_algorithm:
         return False
     if not expectation.by_parts:
         return True
-    return job.layout is not None and within_parts(job.part_size, job.layout)
+    return job.check.layout is not None and within_parts(job.part_size, job.check.layout)
 
 
 def _streamed_parts(job: FileJob) -> list[bytes] | None:
     """Each part's digest as its bytes streamed; None where that did not cover them."""
-    expectation = job.expectation or SIZE_ONLY
-    layout = job.layout or ()
-    if job.hashes_parts and job.part_hashes is not None:
+    expectation = job.check.expectation or SIZE_ONLY
+    layout = job.check.layout or ()
+    if job.hashes_parts and job.check.part_hashes is not None:
         starts = [start for start, _ in part_spans(layout)]
-        if set(job.part_hashes) == set(starts):
-            return [job.part_hashes[start] for start in starts]
+        if set(job.check.part_hashes) == set(starts):
+            return [job.check.part_hashes[start] for start in starts]
         return None
-    if expectation.part_algorithm == job.crc_algorithm:
-        return crcs_by_part(job.crc_algorithm, job.done_ranges, layout)
+    if expectation.part_algorithm == job.check.crc_algorithm:
+        return crcs_by_part(job.check.crc_algorithm, job.state.done_ranges, layout)
     return None
 
 
@@ -261,21 +265,23 @@ def parts_to_refetch(job: FileJob) -> list[tuple[int, int]]:
     """After a check by parts failed: the parts to fetch again (see damaged_parts),
     where S3 told each part's checksum and this run has not refetched parts yet."""
     if (
-        job.expectation is None
-        or job.layout is None
-        or job.part_checksums is None
-        or job.partial is None
-        or job.restarts >= MAX_RESTARTS
+        job.check.expectation is None
+        or job.check.layout is None
+        or job.check.part_checksums is None
+        or job.state.partial is None
+        or job.state.restarts >= MAX_RESTARTS
         or (received := _streamed_parts(job)) is None
     ):
         return []
-    return damaged_parts(job.expectation, job.layout, received, job.part_checksums)
+    return damaged_parts(
+        job.check.expectation, job.check.layout, received, job.check.part_checksums
+    )
 
 
 def _read_back(
     partial: PartialFile, expectation: Expectation, job: FileJob
 ) -> Digest | PartsDigest:
-    digest = make_digest(expectation, job.layout)
+    digest = make_digest(expectation, job.check.layout)
     hash_span(partial, digest, 0, job.obj.size)
     return digest
 

@@ -32,7 +32,7 @@ from ._engine import Engine, Step
 from ._errors import IcanhazmodelError
 from ._events import Landing
 from ._files import Tree
-from ._jobs import FileJob, Work
+from ._jobs import Check, FileJob, Work
 from ._manifest import PartialRecord
 from ._messages import (
     Abort,
@@ -114,7 +114,7 @@ class Worker:
     def failed(self, job: FileJob, reason: str) -> None:
         task = self._ids.pop(job.obj.key)
         self._shared.pop(task, None)
-        self._events.results.append(Failed(task, reason, needs_botocore=job.needs_botocore))
+        self._events.results.append(Failed(task, reason, needs_botocore=job.state.needs_botocore))
         self._answered()
 
     def _answered(self) -> None:
@@ -259,11 +259,11 @@ class Worker:
             parts=task.parts,
             tree=transfers.tree,
             part_size=task.part_size,
+            resume_candidates=task.resume,
         )
         self._ids[task.obj.key] = task.id
         if task.sweep_again:
             transfers.tree.forget_sweep(task.parts[:-1])
-        job.resume_candidates = task.resume
         works = await transfers.prepare(job)
         if task.share and len(works) > 1:
             engine.start_soon(partial(self._share, task.id, job, works, engine.sender()))
@@ -284,15 +284,15 @@ class Worker:
                 for work in works:
                     await send.send(work)
                 return
-            assert job.partial is not None
-            assert job.expectation is not None
+            assert job.state.partial is not None
+            assert job.check.expectation is not None
             self._shared[task] = job
             self._events.offers.append(
                 Offer(
                     task,
-                    job.partial.tmp_name,
-                    job.crc_algorithm,
-                    job.expectation,
+                    job.state.partial.tmp_name,
+                    job.check.crc_algorithm,
+                    job.check.expectation,
                     job.hashes_parts,
                     tuple((work.start, work.end) for work in works[1:]),
                 )
@@ -318,9 +318,11 @@ class Worker:
             parts=span.parts,
             tree=transfers.tree,
             part_size=span.end - span.start,
-            expectation=span.expectation,
-            crc_algorithm=span.crc_algorithm,
-            part_hashes={} if span.hash_part else None,
+            check=Check(
+                expectation=span.expectation,
+                crc_algorithm=span.crc_algorithm,
+                part_hashes={} if span.hash_part else None,
+            ),
         )
         self._span_ids[job] = span.id
         try:
