@@ -1,10 +1,17 @@
 """`make bench`: icanhazmodel against aws-cli and s5cmd on one local S3 server.
 
-Starts s3rver (npm) on 127.0.0.1, loads three scenarios with deterministic
+Starts s3rver (npm) on 127.0.0.1, loads the scenarios with deterministic
 bytes, then downloads each with every tool into a fresh directory, taking
 turns, and checks every file's sha256 after every run. Prints one table per
-scenario: wall time median (min-max), MiB/s, objects/s, peak RSS, and the
-ratio icanhazmodel / peer.
+scenario and network profile: wall time median (min-max), MiB/s, objects/s,
+peak RSS, and the ratio icanhazmodel / peer.
+
+Network profiles (``--profiles``; see netem.py): ``loopback`` is s3rver as
+it is; ``wan`` puts a proxy in front of it that adds 20 ms before each
+answer, 50 ms before a list page and paces each connection to 20 MB/s;
+``throttled`` admits 400 requests/s and answers the rest 503 SlowDown.
+``--fixed-j 16,64`` adds icanhazmodel rows at fixed request counts, to see
+how close the default comes to the best one.
 
 Why s3rver: moto is faithful but serves ~150 small GETs/s from one Python
 process and re-reads whole objects for ranged GETs, so it would measure
@@ -37,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.bench.netem import PROFILES  # noqa: E402
 from tests.sample_tree import MODEL_KEY, model_tree, pattern, s3_client  # noqa: E402
 
 MiB = 1 << 20
@@ -155,7 +163,24 @@ class Tool:
     argv: tuple[str, ...]  # with {endpoint}, {prefix}, {dest} to fill in
 
 
-def tools(venv: Path, bench_venv: Path, baseline: Path | None = None) -> list[Tool]:
+def start_netem(upstream: str, profile: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The proxy that gives *upstream* a real network's ways (see netem.py)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "netem.py"), "--upstream", upstream, "--profile", profile],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith("http://127.0.0.1:"):
+        proc.kill()
+        sys.exit(f"netem did not start ({line!r})")
+    return proc, line
+
+
+def tools(
+    venv: Path, bench_venv: Path, baseline: Path | None = None, fixed_j: tuple[int, ...] = ()
+) -> list[Tool]:
     ours = str(venv / "bin" / "icanhazmodel")
     common = (
         "-q",
@@ -174,9 +199,11 @@ def tools(venv: Path, bench_venv: Path, baseline: Path | None = None) -> list[To
         if baseline is not None
         else []
     )
+    fixed = [Tool(f"icanhazmodel -j {j}", (ours, *common, "-j", str(j))) for j in fixed_j]
     return [
         Tool("icanhazmodel", (ours, *common)),
         Tool("icanhazmodel --no-verify", (ours, *common, "--no-verify")),
+        *fixed,
         *before,
         Tool(
             "aws s3 cp --recursive",
@@ -297,11 +324,12 @@ def verify(dest: Path, expected: dict[str, str], tool: str) -> None:
 # -- the table -------------------------------------------------------------------------
 
 
-def table(scenario: Scenario, rows: list[Row]) -> str:
+def table(scenario: Scenario, rows: list[Row], profile: str) -> str:
     ours = next(r for r in rows if r.tool == "icanhazmodel")
     mib = scenario.total_bytes / MiB
     lines = [
-        f"### {scenario.name}: {len(scenario.objects):,} objects, {mib:,.0f} MiB",
+        f"### {scenario.name}: {len(scenario.objects):,} objects, {mib:,.0f} MiB; "
+        f"network: {profile} ({PROFILES[profile].describe()})",
         "",
         "| tool | wall median (min-max) | MiB/s | objects/s | peak RSS | icanhazmodel ÷ tool |",
         "|---|---|---|---|---|---|",
@@ -318,6 +346,52 @@ def table(scenario: Scenario, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+_proxies: list[subprocess.Popen[bytes]] = []
+
+
+def run_profile(
+    args: argparse.Namespace,
+    scenario: Scenario,
+    expected: dict[str, str],
+    all_tools: list[Tool],
+    work: Path,
+    env: dict[str, str],
+    upstream: str,
+    profile: str,
+) -> str:
+    """Every tool's runs of *scenario* under one network profile; its table."""
+    endpoint = upstream
+    if profile != "loopback":
+        proxy, endpoint = start_netem(upstream, profile)
+        _proxies.append(proxy)
+    rows = [Row(t.name) for t in all_tools]
+    for run in range(args.runs):
+        order = list(zip(all_tools, rows, strict=True))
+        if run % 2:
+            order.reverse()  # take turns: nobody always runs first
+        for tool, row in order:
+            dest = work / "out"
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir()
+            if args.drop_caches:
+                drop_caches()
+            sample = run_tool(tool, endpoint, scenario.prefix, dest, env)
+            verify(dest, expected, tool.name)
+            row.samples.append(sample)
+            print(
+                f"  {scenario.name} ({profile}) run {run + 1}: {tool.name}: "
+                f"{sample.wall:.2f} s, {sample.rss_mib:.0f} MiB",
+                flush=True,
+            )
+    if profile != "loopback":
+        proxy = _proxies.pop()
+        proxy.kill()
+        proxy.wait()
+    report = table(scenario, rows, profile)
+    print(f"\n{report}\n", flush=True)
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -328,6 +402,16 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3, help="runs per tool and scenario")
     parser.add_argument("--scenarios", default="one,seed,small,large")
+    parser.add_argument(
+        "--profiles",
+        default="loopback,wan,throttled",
+        help=f"network profiles to run each scenario under ({', '.join(PROFILES)})",
+    )
+    parser.add_argument(
+        "--fixed-j",
+        default="",
+        help="also run icanhazmodel at these fixed request counts (e.g. 16,64)",
+    )
     parser.add_argument("--tools", default="", help="comma-separated subset of tool names")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv")
     parser.add_argument("--bench-venv", type=Path, default=ROOT / ".venv-bench")
@@ -352,7 +436,11 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    all_tools = tools(args.venv, args.bench_venv, args.baseline_venv)
+    fixed_j = tuple(int(j) for j in args.fixed_j.split(",") if j.strip())
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    if unknown := [p for p in profiles if p not in PROFILES]:
+        parser.error(f"unknown profile(s) {unknown}: choose from {', '.join(PROFILES)}")
+    all_tools = tools(args.venv, args.bench_venv, args.baseline_venv, fixed_j)
     if args.tools:
         wanted = {t.strip() for t in args.tools.split(",")}
         all_tools = [t for t in all_tools if t.name in wanted or t.name.split()[0] in wanted]
@@ -380,30 +468,14 @@ def main() -> int:
             started = time.perf_counter()
             expected = load(endpoint, scenario)
             print(f"loaded {scenario.name} in {time.perf_counter() - started:.1f} s", flush=True)
-            rows = [Row(t.name) for t in all_tools]
-            for run in range(args.runs):
-                order = list(zip(all_tools, rows, strict=True))
-                if run % 2:
-                    order.reverse()  # take turns: nobody always runs first
-                for tool, row in order:
-                    dest = work / "out"
-                    shutil.rmtree(dest, ignore_errors=True)
-                    dest.mkdir()
-                    if args.drop_caches:
-                        drop_caches()
-                    sample = run_tool(tool, endpoint, scenario.prefix, dest, env)
-                    verify(dest, expected, tool.name)
-                    row.samples.append(sample)
-                    print(
-                        f"  {scenario.name} run {run + 1}: {tool.name}: {sample.wall:.2f} s, "
-                        f"{sample.rss_mib:.0f} MiB",
-                        flush=True,
-                    )
-            reports.append(table(scenario, rows))
-            print()
-            print(reports[-1], flush=True)
-            print()
+            for profile in profiles:
+                reports.append(
+                    run_profile(args, scenario, expected, all_tools, work, env, endpoint, profile)
+                )
     finally:
+        for proxy in _proxies:
+            proxy.kill()
+            proxy.wait()
         server.kill()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
