@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -215,7 +216,8 @@ class Netem:
     async def _slow_down(self, client_w: asyncio.StreamWriter, head_only: bool) -> None:
         client_w.write(
             b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-            b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(_SLOWDOWN_BODY)
+            b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n"
+            % len(_SLOWDOWN_BODY)
             + (b"" if head_only else _SLOWDOWN_BODY)
         )
         await client_w.drain()
@@ -237,10 +239,8 @@ def main() -> int:
     args = parser.parse_args()
     if urlsplit(args.upstream).hostname != "127.0.0.1":
         parser.error("--upstream must be on 127.0.0.1")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(PROFILES[args.profile], args.upstream))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
