@@ -11,7 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from ._config import DEFAULT_CONCURRENCY, FetchConfig, library_words, parse_processes
+from ._config import (
+    DEFAULT_CONCURRENCY,
+    FetchConfig,
+    library_words,
+    parse_concurrency,
+    parse_processes,
+)
 from ._errors import DestinationError, UsageError
 from ._models import FetchResult, LandedFile, Plan, PlannedObject
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
@@ -37,7 +43,7 @@ class FetchOptions(TypedDict, total=False):
     profile: str | None
     endpoint_url: str | None
     region: str | None
-    concurrency: int
+    concurrency: int | str
     processes: int | str | None
     include: Sequence[str]
     exclude: Sequence[str]
@@ -63,7 +69,7 @@ async def fetch(
     profile: str | None = None,
     endpoint_url: str | None = None,
     region: str | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | str = DEFAULT_CONCURRENCY,
     processes: int | str | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
@@ -98,7 +104,9 @@ async def fetch(
     worker processes share the downloads: ``"auto"`` (one per usable CPU but
     one, when the listing has work enough for them), or a count; ``1`` keeps
     everything in this process; None (the default) reads ICANHAZMODEL_PROCESSES,
-    else auto. *concurrency* is requests in flight per process.
+    else auto. *concurrency* is requests in flight per process: ``"auto"``
+    (the default: found as the run goes, from 16 up to 64, backing off when
+    the store throttles) or a fixed count.
 
     *verify* checks each file's bytes against S3's checksum; TLS is separate:
     every certificate and host name is checked against *ca_bundle* (a PEM
@@ -325,7 +333,7 @@ def _checked_config(bucket: str, key: str, options: FetchOptions) -> FetchConfig
         profile=options.get("profile"),
         endpoint_url=options.get("endpoint_url"),
         region=options.get("region"),
-        concurrency=options.get("concurrency", DEFAULT_CONCURRENCY),
+        concurrency=parse_concurrency(options.get("concurrency", DEFAULT_CONCURRENCY)),
         processes=parse_processes(options.get("processes")),
         retries=options.get("retries", 5),
         stall_timeout=options.get("stall_timeout", 30.0),
@@ -446,7 +454,7 @@ def fork_server_for(config: FetchConfig) -> ForkServer | None:
         return None
     # Workers inherit the open-file limit from the server, when it starts:
     # raise it first (the run asks again, and says what it could not get).
-    fit_open_files(config.concurrency)
+    fit_open_files(config.ceiling)
     return ForkServer.start()
 
 
@@ -492,10 +500,13 @@ async def _run(
     from ._tls import INSECURE_WARNING
 
     root = await run_sync(check_model_dir, config.dest)
-    concurrency, note = fit_open_files(config.concurrency)
+    ceiling, note = fit_open_files(config.ceiling)
     if note:
         reporter.message(note)
-    config = replace(config, concurrency=concurrency)
+    if config.adaptive:
+        config = replace(config, auto_ceiling=ceiling)
+    else:
+        config = replace(config, concurrency=ceiling)
     options = S3Options(
         bucket=config.bucket,
         profile=config.profile,
@@ -503,7 +514,7 @@ async def _run(
         region=config.region,
         # A few spare connections for the listing and HEAD requests, so they
         # never queue behind the workers' GETs.
-        pool_size=config.concurrency + 4,
+        pool_size=config.ceiling + 4,
         retries=config.retries,
         read_timeout=config.stall_timeout,
         unsigned=config.unsigned,

@@ -17,6 +17,7 @@ from ._config import (
     DEFAULT_CONCURRENCY,
     MAX_CONCURRENCY,
     FetchConfig,
+    parse_concurrency,
     parse_processes,
     split_s3_url,
 )
@@ -174,7 +175,7 @@ def _build_config(**options: Any) -> FetchConfig:
         profile=options["profile"],
         endpoint_url=options["endpoint_url"],
         region=options["region"],
-        concurrency=options["concurrency"],
+        concurrency=parse_concurrency(options["concurrency"]),
         processes=parse_processes(options["processes"]),
         retries=options["retries"],
         stall_timeout=options["stall_timeout"],
@@ -396,10 +397,12 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     "-j",
     "--concurrency",
     cls=_Option,
-    type=click.IntRange(1, MAX_CONCURRENCY),
     default=DEFAULT_CONCURRENCY,
     show_default=True,
-    help="Requests in flight at once in each process, shared by all files and parts.",
+    metavar="N|auto",
+    help="Requests in flight at once in each process, shared by all files and parts; "
+    "auto: found as the run goes (16 up to 64, fewer when S3 throttles); "
+    f"N: fixed (1-{MAX_CONCURRENCY}).",
 )
 @click.option(
     "-P",

@@ -10,12 +10,11 @@ from urllib.parse import urlsplit
 
 from ._errors import UsageError
 from ._select import Filters, Shard
+from ._window import AUTO_CEILING
 
-# Requests in flight. S3 answers each GET after tens of milliseconds, so a
-# dozen or more in flight keep a fast link busy; measured against a local
-# server, 16 moved big files faster than 8 or 32 and small ones as fast as
-# 32, and keeps peak memory (about 75 MiB + 2 MiB per request) under 128 MiB.
-DEFAULT_CONCURRENCY = 16
+# Requests in flight: by default found as the run goes (see _window), from
+# 16 up to AUTO_CEILING per process; -j N fixes it.
+DEFAULT_CONCURRENCY = "auto"
 MAX_CONCURRENCY = 512
 MAX_PROCESSES = 256
 
@@ -41,7 +40,7 @@ class FetchConfig:
     profile: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int | None = None  # requests in flight per process; None: found (auto)
     retries: int = 5
     stall_timeout: float = 30.0
     verify: bool = True
@@ -56,6 +55,8 @@ class FetchConfig:
     version_id: str | None = None
     ignore_space: bool = False
     processes: int | None = None  # worker processes; None: auto
+    # The most an automatic level may reach (fewer where open files are scarce).
+    auto_ceiling: int = AUTO_CEILING
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -77,9 +78,10 @@ class FetchConfig:
             raise UsageError(f"--region '{self.region}' is not a region name (e.g. eu-west-1)")
         if self.request_payer not in (None, "requester"):
             raise UsageError(f"--request-payer must be 'requester', not '{self.request_payer}'")
-        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise UsageError(
-                f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}"
+                f"--concurrency must be 'auto' or between 1 and {MAX_CONCURRENCY}, "
+                f"not {self.concurrency}"
             )
         if self.processes is not None and not 1 <= self.processes <= MAX_PROCESSES:
             raise UsageError(
@@ -89,6 +91,16 @@ class FetchConfig:
             raise UsageError(f"--retries must be 0 or more, not {self.retries}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be positive, not {self.stall_timeout}")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the run finds its level of requests in flight (-j auto)."""
+        return self.concurrency is None
+
+    @property
+    def ceiling(self) -> int:
+        """The most requests in flight per process: -j N, or auto's ceiling."""
+        return self.auto_ceiling if self.concurrency is None else self.concurrency
 
 
 # A setting's name on the command line, and as fetch()'s keyword: the
@@ -126,6 +138,18 @@ def _check_endpoint(url: str) -> None:
         raise UsageError(f"--endpoint-url '{url}' is not an http:// or https:// URL")
     if parts.port == 0:
         raise UsageError(f"--endpoint-url '{url}' has port 0")
+
+
+def parse_concurrency(value: str | int | None) -> int | None:
+    """--concurrency: 'auto' (None: found as the run goes) or a fixed count."""
+    if value is None or isinstance(value, int):
+        return value
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--concurrency must be 'auto' or a number, not '{value}'") from None
 
 
 def parse_processes(text: str | int | None) -> int | None:

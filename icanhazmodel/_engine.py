@@ -1,4 +1,4 @@
-"""The engine: -j request slots taking work from one bounded stream.
+"""The engine: request slots taking work from one bounded stream.
 
 Every process that moves bytes hosts one: the parent of a one-process run,
 and each worker process. A slot takes one item at a time: a byte range of an
@@ -7,6 +7,10 @@ step that must share the same slots (a worker's span of an object another
 process owns). The stream holds as many items as there are slots, so whoever
 feeds the engine waits while every slot is busy: the listing never races
 ahead of the downloads.
+
+There are as many slots as the window's ceiling, and slot *k* works only
+while *k* is below the window's level (``_window``): the level moves, the
+slots follow, and taking an item costs no lock.
 """
 
 from __future__ import annotations
@@ -21,27 +25,31 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._jobs import FileJob, Work
 from ._transfer import Transfers
+from ._window import Window
 
 # A request-sized step that is not a range of an object this process owns.
 Step: TypeAlias = Callable[[], Coroutine[Any, Any, None]]
 
 
 class Engine:
-    """*slots* tasks driving *transfers* over a stream of work items."""
+    """Slots driving *transfers* over a stream of work items, as many at
+    once as *window*'s level."""
 
-    def __init__(self, transfers: Transfers, slots: int) -> None:
+    def __init__(self, transfers: Transfers, window: Window) -> None:
         self.transfers = transfers
-        self.slots = slots
+        self.window = window
         self._send: MemoryObjectSendStream[Work | Step] | None = None
         self._group: TaskGroup | None = None
+        self._ended = False  # the stream ended: parked slots leave
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Engine]:
         """Start the slots; on leaving, wait until every item queued is done."""
-        send, receive = anyio.create_memory_object_stream[Work | Step](self.slots)
+        slots = self.window.ceiling
+        send, receive = anyio.create_memory_object_stream[Work | Step](slots)
         async with anyio.create_task_group() as group:
-            for _ in range(self.slots):
-                group.start_soon(self._slot, receive.clone())
+            for slot in range(slots):
+                group.start_soon(self._slot, slot, receive.clone())
             receive.close()
             self._group = group
             try:
@@ -72,10 +80,25 @@ class Engine:
         assert self._group is not None, "the engine is not running"
         self._group.start_soon(step)
 
-    async def _slot(self, receive: MemoryObjectReceiveStream[Work | Step]) -> None:
+    async def _slot(self, slot: int, receive: MemoryObjectReceiveStream[Work | Step]) -> None:
+        window = self.window
         async with receive:
-            async for item in receive:
-                if isinstance(item, Work):
-                    await self.transfers.run(item)
-                else:
-                    await item()
+            while True:
+                while slot >= window.level:  # parked until the level rises past it
+                    if self._ended:
+                        return
+                    await window.rose()
+                try:
+                    item = await receive.receive()
+                except anyio.EndOfStream:
+                    self._ended = True
+                    window.wake()
+                    return
+                window.started()
+                try:
+                    if isinstance(item, Work):
+                        await self.transfers.run(item)
+                    else:
+                        await item()
+                finally:
+                    window.finished()

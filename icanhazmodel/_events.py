@@ -69,3 +69,7 @@ class TransferEvents(Protocol):
 
     def note(self, text: str) -> None:
         """A line for the user (a retry, a restart) that must not break bars."""
+
+    def in_flight(self, source: int, level: int) -> None:
+        """Process *source* (0: this one; a worker: its number) now keeps
+        *level* requests in flight (see ``_window``)."""

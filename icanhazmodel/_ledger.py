@@ -55,6 +55,8 @@ class Tally:
     verification: Counter[str] = field(default_factory=Counter)
     problems: list[ObjectReport] = field(default_factory=list)
     size_only: list[ObjectReport] = field(default_factory=list)
+    in_flight: dict[int, int] = field(default_factory=dict)  # process -> its level
+    in_flight_peak: int = 0
 
     def result(self, seconds: float) -> FetchResult:
         return FetchResult(
@@ -73,6 +75,8 @@ class Tally:
             size_only=tuple(self.size_only),
             resumed=self.resumed,
             bytes_resumed=self.bytes_resumed,
+            in_flight=sum(self.in_flight.values()),
+            in_flight_peak=self.in_flight_peak,
         )
 
 
@@ -88,6 +92,7 @@ class Ledger:
         self.watcher = watcher
         # Optional in a user's Reporter: without it, resumed bytes are progress.
         self._resumed = getattr(reporter, "resumed", reporter.advanced)
+        self._show_in_flight = getattr(reporter, "in_flight", None)
 
     # -- TransferEvents --------------------------------------------------------------
 
@@ -96,6 +101,14 @@ class Ledger:
 
     def resumed(self, job: FileJob, nbytes: int) -> None:
         self._resumed(job.obj.key, nbytes)
+
+    def in_flight(self, source: int, level: int) -> None:
+        levels = self.tally.in_flight
+        levels[source] = level
+        total = sum(levels.values())
+        self.tally.in_flight_peak = max(self.tally.in_flight_peak, total)
+        if self._show_in_flight is not None:
+            self._show_in_flight(total)
 
     def range_done(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
         if self.manifest is not None:

@@ -40,7 +40,8 @@ class WorkerSettings:
     bucket: str
     route: Route
     credentials: FrozenCredentials | None
-    concurrency: int  # requests in flight in this process
+    concurrency: int  # requests in flight in this process: fixed, or the most (adaptive)
+    adaptive: bool  # found as the run goes (-j auto; see _window)
     retries: int
     verify: bool
     read_timeout: float
@@ -171,10 +172,12 @@ class Events:
     ranges: list[tuple[PartialRecord, int, int, int]] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    level: int | None = None  # its requests in flight, if that changed
 
     def __bool__(self) -> bool:
         return bool(
-            self.progress
+            self.level is not None
+            or self.progress
             or self.resumed
             or self.results
             or self.offers

@@ -196,6 +196,10 @@ class FetchResult:
     size_only: tuple[ObjectReport, ...] = ()
     resumed: int = 0  # of downloaded, files finished from an earlier run's temp file
     bytes_resumed: int = 0  # bytes an earlier run left on disk (not in bytes_downloaded)
+    # Requests in flight (every process's, summed): at the end, and the most
+    # at once. With -j auto, what the run found; with -j N, N per process.
+    in_flight: int = 0
+    in_flight_peak: int = 0
 
     @property
     def ok(self) -> bool:

@@ -160,6 +160,8 @@ def result_document(result: FetchResult, **context: Any) -> dict[str, Any]:
         "bytes_resumed": result.bytes_resumed,
         "seconds": round(result.seconds, 3),
         "processes": result.processes,
+        "in_flight": result.in_flight,
+        "in_flight_peak": result.in_flight_peak,
         "verification": dict(result.verification),
         "problems": [
             {

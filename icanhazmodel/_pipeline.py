@@ -48,6 +48,7 @@ from ._select import relative_key
 from ._space import SpaceCheck
 from ._spread import Spread
 from ._transfer import SMALL_OBJECT, Transfers
+from ._window import Window
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
@@ -116,6 +117,8 @@ class Run:
         self.ledger = Ledger(manifest, reporter, watcher)
         self.tally = self.ledger.tally
         self.writer = Writer()
+        self.window = Window(config.ceiling, adaptive=config.adaptive)
+        self.window.on_change = partial(self.ledger.in_flight, 0)
         self.transfers = Transfers(
             s3,
             tree,
@@ -124,6 +127,7 @@ class Run:
             retries=config.retries,
             verify=config.verify,
             notes=self.notes,
+            window=self.window,
         )
         self._conflicts = ConflictTracker()
         self._prefix = ""
@@ -145,7 +149,7 @@ class Run:
                 if self.manifest is not None:
                     outer.start_soon(self._flush_periodically, self.manifest)
                 outer.start_soon(self.spread.share_credentials)
-                async with Engine(self.transfers, self.config.concurrency).running() as engine:
+                async with Engine(self.transfers, self.window).running() as engine:
                     await self._produce(exact, engine)
                     await self.spread.finish()
                     await self._take_back(engine)
@@ -364,7 +368,7 @@ class Run:
             self._planned(obj, self.tree.path(parts), Action.REFUSED, problem)
             return None
         part_size = (
-            part_size_for(obj.size, self.config.concurrency)
+            part_size_for(obj.size, self.config.ceiling)
             if obj.size > SMALL_OBJECT
             else max(obj.size, 1)
         )

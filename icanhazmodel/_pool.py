@@ -56,6 +56,7 @@ from ._messages import (
 )
 from ._shares import Shares
 from ._transfer import SMALL_OBJECT
+from ._window import START
 
 # Tasks a worker holds (queued or running) per request it keeps in flight:
 # enough that it never waits for the parent, few enough to balance the load.
@@ -108,13 +109,17 @@ class Pool:
         *settings*; what they report is replayed into *events* (the run's ledger)."""
         self._events = events
         self._settings = settings
+        # Until a worker says what level it found: where its window starts.
+        first_level = (
+            min(START, settings.concurrency) if settings.adaptive else settings.concurrency
+        )
         self._loop = asyncio.get_running_loop()
         self._workers = [
             _Worker(
                 i,
                 child,
                 conn,
-                capacity=settings.concurrency * TASKS_PER_REQUEST,
+                capacity=first_level * TASKS_PER_REQUEST,
                 span_capacity=settings.concurrency,
             )
             for i, (child, conn) in enumerate(started)
@@ -301,6 +306,9 @@ class Pool:
     def _take_events(self, worker: _Worker, events: Events) -> None:
         """Replay a worker's batch into the run's events, with the parent's jobs."""
         into = self._events
+        if events.level is not None:  # it holds tasks for the requests it keeps in flight
+            worker.capacity = events.level * TASKS_PER_REQUEST
+            into.in_flight(worker.index + 1, events.level)
         for record, start, end, crc in events.ranges:
             into.range_done(record, start, end, crc)
         for tmp_name in events.drops:

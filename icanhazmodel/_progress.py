@@ -29,7 +29,9 @@ class Reporter(Protocol):
       stop growing (the built-in bars say "listing" until then);
     - ``resumed(key, nbytes)``: *nbytes* of *key* an earlier run left on
       disk count as done, but not toward the speed (without it they come
-      to ``advanced``).
+      to ``advanced``);
+    - ``in_flight(level)``: the run now keeps *level* requests in flight,
+      over all its processes (``-j auto`` moves it as the run goes).
     """
 
     def listed(self, files: int, nbytes: int) -> None:
@@ -176,6 +178,7 @@ class TqdmReporter:
         self._files_total = 0
         self._files_done = 0
         self._listing = True  # the totals still grow
+        self._in_flight = 0
         self._total = self._tqdm(
             total=0,
             unit="B",
@@ -193,7 +196,13 @@ class TqdmReporter:
     def _postfix(self) -> None:
         files = f"{self._files_done}/{self._files_total}"
         what = f"{files}+ files, listing" if self._listing else f"{files} files"
+        if self._in_flight:
+            what += f", {self._in_flight} in flight"
         self._total.set_postfix_str(what, refresh=False)
+
+    def in_flight(self, level: int) -> None:
+        self._in_flight = level
+        self._postfix()
 
     def listing_done(self) -> None:
         self._listing = False
@@ -297,6 +306,10 @@ class LineReporter(MessageReporter):
         self._started = clock()
         self._next = self._started + every
         self._listing = True
+        self._in_flight = 0
+
+    def in_flight(self, level: int) -> None:
+        self._in_flight = level
 
     def listing_done(self) -> None:
         self._listing = False
@@ -330,4 +343,5 @@ class LineReporter(MessageReporter):
             f"{'+ files (listing)' if self._listing else ' files'}, "
             f"{self._bytes_done / (1 << 20):.1f}/{self._bytes_total / (1 << 20):.1f} MiB, "
             f"{rate:.1f} MiB/s"
+            + (f", {self._in_flight} requests in flight" if self._in_flight else "")
         )

@@ -55,11 +55,13 @@ class RetryPolicy:
         *,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        trouble: Callable[[], None] | None = None,
     ) -> T:
         """*attempt* until it succeeds, fails for good, or the budget is spent.
 
         Giving up raises :class:`ObjectError` saying how many attempts were
-        made over how long, and the last failure.
+        made over how long, and the last failure. *trouble* hears every
+        transient failure (the window of requests in flight backs off).
         """
         started = clock()
         tries = failures = 0
@@ -70,6 +72,8 @@ class RetryPolicy:
                 return await attempt()
             except TransientObjectError as exc:
                 now = clock()
+                if trouble is not None:
+                    trouble()
                 if exc.throttled:
                     throttled_since = now if throttled_since is None else throttled_since
                     left = self.throttle_seconds - (now - throttled_since)
@@ -106,9 +110,15 @@ class Retrying:
     """An object source whose every request the policy retries: what a
     transfer fetches through, in the parent and in worker processes alike."""
 
-    def __init__(self, source: ObjectSource, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        source: ObjectSource,
+        policy: RetryPolicy,
+        trouble: Callable[[], None] | None = None,
+    ) -> None:
         self._source = source
         self._policy = policy
+        self._trouble = trouble  # told of every transient failure
         self.bucket = source.bucket
 
     async def open_body(
@@ -123,11 +133,14 @@ class Retrying:
         return await self._policy.call(
             lambda: self._source.open_body(
                 obj, start=start, end=end, if_match=if_match, want_checksum=want_checksum
-            )
+            ),
+            trouble=self._trouble,
         )
 
     async def stat(self, obj: RemoteObject) -> HeadResult:
-        return await self._policy.call(lambda: self._source.stat(obj))
+        return await self._policy.call(lambda: self._source.stat(obj), trouble=self._trouble)
 
     async def part_head(self, obj: RemoteObject, number: int) -> PartHead | None:
-        return await self._policy.call(lambda: self._source.part_head(obj, number))
+        return await self._policy.call(
+            lambda: self._source.part_head(obj, number), trouble=self._trouble
+        )

@@ -59,6 +59,7 @@ from ._resume import resume
 from ._retry import Retrying, RetryPolicy, backoff
 from ._tempfiles import TempFiles
 from ._verify import Verifier
+from ._window import Window
 from ._writer import Writer
 
 MiB = 1 << 20
@@ -96,9 +97,12 @@ class Transfers:
         retries: int,
         verify: bool,
         notes: Notes | None = None,
+        window: Window | None = None,
     ) -> None:
+        # Requests in flight: told of the bytes moved and of every failure.
+        self.window = window or Window(1, adaptive=False)
         # Every request through the one retry policy; streams are resumed here.
-        self.s3 = Retrying(s3, RetryPolicy.from_retries(retries))
+        self.s3 = Retrying(s3, RetryPolicy.from_retries(retries), self.window.trouble)
         self.notes = notes or Notes()
         self.writer = writer
         self.tree = tree
@@ -229,6 +233,7 @@ class Transfers:
         job.state.landed = await write(self._check_and_write_small, job, chunks)
         job.state.written = job.obj.size
         self.events.progress(job, job.obj.size)
+        self.window.moved(job.obj.size)
 
     async def _read_into(self, body: Body, chunks: list[bytes], received: int, size: int) -> None:
         try:
@@ -245,6 +250,7 @@ class Transfers:
     async def _broke(self, breaks: int, exc: TransientObjectError) -> int:
         """A stream broke mid-body (the request itself was answered): resume
         it, after a pause, unless it has broken *retries* times already."""
+        self.window.trouble()
         if breaks >= self.retries:
             times = "once" if breaks == 0 else f"{breaks + 1} times"
             raise ObjectError(f"the download broke {times}: {exc}") from exc
@@ -362,6 +368,7 @@ class Transfers:
         cursor.offset += size
         job.state.written += size
         self.events.progress(job, size)
+        self.window.moved(size)
 
     # -- landing --------------------------------------------------------------------
 

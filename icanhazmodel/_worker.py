@@ -54,6 +54,7 @@ from ._messages import (
 )
 from ._progress import Notes
 from ._transfer import Transfers
+from ._window import Window
 from ._writer import Writer
 
 # How often a worker sends what happened: often enough for smooth bars,
@@ -85,6 +86,8 @@ class Worker:
         self._parent_gone = False
         self._transfers: Transfers | None = None
         self._flush_queued = False
+        self._window = Window(settings.concurrency, adaptive=settings.adaptive)
+        self._window.on_change = partial(self.in_flight, 0)
 
     # -- TransferEvents (batched for the parent) -----------------------------------
 
@@ -123,7 +126,7 @@ class Worker:
         requests in flight, or has answered that many: the parent refills it
         as they arrive. Waiting for the timer instead left a worker of small
         objects idle most of the time (20,000 x 16 KiB at -P 2: 16.7 s, not 6.5 s)."""
-        concurrency = self._settings.concurrency
+        concurrency = self._window.level
         if not self._flush_queued and (
             len(self._ids) <= concurrency or len(self._events.results) >= concurrency
         ):
@@ -132,6 +135,9 @@ class Worker:
 
     def range_done(self, partial: PartialRecord, start: int, end: int, crc: int) -> None:
         self._events.ranges.append((partial, start, end, crc))
+
+    def in_flight(self, source: int, level: int) -> None:
+        self._events.level = level  # the parent knows which worker said it
 
     def partial_dropped(self, tmp_name: str) -> None:
         self._events.drops.append(tmp_name)  # one append: safe from a writer thread
@@ -214,6 +220,7 @@ class Worker:
             retries=settings.retries,
             verify=settings.verify,
             notes=self._notes,
+            window=self._window,
         )
         self._transfers = transfers
         try:
@@ -234,11 +241,10 @@ class Worker:
             await source.aclose()
 
     async def _run(self, transfers: Transfers) -> None:
-        concurrency = self._settings.concurrency
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_periodically)
             outer.start_soon(self._watch_for_stop, outer.cancel_scope)
-            async with Engine(transfers, concurrency).running() as engine:
+            async with Engine(transfers, self._window).running() as engine:
                 self._engine = engine
                 while (task := await self._tasks.get()) is not None:
                     if isinstance(task, Span):
