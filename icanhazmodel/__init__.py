@@ -19,6 +19,7 @@ from ._errors import (
     S3Error,
     UsageError,
 )
+from ._lock import Lock, LockedFile, LockError, read_lock
 from ._models import (
     Action,
     FetchResult,
@@ -48,6 +49,9 @@ __all__ = [
     "FileStream",
     "IcanhazmodelError",
     "LandedFile",
+    "Lock",
+    "LockError",
+    "LockedFile",
     "NotEnoughSpace",
     "NothingToFetch",
     "ObjectReport",
@@ -67,5 +71,6 @@ __all__ = [
     "parse_shard",
     "plan",
     "plan_stream",
+    "read_lock",
     "stream",
 ]

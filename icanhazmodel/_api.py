@@ -8,17 +8,21 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
+from ._asof import parse_at
 from ._config import (
     DEFAULT_CONCURRENCY,
     FetchConfig,
     library_words,
+    locked_source,
     parse_concurrency,
     parse_processes,
 )
 from ._errors import DestinationError, UsageError
+from ._lock import Lock, read_lock
 from ._models import FetchResult, LandedFile, Plan, PlannedObject
 from ._progress import Notes, NullReporter, Reporter, TqdmReporter
 from ._select import Filters, Shard, parse_shard
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from ._launch import ForkServer
     from ._ledger import Watcher
     from ._manifest import Manifest
+    from ._pipeline import Run
 
 # Records a stream holds unread before the listing waits for the consumer.
 DEFAULT_BUFFER = 256
@@ -59,12 +64,15 @@ class FetchOptions(TypedDict, total=False):
     retries: int
     stall_timeout: float
     progress: bool | Reporter
+    lock: str | os.PathLike[str] | None
+    from_lock: str | os.PathLike[str] | Lock | None
+    at: str | datetime | None
 
 
 async def fetch(
     *,
-    bucket: str,
-    key: str,
+    bucket: str | None = None,
+    key: str | None = None,
     dest: str | os.PathLike[str] = "ptms",
     profile: str | None = None,
     endpoint_url: str | None = None,
@@ -87,6 +95,9 @@ async def fetch(
     stall_timeout: float = 30.0,
     progress: bool | Reporter = False,
     on_file: Callable[[LandedFile], Awaitable[Any] | Any] | None = None,
+    lock: str | os.PathLike[str] | None = None,
+    from_lock: str | os.PathLike[str] | Lock | None = None,
+    at: str | datetime | None = None,
 ) -> FetchResult:
     """Mirror ``s3://bucket/key`` (one object, or everything under it) to *dest*.
 
@@ -114,6 +125,16 @@ async def fetch(
     bundle, unless *verify_ssl* is false (insecure: anyone on the network
     path could then serve the files).
 
+    *lock* (a path) writes, once every object is on disk, a lock file
+    naming exactly what the run stands for (see :func:`read_lock`);
+    *from_lock* (a lock file's path, or a :class:`Lock`) fetches exactly the
+    objects it names instead of listing (*bucket* and *key* come from it),
+    each by its version id or else its ETag: one that S3 no longer holds in
+    that form fails, by name, and is never replaced by what the key holds now.
+    *at* (RFC 3339, a date, or a datetime; naive means UTC) fetches the key as
+    it was then, from a versioned bucket: each object's newest version at or
+    before it, leaving out what was deleted by then.
+
     *on_file* (a function or a coroutine function) is called with each
     object's :class:`LandedFile` as soon as it is known, as :func:`stream`
     yields them; if it raises, the run stops and the exception propagates.
@@ -138,6 +159,9 @@ async def fetch(
         ignore_space=ignore_space,
         retries=retries,
         stall_timeout=stall_timeout,
+        lock=lock,
+        from_lock=from_lock,
+        at=at,
     )
     config = replace(_config(bucket, key, options), dry_run=dry_run)
     if on_file is not None and dry_run:
@@ -167,8 +191,8 @@ async def _fetch_calling(
 @asynccontextmanager
 async def stream(
     *,
-    bucket: str,
-    key: str,
+    bucket: str | None = None,
+    key: str | None = None,
     buffer: int = DEFAULT_BUFFER,
     folders: bool = False,
     **options: Unpack[FetchOptions],
@@ -206,8 +230,8 @@ async def stream(
 
 def iter_files(
     *,
-    bucket: str,
-    key: str,
+    bucket: str | None = None,
+    key: str | None = None,
     buffer: int = DEFAULT_BUFFER,
     folders: bool = False,
     **options: Unpack[FetchOptions],
@@ -318,16 +342,23 @@ async def _stream(
         raise
 
 
-def _config(bucket: str, key: str, options: FetchOptions) -> FetchConfig:
+def _config(bucket: str | None, key: str | None, options: FetchOptions) -> FetchConfig:
     try:
         return _checked_config(bucket, key, options)
     except UsageError as exc:
         raise UsageError(library_words(str(exc))) from None
 
 
-def _checked_config(bucket: str, key: str, options: FetchOptions) -> FetchConfig:
+def _checked_config(bucket: str | None, key: str | None, options: FetchOptions) -> FetchConfig:
+    from_lock = options.get("from_lock")
+    lock = read_lock(from_lock) if isinstance(from_lock, str | os.PathLike) else from_lock
+    if lock is not None:
+        bucket, key = locked_source(lock, bucket, key)
+    elif key is None:
+        raise UsageError('no key given: pass key= ("" for the whole bucket) or from_lock=')
+    lock_path = options.get("lock")
     return FetchConfig(
-        bucket=bucket,
+        bucket=bucket or "",
         key=key,
         dest=Path(options.get("dest", "ptms")),
         profile=options.get("profile"),
@@ -347,7 +378,18 @@ def _checked_config(bucket: str, key: str, options: FetchOptions) -> FetchConfig
         request_payer=options.get("request_payer"),
         version_id=options.get("version_id"),
         ignore_space=options.get("ignore_space", False),
+        lock=Path(lock_path) if lock_path is not None else None,
+        from_lock=lock,
+        at=_at(options.get("at")),
     )
+
+
+def _at(at: str | datetime | None) -> float | None:
+    if at is None:
+        return None
+    if isinstance(at, datetime):
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    return parse_at(at)
 
 
 def _shard(shard: str | Shard | None) -> Shard:
@@ -356,8 +398,8 @@ def _shard(shard: str | Shard | None) -> Shard:
 
 async def plan(
     *,
-    bucket: str,
-    key: str,
+    bucket: str | None = None,
+    key: str | None = None,
     dest: str | os.PathLike[str] = "ptms",
     profile: str | None = None,
     endpoint_url: str | None = None,
@@ -405,8 +447,8 @@ async def plan(
 @asynccontextmanager
 async def plan_stream(
     *,
-    bucket: str,
-    key: str,
+    bucket: str | None = None,
+    key: str | None = None,
     buffer: int = DEFAULT_BUFFER,
     **options: Unpack[FetchOptions],
 ) -> AsyncIterator[PlanStream]:
@@ -531,9 +573,12 @@ async def _run(
         tree.keep_temp = manifest.partial_names
         try:
             async with open_s3(options) as s3:
-                result = await Run(
+                fetching = Run(
                     config, s3, tree, manifest, reporter, notes, watcher, plan_sink, forks
-                ).execute()
+                )
+                result = await fetching.execute()
+            if config.lock is not None:
+                _write_lock(config, config.lock, fetching, result, reporter)
         finally:
             # Synchronous: also runs when the run is cancelled (Ctrl-C). It
             # never raises, so it cannot hide the error that ended the run.
@@ -544,6 +589,40 @@ async def _run(
         return result
     finally:
         tree.close()
+
+
+def _write_lock(
+    config: FetchConfig, path: Path, fetching: Run, result: FetchResult, reporter: Reporter
+) -> None:
+    """Write the run's lock, if it stands for every object it listed."""
+    from ._asof import rfc3339
+    from ._lock import Lock, now_rfc3339, write_lock
+
+    book = fetching.ledger.lock
+    assert book is not None
+    missing = result.refused + result.failed + result.kept_local
+    if missing:
+        what = "object" if missing == 1 else "objects"
+        reporter.message(
+            f"warning: the lock '{path}' was not written: {missing} {what} did not land"
+        )
+        return
+    shard = config.shard
+    write_lock(
+        path,
+        Lock(
+            bucket=config.bucket,
+            key=config.key,
+            prefix=fetching.prefix,
+            files=book.files(),
+            endpoint_url=config.endpoint_url,
+            include=config.filters.include,
+            exclude=config.filters.exclude,
+            shard=str(shard) if shard.count > 1 else None,
+            created=now_rfc3339(),
+            at=rfc3339(config.at) if config.at is not None else None,
+        ),
+    )
 
 
 def _open_manifest(tree: Tree, read_only: bool, notes: Notes) -> Manifest:

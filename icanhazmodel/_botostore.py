@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as boto_exc
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     import aioboto3
     from aiobotocore.config import AioConfig
 
+from ._asof import Entry, merged
 from ._checksums import CHECKSUM_ALGORITHMS
 from ._config import S3Options
 from ._contract import truncated_without_token
@@ -91,6 +93,49 @@ class BotocoreStore:
         if response.get("IsTruncated") and not more:
             raise truncated_without_token()
         return cut_below(ListPage(objects, str(more) if more else None, prefixes), below)
+
+    async def versioning(self) -> str | None:
+        """The bucket's versioning status ("Enabled", "Suspended"), None if never on."""
+        response = await self.client.get_bucket_versioning(Bucket=self.bucket)
+        status = response.get("Status")
+        return str(status) if status else None
+
+    async def versions_page(
+        self, prefix: str, key_marker: str | None, version_marker: str | None
+    ) -> tuple[list[Entry], tuple[str, str | None] | None]:
+        """One page of ListObjectVersions, in listing order, and where the next
+        starts (None: the last). Only botocore lists versions: the direct path
+        has no reader for this answer, and a run lists them once."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, **self._extra}
+        if key_marker is not None:
+            kwargs["KeyMarker"] = key_marker
+            if version_marker is not None:
+                kwargs["VersionIdMarker"] = version_marker
+        response = await self.client.list_object_versions(**kwargs)
+        versions = [
+            Entry(replace(_listed_object(item), version_id=str(item["VersionId"])))
+            for item in response.get("Versions", ())
+        ]
+        markers = [
+            Entry(
+                RemoteObject(
+                    key=item["Key"],
+                    size=0,
+                    etag="",
+                    last_modified=posix_time(item.get("LastModified")),
+                    version_id=str(item["VersionId"]),
+                ),
+                deleted=True,
+            )
+            for item in response.get("DeleteMarkers", ())
+        ]
+        following = None
+        if response.get("IsTruncated"):
+            next_key = response.get("NextKeyMarker")
+            if not next_key:
+                raise truncated_without_token()
+            following = (str(next_key), response.get("NextVersionIdMarker"))
+        return merged(versions, markers), following
 
     # -- one object's requests (ObjectSource) ----------------------------------------
 
@@ -177,6 +222,7 @@ def _headers(response: Mapping[str, Any]) -> ObjectHeaders:
         content_length=None if length is None else int(length),
         content_range=response.get("ContentRange"),
         parts_count=response.get("PartsCount"),
+        version_id=response.get("VersionId"),
     )
 
 

@@ -155,6 +155,15 @@ class Expectation:
         """What each part is digested with, for a check by parts."""
         return "MD5" if self.algorithm == MULTIPART_MD5 else self.algorithm
 
+    @property
+    def s3_checksum(self) -> str | None:
+        """S3's checksum as "ALGORITHM:base64" ("-N" for one of N parts'
+        checksums); None for an MD5 ETag (the ETag says it) or size only."""
+        if self.algorithm not in CHECKSUM_ALGORITHMS:
+            return None
+        value = f"{self.algorithm}:{base64.b64encode(self.expected).decode()}"
+        return f"{value}-{self.parts}" if self.composite and self.parts else value
+
     def describe(self, digest: bytes) -> str:
         return (
             f"{self.level.value} mismatch: S3 says {base64.b64encode(self.expected).decode()}, "

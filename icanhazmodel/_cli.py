@@ -13,15 +13,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from ._api import fork_server_for, run
+from ._asof import parse_at
 from ._config import (
     DEFAULT_CONCURRENCY,
     MAX_CONCURRENCY,
     FetchConfig,
+    locked_source,
     parse_concurrency,
     parse_processes,
     split_s3_url,
 )
 from ._errors import IcanhazmodelError, ProfileNotFound, UsageError
+from ._lock import read_lock
 from ._models import FetchResult, PlannedObject
 from ._output import (
     dumps,
@@ -166,8 +169,14 @@ def _model_key(flag: str | None, positional: str | None) -> str:
 
 
 def _build_config(**options: Any) -> FetchConfig:
-    model_key = _model_key(options["model_key"], options["source"])
-    bucket, key = _bucket_and_key(options["bucket"], model_key)
+    lock = read_lock(options["from_lock"]) if options["from_lock"] else None
+    if lock is not None:
+        bucket, key = locked_source(
+            lock, options["bucket"], options["model_key"] or options["source"]
+        )
+    else:
+        model_key = _model_key(options["model_key"], options["source"])
+        bucket, key = _bucket_and_key(options["bucket"], model_key)
     return FetchConfig(
         bucket=bucket,
         key=key,
@@ -190,6 +199,9 @@ def _build_config(**options: Any) -> FetchConfig:
         request_payer=options["request_payer"],
         version_id=options["version_id"],
         ignore_space=options["ignore_space"],
+        lock=Path(options["lock"]) if options["lock"] else None,
+        from_lock=lock,
+        at=parse_at(options["at"]) if options["at"] else None,
     )
 
 
@@ -392,6 +404,28 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     "--version-id",
     cls=_Option,
     help="Fetch this version of the object named exactly by --model_key.",
+)
+@click.option(
+    "--at",
+    cls=_Option,
+    metavar="TIME",
+    help="Fetch the key as it was at TIME (RFC 3339, or a date: its first second, UTC): "
+    "each object's newest version then, leaving out what was deleted. Needs a versioned bucket.",
+)
+@click.option(
+    "--lock",
+    cls=_Option,
+    metavar="FILE",
+    help="At the end, write FILE: every file this run stands for (key, path, size, ETag, "
+    "version, checksum), to fetch exactly them again with --from-lock. A dry run writes "
+    "what it would fetch.",
+)
+@click.option(
+    "--from-lock",
+    cls=_Option,
+    metavar="FILE",
+    help="Fetch exactly the objects a --lock FILE names (by version id, else by ETag); "
+    "fail, naming each, any that S3 no longer holds in that form.",
 )
 @click.option(
     "-j",

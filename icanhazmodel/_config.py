@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ._errors import UsageError
+from ._lock import Lock
 from ._select import Filters, Shard
 from ._window import AUTO_CEILING
 
@@ -57,6 +58,9 @@ class FetchConfig:
     processes: int | None = None  # worker processes; None: auto
     # The most an automatic level may reach (fewer where open files are scarce).
     auto_ceiling: int = AUTO_CEILING
+    lock: Path | None = None  # --lock: write what the run stands for here
+    from_lock: Lock | None = None  # --from-lock: fetch exactly these objects
+    at: float | None = None  # --at: the prefix as it was then (POSIX seconds)
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -66,6 +70,13 @@ class FetchConfig:
                 f"bucket name '{self.bucket}' is not valid "
                 "(letters, digits, '.', '-' and '_' only; give the key with --model_key)"
             )
+        if self.at is not None and (self.version_id or self.from_lock is not None):
+            raise UsageError(
+                "--at picks each object's version itself: not with "
+                + ("--version-id" if self.version_id else "--from-lock")
+            )
+        if self.from_lock is not None and self.version_id:
+            raise UsageError("--from-lock fetches the versions its lock names: drop --version-id")
         if not self.key and self.version_id:
             raise UsageError("--version-id needs the exact key of one object")
         if self.key.endswith("/") and self.version_id:
@@ -91,6 +102,11 @@ class FetchConfig:
             raise UsageError(f"--retries must be 0 or more, not {self.retries}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be positive, not {self.stall_timeout}")
+
+    @property
+    def pinned(self) -> bool:
+        """Each object must land as named (--from-lock): never a newer one."""
+        return self.from_lock is not None
 
     @property
     def adaptive(self) -> bool:
@@ -138,6 +154,19 @@ def _check_endpoint(url: str) -> None:
         raise UsageError(f"--endpoint-url '{url}' is not an http:// or https:// URL")
     if parts.port == 0:
         raise UsageError(f"--endpoint-url '{url}' has port 0")
+
+
+def locked_source(lock: Lock, bucket: str | None, key: str | None) -> tuple[str, str]:
+    """The bucket and key of a --from-lock run: the lock's (a bucket or key
+    given as well must be the lock's own)."""
+    if bucket and bucket != lock.bucket:
+        raise UsageError(f"--bucket '{bucket}' is not the lock's bucket '{lock.bucket}'")
+    if key and key not in (lock.key, f"s3://{lock.bucket}/{lock.key}"):
+        raise UsageError(
+            f"--from-lock fetches the objects its lock names (under '{lock.key}'): "
+            f"drop --model_key '{key}'"
+        )
+    return lock.bucket, lock.key
 
 
 def parse_concurrency(value: str | int | None) -> int | None:

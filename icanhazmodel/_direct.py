@@ -91,6 +91,7 @@ class DirectBody:
             content_length=int(length) if length is not None else None,
             content_range=headers.get("Content-Range"),
             parts_count=_int_or_none(headers.get("x-amz-mp-parts-count")),
+            version_id=headers.get("x-amz-version-id"),
         )
 
     async def read(self, max_bytes: int) -> bytes:

@@ -31,16 +31,25 @@ class Landing:
     mtime_ns: int
     new_bytes: int  # fetched by this run; the rest an earlier run left
     unverified: str = ""  # why it was checked by size only
+    # The object that landed: its ETag (changed, if it changed in S3 and was
+    # fetched again) and S3's checksum where S3 sent one ("ALGORITHM:base64").
+    etag: str = ""
+    checksum: str | None = None
+    version_id: str | None = None  # the version that landed (a versioned bucket)
 
     @classmethod
     def of(cls, job: FileJob) -> Landing:
         assert job.state.landed is not None
+        expectation = job.check.expectation
         return cls(
             job.level,
             job.state.landed.st_size,
             job.state.landed.st_mtime_ns,
             job.state.written - job.state.resumed,
             job.unverified,
+            job.obj.etag,
+            expectation.s3_checksum if expectation is not None else None,
+            job.obj.version_id or job.state.version_id,
         )
 
 

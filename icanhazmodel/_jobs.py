@@ -18,7 +18,7 @@ import anyio
 
 from ._checksums import RANGE_CRC, SIZE_ONLY, Digest, Expectation, PartsDigest, is_crc
 from ._files import PartialFile, Tree
-from ._manifest import PartialRecord
+from ._manifest import FileRecord, PartialRecord
 from ._models import RemoteObject
 from ._plan import byte_ranges
 
@@ -69,6 +69,7 @@ class TransferState:
     restart: str | None = None  # why it starts over (changed in S3, failed its check)
     restarts: int = 0
     needs_botocore: bool = False  # the direct path alone cannot serve it
+    version_id: str | None = None  # the version S3 answered with (a versioned bucket)
     # Made on first use: an anyio.Lock costs ~10 us (it asks which event
     # loop runs), a tenth of the CPU a dry run spends per key.
     _lock: anyio.Lock | None = field(default=None, repr=False)
@@ -98,6 +99,7 @@ class FileJob:
     # Temp files an earlier run left for this object, best first: adopted
     # (or cleared away) just before its ranges are queued, wherever it runs.
     resume_candidates: tuple[PartialRecord, ...] = ()
+    recorded: FileRecord | None = None  # what the manifest says of it, if the run asked
     check: Check = field(default_factory=Check)
     state: TransferState = field(default_factory=TransferState)
 

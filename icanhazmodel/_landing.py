@@ -43,6 +43,8 @@ class Lander:
         events: TransferEvents,
         writer: Writer,
         run: Callable[[Work], Awaitable[None]],
+        *,
+        pinned: bool = False,
     ) -> None:
         self.s3 = s3
         self.verifier = verifier
@@ -50,6 +52,9 @@ class Lander:
         self.events = events
         self.writer = writer
         self._run = run  # fetch one range again (Transfers.run)
+        # --from-lock: an object starts over only as the same object, never
+        # as whatever the key holds now.
+        self._pinned = pinned
 
     async def finish(self, job: FileJob) -> None:
         """After an object's last range: land it, start it over, or report it."""
@@ -151,6 +156,13 @@ class Lander:
         obj = head.obj
         if problem := etag_problem(obj.etag):
             self.events.failed(job, f"{job.state.restart}; then {problem}")
+            return
+        if self._pinned and (obj.etag != job.obj.etag or obj.size != job.obj.size):
+            self.events.failed(
+                job,
+                f"no longer in S3 as the lock has it: its ETag is now {obj.etag}, "
+                f"the lock says {job.obj.etag}",
+            )
             return
         fresh = FileJob(
             obj=RemoteObject(

@@ -18,6 +18,7 @@ from typing import Protocol
 from ._checksums import NO_VERIFY
 from ._events import Landing
 from ._jobs import FileJob
+from ._lock import LockBook, LockedFile
 from ._manifest import FileRecord, Manifest, PartialRecord
 from ._models import FetchResult, LandedFile, ObjectReport, RemoteObject, Status
 from ._output import LIVE_PROBLEMS, MORE_PROBLEMS, problem_line
@@ -84,12 +85,17 @@ class Ledger:
     """One run's tally, manifest, reporter and watcher, told each outcome once."""
 
     def __init__(
-        self, manifest: Manifest | None, reporter: Reporter, watcher: Watcher | None = None
+        self,
+        manifest: Manifest | None,
+        reporter: Reporter,
+        watcher: Watcher | None = None,
+        lock: LockBook | None = None,
     ) -> None:
         self.tally = Tally()
         self.manifest = manifest
         self.reporter = reporter
         self.watcher = watcher
+        self.lock = lock  # the files the run stands for, if it writes a lock
         # Optional in a user's Reporter: without it, resumed bytes are progress.
         self._resumed = getattr(reporter, "resumed", reporter.advanced)
         self._show_in_flight = getattr(reporter, "in_flight", None)
@@ -131,16 +137,31 @@ class Ledger:
             tally.resumed += 1
             tally.bytes_resumed += landing.size - landing.new_bytes
         tally.verification[landing.level] += 1
+        etag = landing.etag or obj.etag  # what landed, if it changed in S3 meanwhile
+        version_id = landing.version_id or obj.version_id
         if self.manifest is not None:
             self.manifest.add_file(
                 FileRecord(
                     obj.key,
                     obj.size,
-                    obj.etag,
-                    obj.version_id,
+                    etag,
+                    version_id,
                     landing.level,
                     landing.size,
                     landing.mtime_ns,
+                )
+            )
+        if self.lock is not None:
+            self.lock.add(
+                LockedFile(
+                    obj.key,
+                    "/".join(job.parts),
+                    landing.size,
+                    etag,
+                    version_id,
+                    obj.last_modified,
+                    landing.checksum,
+                    landing.level,
                 )
             )
         self.reporter.file_done(obj.key)
@@ -154,6 +175,24 @@ class Ledger:
         self.reporter.message(text)
 
     # -- the planner's verdicts ---------------------------------------------------------
+
+    def stands_for(self, job: FileJob) -> None:
+        """The run stands for *job*'s file without landing it now: it is on
+        disk as S3 has it (a rerun's skip), or a dry run would fetch it."""
+        if self.lock is not None:
+            obj, recorded = job.obj, job.recorded
+            self.lock.add(
+                LockedFile(
+                    obj.key,
+                    "/".join(job.parts),
+                    obj.size,
+                    obj.etag,
+                    obj.version_id or (recorded.version_id if recorded else None),
+                    obj.last_modified,
+                    None,  # S3's checksum: the manifest keeps none
+                    recorded.verification if recorded else None,
+                )
+            )
 
     def report(
         self, obj: RemoteObject, status: Status, reason: str, path: os.PathLike[str] | None = None

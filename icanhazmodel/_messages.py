@@ -42,6 +42,7 @@ class WorkerSettings:
     credentials: FrozenCredentials | None
     concurrency: int  # requests in flight in this process: fixed, or the most (adaptive)
     adaptive: bool  # found as the run goes (-j auto; see _window)
+    pinned: bool  # --from-lock: objects land as named or fail (see _landing)
     retries: int
     verify: bool
     read_timeout: float

@@ -54,6 +54,7 @@ class ObjectHeaders:
     content_length: int | None = None
     content_range: str | None = None
     parts_count: int | None = None  # x-amz-mp-parts-count, on a HEAD with partNumber
+    version_id: str | None = None  # x-amz-version-id: on a versioned bucket
 
 
 def encrypted_with_key(sse: str | None, customer_algorithm: str | None) -> bool:

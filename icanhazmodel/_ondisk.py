@@ -27,8 +27,12 @@ def inspect(
     *,
     force: bool,
     dry_run: bool,
+    remember: bool = False,
 ) -> list[Action]:
-    """Each job's action; resumable temp files noted on the jobs to download."""
+    """Each job's action; resumable temp files noted on the jobs to download.
+    *remember*: a skipped job keeps what the manifest recorded when it
+    landed (its version id, which a listing never names; how it was
+    checked), for a lock."""
     keys = [job.obj.key for job in jobs]
     records = manifest.files(keys) if manifest else {}
     # A dry run only looks: it neither resumes nor clears temp files.
@@ -39,6 +43,8 @@ def inspect(
         record = records.get(job.obj.key)
         local = _local_file(tree.path_str(job.parts)) if record else None
         action = decide(job.obj, record, local, force=force)
+        if remember and action is Action.SKIP:
+            job.recorded = record
         if action is Action.DOWNLOAD or partials.get(job.obj.key):
             candidates = partials.get(job.obj.key, [])
             _resumable(transfers, tree, job, candidates, use=action is Action.DOWNLOAD)

@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 from anyio.to_thread import run_sync
 
+from ._asof import rfc3339
 from ._config import FetchConfig
 from ._contract import BrokenListing, KeyOrder
 from ._dryrun import PlanBook
@@ -31,6 +32,7 @@ from ._jobs import FileJob
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._launch import ForkServer
 from ._ledger import Ledger, Watcher
+from ._lock import Lock, LockBook
 from ._manifest import Manifest
 from ._models import (
     Action,
@@ -52,6 +54,8 @@ from ._window import Window
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
+# Objects from a lock planned at a time, as a listing page would bring them.
+LOCK_PAGE = 1000
 _EDITED = (
     "'{}' was changed since icanhazmodel wrote it; kept (delete it to fetch S3's copy, "
     "or --force to download every file again)"
@@ -114,7 +118,7 @@ class Run:
         self.tree = tree
         self.manifest = manifest
         self.reporter = reporter
-        self.ledger = Ledger(manifest, reporter, watcher)
+        self.ledger = Ledger(manifest, reporter, watcher, LockBook() if config.lock else None)
         self.tally = self.ledger.tally
         self.writer = Writer()
         self.window = Window(config.ceiling, adaptive=config.adaptive)
@@ -128,6 +132,7 @@ class Run:
             verify=config.verify,
             notes=self.notes,
             window=self.window,
+            pinned=config.pinned,
         )
         self._conflicts = ConflictTracker()
         self._prefix = ""
@@ -140,7 +145,9 @@ class Run:
 
     async def execute(self) -> FetchResult:
         started = time.monotonic()
-        exact = await self.s3.exact(self.config.key, self.config.version_id)
+        exact = None
+        if self.config.from_lock is None and self.config.at is None:
+            exact = await self.s3.exact(self.config.key, self.config.version_id)
         if self.config.dry_run:
             await self._produce(exact, None)
             return self._result(started)
@@ -192,7 +199,11 @@ class Run:
 
     async def _produce(self, exact: RemoteObject | None, engine: Engine | None) -> None:
         """List, select and decide; send ranges to the workers (None: plan only)."""
-        if exact is not None:
+        if self.config.from_lock is not None:
+            await self._from_lock(self.config.from_lock, engine)
+        elif self.config.at is not None:
+            await self._as_of(self.config.at, engine)
+        elif exact is not None:
             self._prefix = ""
             await self._plan_page([exact], engine, last=True)
         else:
@@ -235,11 +246,46 @@ class Run:
             where = f"s3://{self.s3.bucket}/{self._prefix}"
             raise S3Error(f"the store broke the listing of {where}: it {exc}") from None
 
+    async def _from_lock(self, lock: Lock, engine: Engine | None) -> None:
+        """The lock's files instead of a listing, a page at a time, each
+        pinned to its version or ETag (see ``_lock``)."""
+        self._prefix = lock.prefix
+        files = lock.files
+        if not files:
+            raise NothingToFetch("the lock names no files")
+        for start in range(0, len(files), LOCK_PAGE):
+            page = [entry.remote() for entry in files[start : start + LOCK_PAGE]]
+            last = start + LOCK_PAGE >= len(files)
+            await self._plan_page(page, engine, more=not last, last=last)
+
+    async def _as_of(self, at: float, engine: Engine | None) -> None:
+        """The key as it was at *at*: the one object it named then, else the
+        objects under it, each at its version of then (see ``_asof``)."""
+        key = self.config.key
+        self._prefix = directory_prefix(key)
+        exact: bool | None = None  # decided by the first object current then
+        async for found in self.s3.versions_at(key, at):
+            if exact is None and found:
+                exact = bool(key) and found[0].key == key and not key.endswith("/")
+            if exact:
+                self._prefix = ""
+                await self._plan_page(found[:1], engine, last=True)
+                return
+            page = [obj for obj in found if obj.key.startswith(self._prefix)]
+            if page:
+                await self._plan_page(page, engine, more=True)
+
+    @property
+    def prefix(self) -> str:
+        """What --include/--exclude were relative to (once the run has begun)."""
+        return self._prefix
+
     def _check_something_selected(self) -> None:
         where = f"s3://{self.s3.bucket}/{self._prefix}"
         if self.tally.listed == 0:
+            then = f" as of {rfc3339(self.config.at)}" if self.config.at is not None else ""
             raise NothingToFetch(
-                f"nothing at s3://{self.s3.bucket}/{self.config.key} or under {where}"
+                f"nothing at s3://{self.s3.bucket}/{self.config.key} or under {where}{then}"
                 + (" (keys rarely start with '/')" if self.config.key.startswith("/") else "")
             )
         if self.tally.excluded == self.tally.listed:
@@ -279,6 +325,7 @@ class Run:
                 self.transfers,
                 force=self.config.force,
                 dry_run=self.config.dry_run,
+                remember=self.config.lock is not None,
             )
         )
         self.notes.say(self.reporter)
@@ -288,6 +335,7 @@ class Run:
                 downloads.append(job)
             elif action is Action.SKIP:
                 self.tally.skipped += 1
+                self.ledger.stands_for(job)
                 if self.watcher is not None:  # else no Path is needed
                     self.ledger.tell(job.obj, job.final, Status.SKIPPED)
             else:
@@ -296,6 +344,8 @@ class Run:
                 )
             if self.config.dry_run:
                 self._planned(job.obj, self.tree.path_str(job.parts), action)
+                if action is Action.DOWNLOAD:
+                    self.ledger.stands_for(job)
         self._space.need(sum(job.obj.size - job.state.written for job in downloads))
         if engine is None:
             return

@@ -24,6 +24,7 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from enum import Enum
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
@@ -32,6 +33,7 @@ import botocore.exceptions as boto_exc
 if TYPE_CHECKING:
     import aioboto3
 
+from ._asof import AsOf
 from ._botostore import BotocoreStore, open_botocore, open_session
 from ._config import S3Options
 from ._contract import TokenChain
@@ -282,6 +284,35 @@ class S3:
             yield page
             if (token := chain.follow(page.next_token)) is None:
                 return
+
+    async def versions_at(self, prefix: str, at: float) -> AsyncGenerator[list[RemoteObject], None]:
+        """The objects under *prefix* as they were at *at* (POSIX seconds), a
+        ListObjectVersions page at a time, each with its version id (see
+        ``_asof``). Through botocore: it alone reads these answers."""
+        store = await self._botocore()
+        where = f"s3://{self.bucket}/{prefix}"
+        with run_errors(self._options, f"asking whether {where} keeps versions"):
+            status = await self._run_level(f"versioning of {where}", store.versioning)
+        if status is None:
+            raise UsageError(
+                f"--at needs a bucket that keeps versions: s3://{self.bucket} never had "
+                "versioning turned on, so S3 holds only the objects as they are now"
+            )
+        what = f"listing the versions under {where}"
+        pick = AsOf(at)
+        marker: tuple[str, str | None] | None = None
+        while True:
+            with run_errors(self._options, what):
+                entries, following = await self._run_level(
+                    what,
+                    partial(store.versions_page, prefix, *(marker or (None, None))),
+                )
+            yield list(pick.feed(entries))
+            if following is None:
+                return
+            if following == marker:
+                raise S3Error(f"the store broke the listing of versions under {where}")
+            marker = following
 
     def fanned_out(
         self, prefix: str, first_page: Sequence[str]

@@ -83,6 +83,7 @@ class Spread:
             credentials=self._credentials,
             concurrency=config.ceiling,
             adaptive=config.adaptive,
+            pinned=config.pinned,
             retries=config.retries,
             verify=config.verify,
             read_timeout=config.stall_timeout,

@@ -50,6 +50,7 @@ from ._objects import (
     NeedsBotocore,
     ObjectChanged,
     ObjectError,
+    ObjectGone,
     ObjectSource,
     RangeIgnored,
     TransientObjectError,
@@ -98,6 +99,7 @@ class Transfers:
         verify: bool,
         notes: Notes | None = None,
         window: Window | None = None,
+        pinned: bool = False,
     ) -> None:
         # Requests in flight: told of the bytes moved and of every failure.
         self.window = window or Window(1, adaptive=False)
@@ -109,7 +111,10 @@ class Transfers:
         self.events = events
         self.verifier = Verifier(self.s3, writer, enabled=verify)
         self.temp_files = TempFiles(tree, events, writer)
-        self.lander = Lander(self.s3, self.verifier, self.temp_files, events, writer, self.run)
+        self.pinned = pinned
+        self.lander = Lander(
+            self.s3, self.verifier, self.temp_files, events, writer, self.run, pinned=pinned
+        )
         self.retries = retries
 
     def check_fatal(self, exc: OSError) -> None:
@@ -159,6 +164,8 @@ class Transfers:
                 await step()
             except (ObjectChanged, ChecksumMismatch, RangeIgnored) as exc:
                 job.state.restart = str(exc)
+            except ObjectGone as exc:
+                job.state.error = self._gone(job, exc)
             except ObjectError as exc:
                 job.state.error = str(exc)
                 job.state.needs_botocore = isinstance(exc, NeedsBotocore)
@@ -168,6 +175,13 @@ class Transfers:
         job.state.ranges_left -= 1
         if job.state.ranges_left == 0:
             await self.lander.finish(job)
+
+    def _gone(self, job: FileJob, exc: ObjectGone) -> str:
+        if not self.pinned:
+            return str(exc)
+        version = job.obj.version_id
+        what = f"its version {version} was deleted" if version else "it was deleted"
+        return f"no longer in S3 as the lock has it: {what}"
 
     # -- objects shared between worker processes ------------------------------------
 
@@ -223,6 +237,7 @@ class Transfers:
             body = await self.s3.open_body(
                 job.obj, start=received, want_checksum=self.verifier.enabled
             )
+            job.state.version_id = job.state.version_id or body.headers.version_id
             try:
                 await self.verifier.expect_from_body(job, body)
                 await self._read_into(body, chunks, received, job.obj.size)
@@ -319,6 +334,7 @@ class Transfers:
         body = await self.s3.open_body(
             job.obj, start=cursor.offset, end=end, want_checksum=first and self.verifier.enabled
         )
+        job.state.version_id = job.state.version_id or body.headers.version_id
         if first:
             expectation = await self.verifier.expect_from_body(job, body)
             job.check.digest = make_digest(expectation, job.check.layout)

@@ -221,6 +221,7 @@ class Worker:
             verify=settings.verify,
             notes=self._notes,
             window=self._window,
+            pinned=settings.pinned,
         )
         self._transfers = transfers
         try:
