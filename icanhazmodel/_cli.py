@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ._api import fork_server_for, run
 from ._asof import parse_at
 from ._config import (
     DEFAULT_CONCURRENCY,
@@ -39,6 +38,7 @@ from ._output import (
     verification_line,
 )
 from ._progress import LineReporter, MessageReporter, NullReporter, Reporter, TqdmReporter
+from ._runner import fork_server_for, run
 from ._select import Filters, parse_shard
 from ._version import __version__
 

@@ -11,9 +11,9 @@ run's whole request budget, shared by big files and small ones alike.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -21,18 +21,18 @@ from pathlib import Path
 import anyio
 from anyio.to_thread import run_sync
 
+from . import _sources as sources
 from ._asof import rfc3339
 from ._config import FetchConfig
-from ._contract import BrokenListing, KeyOrder
 from ._dryrun import PlanBook
 from ._engine import Engine
-from ._errors import IcanhazmodelError, NothingToFetch, S3Error
+from ._errors import IcanhazmodelError, NothingToFetch
 from ._files import Tree, describe_os_error
 from ._jobs import FileJob
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
 from ._launch import ForkServer
 from ._ledger import Ledger, Watcher
-from ._lock import Lock, LockBook
+from ._lock import LockBook
 from ._manifest import Manifest
 from ._models import (
     Action,
@@ -54,8 +54,6 @@ from ._window import Window
 from ._writer import Writer
 
 MANIFEST_FLUSH_SECONDS = 1.0
-# Objects from a lock planned at a time, as a listing page would bring them.
-LOCK_PAGE = 1000
 _EDITED = (
     "'{}' was changed since icanhazmodel wrote it; kept (delete it to fetch S3's copy, "
     "or --force to download every file again)"
@@ -89,11 +87,6 @@ def _most_telling(error: BaseException) -> BaseException:
             if isinstance(exc, kind):
                 return exc
     return flat[0]
-
-
-def _fan_out() -> bool:
-    """Whether big prefixes are listed in parallel (ICANHAZMODEL_LIST_FANOUT=0: one chain)."""
-    return os.environ.get("ICANHAZMODEL_LIST_FANOUT", "1") != "0"
 
 
 class Run:
@@ -199,16 +192,23 @@ class Run:
 
     async def _produce(self, exact: RemoteObject | None, engine: Engine | None) -> None:
         """List, select and decide; send ranges to the workers (None: plan only)."""
-        if self.config.from_lock is not None:
-            await self._from_lock(self.config.from_lock, engine)
-        elif self.config.at is not None:
-            await self._as_of(self.config.at, engine)
+        config = self.config
+        self._prefix = directory_prefix(config.key)
+        if config.from_lock is not None:
+            self._prefix = config.from_lock.prefix
+            batches = sources.locked(config.from_lock)
+        elif config.at is not None:
+            batches = sources.as_of(self.s3, config.key, config.at)
         elif exact is not None:
-            self._prefix = ""
-            await self._plan_page([exact], engine, last=True)
+            batches = sources.exactly(exact)
         else:
-            self._prefix = directory_prefix(self.config.key)
-            await self._list_prefix(engine)
+            batches = sources.listed(self.s3, config.key)
+        # Closed here, in this task, however planning ends: the listing's
+        # fan-out holds a task group, which must be left by the task that entered it.
+        async with aclosing(batches):
+            async for batch in batches:
+                self._prefix = batch.prefix
+                await self._plan_page(batch.objects, engine, more=batch.more, last=batch.last)
         self._listing_done()
         self._check_something_selected()
 
@@ -220,60 +220,6 @@ class Run:
         self._told_listing_done = True
         if (listing_done := getattr(self.reporter, "listing_done", None)) is not None:
             listing_done()
-
-    async def _list_prefix(self, engine: Engine | None) -> None:
-        """List the prefix, holding the store to the listing contract (see
-        ``_contract``): one page, and if it holds more than that, the rest
-        fanned out over its sub-prefixes (in the same key order)."""
-        order = KeyOrder()
-        try:
-            pages = self.s3.list_pages(self._prefix)
-            first = await anext(pages)
-            order.check(first.objects)
-            await self._plan_page(first.objects, engine, more=first.more, last=not first.more)
-            if first.more and first.objects and _fan_out():
-                await pages.aclose()
-                keys = [o.key for o in first.objects]
-                async with self.s3.fanned_out(self._prefix, keys) as rest:
-                    async for page in rest:
-                        order.check(page.objects)
-                        await self._plan_page(page.objects, engine, more=page.more)
-                return
-            async for page in pages:
-                order.check(page.objects)
-                await self._plan_page(page.objects, engine, more=page.more, last=not page.more)
-        except BrokenListing as exc:
-            where = f"s3://{self.s3.bucket}/{self._prefix}"
-            raise S3Error(f"the store broke the listing of {where}: it {exc}") from None
-
-    async def _from_lock(self, lock: Lock, engine: Engine | None) -> None:
-        """The lock's files instead of a listing, a page at a time, each
-        pinned to its version or ETag (see ``_lock``)."""
-        self._prefix = lock.prefix
-        files = lock.files
-        if not files:
-            raise NothingToFetch("the lock names no files")
-        for start in range(0, len(files), LOCK_PAGE):
-            page = [entry.remote() for entry in files[start : start + LOCK_PAGE]]
-            last = start + LOCK_PAGE >= len(files)
-            await self._plan_page(page, engine, more=not last, last=last)
-
-    async def _as_of(self, at: float, engine: Engine | None) -> None:
-        """The key as it was at *at*: the one object it named then, else the
-        objects under it, each at its version of then (see ``_asof``)."""
-        key = self.config.key
-        self._prefix = directory_prefix(key)
-        exact: bool | None = None  # decided by the first object current then
-        async for found in self.s3.versions_at(key, at):
-            if exact is None and found:
-                exact = bool(key) and found[0].key == key and not key.endswith("/")
-            if exact:
-                self._prefix = ""
-                await self._plan_page(found[:1], engine, last=True)
-                return
-            page = [obj for obj in found if obj.key.startswith(self._prefix)]
-            if page:
-                await self._plan_page(page, engine, more=True)
 
     @property
     def prefix(self) -> str:

@@ -56,7 +56,7 @@ from ._messages import (
 )
 from ._shares import Shares
 from ._transfer import SMALL_OBJECT
-from ._window import START
+from ._window import first_level
 
 # Tasks a worker holds (queued or running) per request it keeps in flight:
 # enough that it never waits for the parent, few enough to balance the load.
@@ -87,6 +87,10 @@ class _Worker:
     def release(self, table: dict[int, int], key: int) -> None:
         self.load -= table.pop(key, 0)
 
+    def stop_reading(self) -> None:
+        if self.inbox is not None:
+            self.inbox.close()
+
     def has_room(self) -> bool:
         return self.alive and len(self.outstanding) < self.capacity
 
@@ -110,16 +114,14 @@ class Pool:
         self._events = events
         self._settings = settings
         # Until a worker says what level it found: where its window starts.
-        first_level = (
-            min(START, settings.concurrency) if settings.adaptive else settings.concurrency
-        )
+        first = first_level(settings.concurrency, settings.adaptive)
         self._loop = asyncio.get_running_loop()
         self._workers = [
             _Worker(
                 i,
                 child,
                 conn,
-                capacity=first_level * TASKS_PER_REQUEST,
+                capacity=first * TASKS_PER_REQUEST,
                 span_capacity=settings.concurrency,
             )
             for i, (child, conn) in enumerate(started)
@@ -199,7 +201,7 @@ class Pool:
             self._check_fatal()
             await self._changed()
         for worker in self._workers:
-            self._stop_reading(worker)
+            worker.stop_reading()
             await asyncio.to_thread(worker.child.wait)
             worker.child.release()
             with contextlib.suppress(OSError):
@@ -213,7 +215,7 @@ class Pool:
     def abort(self) -> None:
         """Stop every worker now (synchronous: runs while the run is cancelled)."""
         for worker in self._workers:
-            self._stop_reading(worker)
+            worker.stop_reading()
             if worker.alive:
                 with contextlib.suppress(OSError):
                     send_message(worker.conn, Abort())
@@ -284,12 +286,8 @@ class Pool:
         for message in messages:
             self._deliver(worker, message)
             if isinstance(message, Bye | Fatal):  # its last word
-                self._stop_reading(worker)
+                worker.stop_reading()
                 return
-
-    def _stop_reading(self, worker: _Worker) -> None:
-        if worker.inbox is not None:
-            worker.inbox.close()
 
     def _deliver(self, worker: _Worker, message: Any) -> None:
         if isinstance(message, Events):
@@ -306,8 +304,8 @@ class Pool:
     def _take_events(self, worker: _Worker, events: Events) -> None:
         """Replay a worker's batch into the run's events, with the parent's jobs."""
         into = self._events
-        if events.level is not None:  # it holds tasks for the requests it keeps in flight
-            worker.capacity = events.level * TASKS_PER_REQUEST
+        if events.level is not None:
+            worker.capacity = events.level * TASKS_PER_REQUEST  # tasks for its requests
             into.in_flight(worker.index + 1, events.level)
         for record, start, end, crc in events.ranges:
             into.range_done(record, start, end, crc)

@@ -166,3 +166,23 @@ def test_at_on_a_bucket_without_versions_is_one_clear_line(bucket: Bucket, tmp_p
     assert "--at needs a bucket that keeps versions" in line
     assert bucket.name in line
     assert not (tmp_path / "m").exists()
+
+
+def test_at_with_shards_fetches_every_object_as_it_was_exactly_once(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    then = history(bucket)
+    keys = []
+    for k in range(2):
+        plan = asyncio.run(
+            icanhazmodel.plan(
+                bucket=bucket.name,
+                key="m",
+                dest=tmp_path,
+                shard=f"{k}/2",
+                endpoint_url=bucket.endpoint,
+                at=stamp(then),
+            )
+        )
+        keys += [o.key for o in plan.objects]
+    assert sorted(keys) == sorted(AS_IT_WAS)
