@@ -255,3 +255,33 @@ def test_a_bad_concurrency_is_one_clear_line(bucket: Bucket, tmp_path: Path, val
     assert "--concurrency must be 'auto' or" in line
     assert value in line
     assert not (tmp_path / "p").exists()
+
+
+# -- where the level shows --------------------------------------------------------------------
+
+
+def test_the_level_shows_on_the_bar_and_in_the_log_line() -> None:
+    import io
+
+    from icanhazmodel._progress import LineReporter, TqdmReporter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    bars = TqdmReporter(Terminal())
+    bars._total.dynamic_ncols = lambda _: (200, 24)
+    bars.listed(3, 3 * MiB)
+    assert "in flight" not in str(bars._total)  # nothing in flight yet: nothing said
+    bars.in_flight(48)
+    assert "0/3+ files, listing, 48 in flight" in str(bars._total)
+    bars.close()
+
+    now = [0.0]
+    out = io.StringIO()
+    line = LineReporter(out, every=5.0, clock=lambda: now[0])
+    line.listed(2, 200)
+    line.in_flight(23)
+    now[0] = 6.0
+    line.advanced("a", 100)
+    assert out.getvalue().rstrip().endswith(", 23 requests in flight")
