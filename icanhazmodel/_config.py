@@ -171,6 +171,18 @@ def locked_source(lock: Lock, bucket: str | None, key: str | None) -> tuple[str,
 
 def parse_concurrency(value: str | int | None) -> int | None:
     """--concurrency: 'auto' (None: found as the run goes) or a fixed count."""
+    return _auto_or_count(value, "--concurrency")
+
+
+def parse_processes(text: str | int | None) -> int | None:
+    """--processes: 'auto' (None) or a count; None asks ICANHAZMODEL_PROCESSES."""
+    if text is None:
+        text = os.environ.get("ICANHAZMODEL_PROCESSES", "auto")
+    return _auto_or_count(text, "--processes")
+
+
+def _auto_or_count(value: str | int | None, option: str) -> int | None:
+    """'auto' (None) or a count, for *option*; the range is checked later."""
     if value is None or isinstance(value, int):
         return value
     if value.strip().lower() == "auto":
@@ -178,21 +190,7 @@ def parse_concurrency(value: str | int | None) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"--concurrency must be 'auto' or a number, not '{value}'") from None
-
-
-def parse_processes(text: str | int | None) -> int | None:
-    """--processes: 'auto' (None) or a count; None asks ICANHAZMODEL_PROCESSES."""
-    if text is None:
-        text = os.environ.get("ICANHAZMODEL_PROCESSES", "auto")
-    if isinstance(text, int):
-        return text
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"--processes must be 'auto' or a number, not '{text}'") from None
+        raise UsageError(f"{option} must be 'auto' or a number, not '{value}'") from None
 
 
 def split_s3_url(text: str) -> tuple[str, str] | None:
