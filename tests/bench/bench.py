@@ -221,6 +221,17 @@ def tools(
             ),
         ),
         Tool(
+            "obstore script",
+            (
+                str(bench_venv / "bin" / "python"),
+                str(HERE / "obstore_fetch.py"),
+                "{endpoint}",
+                BUCKET,
+                "{prefix}",
+                "{dest}",
+            ),
+        ),
+        Tool(
             "s5cmd",
             (
                 str(bench_venv / "bin" / "s5cmd"),
