@@ -255,6 +255,7 @@ class Sample:
 class Row:
     tool: str
     samples: list[Sample] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # a peer's failed runs, said why
 
     @property
     def median(self) -> float:
@@ -279,8 +280,12 @@ def run_tool(tool: Tool, endpoint: str, prefix: str, dest: Path, env: dict[str, 
             time.sleep(0.005)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"{tool.name} failed ({proc.returncode}): {log.read_text()[-2000:]}")
+        raise ToolFailed(f"{tool.name} failed ({proc.returncode}): {log.read_text()[-2000:]}")
     return Sample(wall, peak_kib / 1024)
+
+
+class ToolFailed(Exception):
+    """A run that exited non-zero: fatal for icanhazmodel, a table note for a peer."""
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -346,11 +351,15 @@ def table(scenario: Scenario, rows: list[Row], profile: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if not row.samples:
+            lines.append(f"| {row.tool} | failed: {'; '.join(row.failures)[:120]} | | | | |")
+            continue
         walls = [s.wall for s in row.samples]
         rss = max(s.rss_mib for s in row.samples)
         ratio = ours.median / row.median
+        failed = f" ({len(row.failures)} runs failed)" if row.failures else ""
         lines.append(
-            f"| {row.tool} | {row.median:.2f} s ({min(walls):.2f}-{max(walls):.2f}) "
+            f"| {row.tool}{failed} | {row.median:.2f} s ({min(walls):.2f}-{max(walls):.2f}) "
             f"| {mib / row.median:,.0f} | {len(scenario.objects) / row.median:,.0f} "
             f"| {rss:.0f} MiB | {ratio:.2f} |"
         )
@@ -386,7 +395,14 @@ def run_profile(
             dest.mkdir()
             if args.drop_caches:
                 drop_caches()
-            sample = run_tool(tool, endpoint, scenario.prefix, dest, env)
+            try:
+                sample = run_tool(tool, endpoint, scenario.prefix, dest, env)
+            except ToolFailed as exc:
+                if tool.name.startswith("icanhazmodel"):
+                    raise SystemExit(str(exc)) from None
+                print(f"  {exc}", flush=True)  # a peer's crash is its result, not the end
+                row.failures.append(str(exc).splitlines()[0])
+                continue
             verify(dest, expected, tool.name)
             row.samples.append(sample)
             print(
