@@ -102,6 +102,8 @@ class FetchConfig:
             raise UsageError(f"--retries must be 0 or more, not {self.retries}")
         if self.stall_timeout <= 0:
             raise UsageError(f"--stall-timeout must be positive, not {self.stall_timeout}")
+        if self.lock is not None:
+            _check_lock_path(self.lock)
 
     @property
     def pinned(self) -> bool:
@@ -135,6 +137,10 @@ _KEYWORDS = {
     "--include/--exclude": "include=/exclude=",
     "--shard": "shard=",
     "--ca-bundle": "ca_bundle=",
+    "--bucket": "bucket=",
+    "--lock": "lock=",
+    "--from-lock": "from_lock=",
+    "--at": "at=",
 }
 _FLAG = re.compile("|".join(re.escape(flag) for flag in sorted(_KEYWORDS, key=len, reverse=True)))
 
@@ -154,6 +160,17 @@ def _check_endpoint(url: str) -> None:
         raise UsageError(f"--endpoint-url '{url}' is not an http:// or https:// URL")
     if parts.port == 0:
         raise UsageError(f"--endpoint-url '{url}' has port 0")
+
+
+def _check_lock_path(path: Path) -> None:
+    """Say now, not after the downloads, that the lock could not be written."""
+    if path.is_dir():
+        raise UsageError(f"--lock '{path}' is a folder: name the lock file to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"--lock '{path}': there is no folder '{folder}' to write it in")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--lock '{path}': the folder '{folder}' is not writable")
 
 
 def locked_source(lock: Lock, bucket: str | None, key: str | None) -> tuple[str, str]:

@@ -195,3 +195,39 @@ def test_a_missing_lock_and_a_disagreeing_bucket_are_usage_errors(
     assert other.code == 2
     assert "is not the lock's bucket" in other.stderr
     assert isinstance(read_lock(lock_path), Lock)
+
+
+@pytest.mark.parametrize("where", ["no-such-folder/x.lock", "."])
+def test_a_lock_that_cannot_be_written_is_said_before_anything_is_fetched(
+    bucket: Bucket, tmp_path: Path, where: str
+) -> None:
+    bucket.put_many(FIRST)
+    lock_path = tmp_path / where
+    done = cli(bucket, "-b", bucket.name, "-k", "m", "-m", str(tmp_path / "d"), "--lock",
+               str(lock_path))  # fmt: skip
+    assert done.code == 2
+    [line] = done.stderr.strip().splitlines()
+    says = "there is no folder" if where.startswith("no-such") else "is a folder"
+    assert line.startswith(f"icanhazmodel: error: --lock '{lock_path}'")
+    assert says in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_library_names_its_own_keywords_in_lock_errors(bucket: Bucket, tmp_path: Path) -> None:
+    with pytest.raises(icanhazmodel.UsageError, match=r"^lock= '.*': there is no folder"):
+        fetch(bucket, tmp_path / "d", bucket=bucket.name, key="m", lock=tmp_path / "no/x.lock")
+    lock_path = tmp_path / "model.lock"
+    lock_path.write_text(
+        json.dumps(
+            {
+                "icanhazmodel_lock": 1,
+                "bucket": "b",
+                "key": "m",
+                "prefix": "m/",
+                "created": "",
+                "files": [],
+            }
+        )
+    )
+    with pytest.raises(icanhazmodel.UsageError, match=r"^bucket= 'other' is not the lock's"):
+        fetch(bucket, tmp_path / "d", bucket="other", from_lock=lock_path)
