@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 from ._asof import AsOf
 from ._botostore import BotocoreStore, open_botocore, open_session
 from ._config import S3Options
-from ._contract import TokenChain
+from ._contract import BrokenListing, TokenChain
 from ._direct import DirectGets, FrozenCredentials, HandedCredentials, Route, usable_for
 from ._directstore import DirectStore
 from ._errors import NothingToFetch, S3Error, UsageError
@@ -291,8 +291,9 @@ class S3:
         ``_asof``). Through botocore: it alone reads these answers."""
         store = await self._botocore()
         where = f"s3://{self.bucket}/{prefix}"
-        with run_errors(self._options, f"asking whether {where} keeps versions"):
-            status = await self._run_level(f"versioning of {where}", store.versioning)
+        status = await self._botocore_call(
+            f"asking whether {where} keeps versions", store.versioning
+        )
         if status is None:
             raise UsageError(
                 f"--at needs a bucket that keeps versions: s3://{self.bucket} never had "
@@ -300,19 +301,32 @@ class S3:
             )
         what = f"listing the versions under {where}"
         pick = AsOf(at)
-        marker: tuple[str, str | None] | None = None
+        chain = TokenChain()
+        marker: tuple[str | None, str | None] = (None, None)
         while True:
-            with run_errors(self._options, what):
-                entries, following = await self._run_level(
-                    what,
-                    partial(store.versions_page, prefix, *(marker or (None, None))),
-                )
+            entries, following = await self._botocore_call(
+                what, partial(store.versions_page, prefix, *marker)
+            )
             yield list(pick.feed(entries))
             if following is None:
                 return
-            if following == marker:
-                raise S3Error(f"the store broke the listing of versions under {where}")
+            try:
+                chain.follow(f"{following[0]}\0{following[1] or ''}")
+            except BrokenListing as exc:
+                raise S3Error(
+                    f"the store broke the listing of versions under {where}: it {exc}"
+                ) from None
             marker = following
+
+    async def _botocore_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A run-level request only botocore serves, retried by the run's policy
+        (its errors read by the one table, inside each attempt)."""
+
+        async def once() -> T:
+            with run_errors(self._options, what):
+                return await call()
+
+        return await self._run_level(what, once)
 
     def fanned_out(
         self, prefix: str, first_page: Sequence[str]

@@ -18,6 +18,7 @@ from icanhazmodel._asof import AsOf, Entry, merged, parse_at
 from icanhazmodel._errors import UsageError
 from icanhazmodel._models import RemoteObject
 from tests.conftest import Bucket, CliResult, run_cli, tree_of
+from tests.faultproxy import Fault, fault_proxy
 
 # -- which version of each key ------------------------------------------------------------
 
@@ -186,3 +187,22 @@ def test_at_with_shards_fetches_every_object_as_it_was_exactly_once(
         )
         keys += [o.key for o in plan.objects]
     assert sorted(keys) == sorted(AS_IT_WAS)
+
+
+def test_a_throttled_page_of_versions_is_retried_not_fatal(bucket: Bucket, tmp_path: Path) -> None:
+    then = history(bucket)
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(
+            Fault(
+                query_contains="versions",
+                status_503=True,
+                times=2,
+                add_headers={"Retry-After": "0"},
+            )
+        )
+        done = run_cli("-b", bucket.name, "--endpoint-url", proxy.endpoint, "-k", "m", "-m",
+                       str(tmp_path), "--at", stamp(then))  # fmt: skip
+        listings = [s for s in proxy.requests("GET", "") if "versions" in s.query]
+    assert done.code == 0, done.stderr
+    assert tree_of(tmp_path) == AS_IT_WAS
+    assert len(listings) == 3  # two SlowDowns, then the page
