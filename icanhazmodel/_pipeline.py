@@ -12,7 +12,7 @@ run's whole request budget, shared by big files and small ones alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
@@ -138,11 +138,9 @@ class Run:
 
     async def execute(self) -> FetchResult:
         started = time.monotonic()
-        exact = None
-        if self.config.from_lock is None and self.config.at is None:
-            exact = await self.s3.exact(self.config.key, self.config.version_id)
+        batches = await self._source()
         if self.config.dry_run:
-            await self._produce(exact, None)
+            await self._produce(batches, None)
             return self._result(started)
         try:
             async with anyio.create_task_group() as outer:
@@ -150,7 +148,7 @@ class Run:
                     outer.start_soon(self._flush_periodically, self.manifest)
                 outer.start_soon(self.spread.share_credentials)
                 async with Engine(self.transfers, self.window).running() as engine:
-                    await self._produce(exact, engine)
+                    await self._produce(batches, engine)
                     await self.spread.finish()
                     await self._take_back(engine)
                 outer.cancel_scope.cancel()
@@ -190,19 +188,25 @@ class Run:
 
     # -- producer -------------------------------------------------------------------
 
-    async def _produce(self, exact: RemoteObject | None, engine: Engine | None) -> None:
-        """List, select and decide; send ranges to the workers (None: plan only)."""
+    async def _source(self) -> AsyncGenerator[sources.Batch, None]:
+        """Where this run's objects come from (the one choice, see ``_sources``);
+        a key that names one object is looked up now, before anything starts."""
         config = self.config
-        self._prefix = directory_prefix(config.key)
+        self._prefix = directory_prefix(config.key)  # until a batch says otherwise
         if config.from_lock is not None:
             self._prefix = config.from_lock.prefix
-            batches = sources.locked(config.from_lock)
-        elif config.at is not None:
-            batches = sources.as_of(self.s3, config.key, config.at)
-        elif exact is not None:
-            batches = sources.exactly(exact)
-        else:
-            batches = sources.listed(self.s3, config.key)
+            return sources.locked(config.from_lock)
+        if config.at is not None:
+            return sources.as_of(self.s3, config.key, config.at)
+        exact = await self.s3.exact(config.key, config.version_id)
+        if exact is not None:
+            return sources.exactly(exact)
+        return sources.listed(self.s3, config.key)
+
+    async def _produce(
+        self, batches: AsyncGenerator[sources.Batch, None], engine: Engine | None
+    ) -> None:
+        """List, select and decide; send ranges to the workers (None: plan only)."""
         # Closed here, in this task, however planning ends: the listing's
         # fan-out holds a task group, which must be left by the task that entered it.
         async with aclosing(batches):
