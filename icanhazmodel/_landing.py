@@ -23,11 +23,13 @@ from ._events import Landing, TransferEvents
 from ._files import PartialFile, describe_os_error, stop_if_fatal
 from ._jobs import Check, FileJob, TransferState, Work
 from ._models import RemoteObject
-from ._objects import ObjectError, ObjectSource, etag_problem
+from ._objects import ObjectError, ObjectGone, ObjectSource, etag_problem
 from ._tempfiles import TempFiles
 from ._verify import MAX_RESTARTS, Verifier, parts_to_refetch
 from ._writer import Writer
 
+# Why a pinned object (--from-lock) failed, before the details.
+NOT_AS_LOCKED = "no longer in S3 as the lock has it"
 # Damaged parts fetched again at once, on top of the run's own requests.
 REFETCHES_IN_FLIGHT = 4
 
@@ -55,6 +57,15 @@ class Lander:
         # --from-lock: an object starts over only as the same object, never
         # as whatever the key holds now.
         self._pinned = pinned
+
+    def gone(self, job: FileJob, exc: ObjectGone) -> str:
+        """Why *job* failed when S3 answered that it has no such object."""
+        if not self._pinned:
+            return str(exc)
+        version = job.obj.version_id
+        return f"{NOT_AS_LOCKED}: " + (
+            f"its version {version} was deleted" if version else "it was deleted"
+        )
 
     async def finish(self, job: FileJob) -> None:
         """After an object's last range: land it, start it over, or report it."""
@@ -159,9 +170,7 @@ class Lander:
             return
         if self._pinned and (obj.etag != job.obj.etag or obj.size != job.obj.size):
             self.events.failed(
-                job,
-                f"no longer in S3 as the lock has it: its ETag is now {obj.etag}, "
-                f"the lock says {job.obj.etag}",
+                job, f"{NOT_AS_LOCKED}: its ETag is now {obj.etag}, the lock says {job.obj.etag}"
             )
             return
         fresh = FileJob(

@@ -98,11 +98,11 @@ class Transfers:
         retries: int,
         verify: bool,
         notes: Notes | None = None,
-        window: Window | None = None,
+        window: Window,
         pinned: bool = False,
     ) -> None:
         # Requests in flight: told of the bytes moved and of every failure.
-        self.window = window or Window(1, adaptive=False)
+        self.window = window
         # Every request through the one retry policy; streams are resumed here.
         self.s3 = Retrying(s3, RetryPolicy.from_retries(retries), self.window.trouble)
         self.notes = notes or Notes()
@@ -111,7 +111,6 @@ class Transfers:
         self.events = events
         self.verifier = Verifier(self.s3, writer, enabled=verify)
         self.temp_files = TempFiles(tree, events, writer)
-        self.pinned = pinned
         self.lander = Lander(
             self.s3, self.verifier, self.temp_files, events, writer, self.run, pinned=pinned
         )
@@ -165,7 +164,7 @@ class Transfers:
             except (ObjectChanged, ChecksumMismatch, RangeIgnored) as exc:
                 job.state.restart = str(exc)
             except ObjectGone as exc:
-                job.state.error = self._gone(job, exc)
+                job.state.error = self.lander.gone(job, exc)
             except ObjectError as exc:
                 job.state.error = str(exc)
                 job.state.needs_botocore = isinstance(exc, NeedsBotocore)
@@ -175,13 +174,6 @@ class Transfers:
         job.state.ranges_left -= 1
         if job.state.ranges_left == 0:
             await self.lander.finish(job)
-
-    def _gone(self, job: FileJob, exc: ObjectGone) -> str:
-        if not self.pinned:
-            return str(exc)
-        version = job.obj.version_id
-        what = f"its version {version} was deleted" if version else "it was deleted"
-        return f"no longer in S3 as the lock has it: {what}"
 
     # -- objects shared between worker processes ------------------------------------
 

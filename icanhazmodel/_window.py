@@ -51,9 +51,9 @@ BACKOFF = 0.7  # the level is cut to this much of itself on trouble
 BUSY = 0.7  # the share of an epoch the slots must be full to try a higher level
 
 
-def first_level(ceiling: int, adaptive: bool) -> int:
-    """Where a window starts: START (if the ceiling allows), or the fixed level."""
-    return min(START, max(1, ceiling)) if adaptive else max(1, ceiling)
+def first_level(ceiling: int, adaptive: bool, start: int = START) -> int:
+    """Where a window starts: *start* (if the ceiling allows), or the fixed level."""
+    return min(start, max(1, ceiling)) if adaptive else max(1, ceiling)
 
 
 class Window:
@@ -69,7 +69,7 @@ class Window:
     ) -> None:
         self.ceiling = max(1, ceiling)
         self.adaptive = adaptive
-        self.level = min(start, self.ceiling) if adaptive else self.ceiling  # see first_level
+        self.level = first_level(ceiling, adaptive, start)
         self.peak = self.level
         self._clock = clock
         self._changed: anyio.Event | None = None  # set when the level rises
