@@ -1,5 +1,6 @@
 """A lighter request path for GetObject: SigV4-signed GETs sent straight
-through aiohttp, for the one request per object that dominates a run.
+through our own HTTP client (``_http``), for the one request per object that
+dominates a run.
 
 botocore spends about 0.8 ms of CPU on each request: S3's endpoint rules are
 evaluated afresh for every key (the key is a rule parameter, so the cache
@@ -32,10 +33,8 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 from xml.etree import ElementTree
 
-import aiohttp
-import yarl
-
 from ._checksums import CHECKSUM_ALGORITHMS
+from ._http import Client, Response, TlsFailure
 from ._listxml import ListPage, NotAListing, parse_list_page
 from ._models import ObjectHeaders, encrypted_with_key
 from ._objects import (
@@ -50,13 +49,6 @@ from ._version import __version__
 
 PROBE_KEY = "icanhazmodel-probe/key"
 USER_AGENT = f"icanhazmodel/{__version__} (direct GET)"
-# Per-connection read buffer: the stream pauses reading from the socket
-# when this much is unread. At aiohttp's default (64 KiB) a fast stream was
-# paused and resumed every few reads (an epoll unregister and register each
-# time): 8 x 256 MiB from a local server took 3.1-4.0 s of CPU against
-# 2.7-2.9 s at 256 KiB (the size the body is read in), with the same peak
-# RSS. 1 MiB saved another ~10% for +22 MiB of RSS per process.
-READ_BUFSIZE = 256 * 1024
 
 
 def usable_for(bucket: str) -> bool:
@@ -69,7 +61,7 @@ def usable_for(bucket: str) -> bool:
 class DirectBody:
     """The streaming body of one direct GET, shaped like the botocore one."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: Response) -> None:
         self._response = response
         self.headers = self.parse_headers(response.headers)
 
@@ -95,15 +87,12 @@ class DirectBody:
         )
 
     async def read(self, max_bytes: int) -> bytes:
-        return await self._response.content.read(max_bytes)
+        return await self._response.read(max_bytes)
 
     def close(self) -> None:
         # Read to the end: the connection goes back to the pool. Stopped
-        # early: drop it, or the unread rest would be read as the next reply.
-        if self._response.content.at_eof():
-            self._response.release()
-        else:
-            self._response.close()
+        # early: dropped, or the unread rest would be read as the next reply.
+        self._response.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +158,13 @@ class DirectGets:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: Client,
         route: Route,
         credentials: Any,
         request_payer: str | None,
         trust: Trust,
     ) -> None:
-        self._http = session
+        self._http = http
         self._trust = trust
         self.route = route
         self._origin = route.origin
@@ -232,23 +221,19 @@ class DirectGets:
         # A plain-http origin reached directly or through a plain-http proxy
         # makes no TLS connection: no context to build (~35 ms of start-up).
         tls = route.scheme == "https" or (proxy or "").startswith("https:")
-        connector = aiohttp.TCPConnector(
-            limit=pool_size, ssl=trust.context() if tls else False, keepalive_timeout=30
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
-            auto_decompress=False,
-            read_bufsize=READ_BUFSIZE,
-            # No trust_env: it costs a netrc and a proxy lookup, each in a
-            # thread, per request. The run's proxy was decided once, above.
+        http = Client(
+            route.origin,
+            limit=pool_size,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            tls=trust.context() if tls else None,
             proxy=proxy,
-            headers={"User-Agent": USER_AGENT},
+            headers={"Host": route.host, "User-Agent": USER_AGENT},
         )
-        return cls(session, route, credentials, request_payer, trust)
+        return cls(http, route, credentials, request_payer, trust)
 
     async def aclose(self) -> None:
-        await self._http.close()
+        await self._http.aclose()
 
     @contextlib.contextmanager
     def _trusted(self) -> Iterator[None]:
@@ -256,7 +241,7 @@ class DirectGets:
         handed to botocore, which would talk to the same server."""
         try:
             yield
-        except aiohttp.ClientSSLError as exc:
+        except TlsFailure as exc:
             raise untrusted(self._origin, exc, self._trust) from exc
 
     async def _signed_headers(
@@ -289,7 +274,7 @@ class DirectGets:
     ) -> DirectBody:
         path = self._base_path + quote(key, safe="/~")
         query = {"versionId": version_id} if version_id else {}
-        url = self._origin + path + ("?" + canonical_query(query) if query else "")
+        target = path + ("?" + canonical_query(query) if query else "")
         headers = {"Accept-Encoding": "identity"}
         if byte_range:
             headers["Range"] = byte_range
@@ -300,16 +285,13 @@ class DirectGets:
         if self._request_payer:
             headers["x-amz-request-payer"] = self._request_payer
         signed = await self._signed_headers(path, query, headers)
-        # encoded=True: send the path exactly as signed, without yarl's
-        # re-quoting (as aiobotocore does for the same reason).
+        # The path goes out exactly as signed: S3 does not normalise it.
         with self._trusted():
-            response = await self._http.get(
-                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
-            )
+            response = await self._http.request("GET", target, signed)
         if response.status in (200, 206):
             return DirectBody(response)
         try:
-            body = await response.read()
+            body = await response.read_all()
         finally:
             response.release()
         code, message = _error_fields(body)
@@ -343,14 +325,14 @@ class DirectGets:
         if self._request_payer:
             headers["x-amz-request-payer"] = self._request_payer
         signed = await self._signed_headers(path, query, headers)
-        url = self._origin + path + "?" + canonical_query(query)
         with self._trusted():
-            async with self._http.get(
-                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
-            ) as response:
-                body = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
+            response = await self._http.request("GET", path + "?" + canonical_query(query), signed)
+        try:
+            body = await response.read_all()
+        finally:
+            response.release()
+        status = response.status
+        retry_after = response.headers.get("Retry-After")
         if status != 200:
             code, message = _error_fields(body)
             if transient(status, code):
@@ -369,16 +351,14 @@ class DirectGets:
         query = {"versionId": version_id} if version_id else {}
         if part_number is not None:
             query["partNumber"] = str(part_number)
-        url = self._origin + path + ("?" + canonical_query(query) if query else "")
+        target = path + ("?" + canonical_query(query) if query else "")
         headers = {"x-amz-checksum-mode": "ENABLED"}
         if self._request_payer:
             headers["x-amz-request-payer"] = self._request_payer
         signed = await self._signed_headers(path, query, headers, method="HEAD")
         with self._trusted():
-            response = await self._http.head(
-                yarl.URL(url, encoded=True), headers=signed, allow_redirects=False
-            )
-        async with response:
+            response = await self._http.request("HEAD", target, signed)
+        try:
             # A part's HEAD may be 206 with its Content-Range (AWS, MinIO,
             # SeaweedFS), or 200 (moto); _parts checks what it says.
             if response.status != 200 and not (part_number and response.status == 206):
@@ -392,6 +372,8 @@ class DirectGets:
                 parsed,
                 response.headers.get("Last-Modified", ""),
             )
+        finally:
+            response.release()
 
 
 # Answers that mean this path's one-off resolution (region, credentials

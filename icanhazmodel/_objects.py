@@ -15,8 +15,6 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-import aiohttp
-
 from ._checksums import ChecksumMismatch
 from ._errors import CredentialsError, S3Error
 from ._models import ObjectHeaders, RemoteObject
@@ -91,12 +89,9 @@ CREDENTIAL_CODES = frozenset(
      "TokenRefreshRequired"}
 )  # fmt: skip
 
-# What a body read or a request may raise that is worth another attempt.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    ConnectionError,
-    aiohttp.ClientError,
-)
+# What a body read or a request may raise that is worth another attempt
+# (the direct path's HttpError is a ConnectionError).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
 # S3 asks for fewer requests with 503 SlowDown; other stores and AWS services
 # with 429 or these codes.
 THROTTLE_CODES = frozenset(

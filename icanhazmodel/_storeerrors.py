@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import NoReturn
 from urllib.parse import urlsplit
 
-import aiohttp
 import botocore.exceptions as boto_exc
 
 from ._checksums import ChecksumMismatch
@@ -28,6 +28,7 @@ from ._errors import (
     S3Error,
     UsageError,
 )
+from ._http import CannotConnect
 from ._objects import (
     CREDENTIAL_CODES,
     DirectError,
@@ -85,11 +86,16 @@ _TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     boto_exc.IncompleteReadError,
     boto_exc.ReadTimeoutError,
     TimeoutError,
-    ConnectionError,
-    # aiobotocore's StreamingBody lets some of aiohttp's errors through
-    # unwrapped, e.g. ClientPayloadError for a body cut short.
-    aiohttp.ClientError,
+    ConnectionError,  # the direct path's HttpError among them
 )
+
+
+def _transient_exceptions() -> tuple[type[BaseException], ...]:
+    """What is worth another attempt. aiobotocore's StreamingBody lets some
+    of aiohttp's errors through unwrapped (ClientPayloadError for a body cut
+    short); aiohttp is loaded only with botocore, so only then are they asked for."""
+    aiohttp = sys.modules.get("aiohttp")
+    return _TRANSIENT_EXCEPTIONS + ((aiohttp.ClientError,) if aiohttp is not None else ())
 
 
 def _bucket_in_host(options: S3Options) -> str:
@@ -164,7 +170,7 @@ def run_errors(options: S3Options, what: str) -> Iterator[None]:
         if isinstance(exc, DirectError):
             raise FallBack(f"{status} {code}") from exc
         _raise_run_error(exc, options, what)
-    except _TRANSIENT_EXCEPTIONS as exc:
+    except _transient_exceptions() as exc:
         raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         _raise_run_error(exc, options, what)
@@ -173,10 +179,10 @@ def run_errors(options: S3Options, what: str) -> Iterator[None]:
 def gave_up(what: str, exc: ObjectError) -> S3Error:
     """The run-level call the retry policy gave up on, in words."""
     cause = exc.__cause__.__cause__ if exc.__cause__ is not None else None
+    aiohttp = sys.modules.get("aiohttp")
     unreachable = isinstance(
-        cause,
-        boto_exc.EndpointConnectionError | aiohttp.ClientConnectorError | ConnectionRefusedError,
-    )
+        cause, boto_exc.EndpointConnectionError | CannotConnect | ConnectionRefusedError
+    ) or (aiohttp is not None and isinstance(cause, aiohttp.ClientConnectorError))
     reason = "cannot reach the S3 endpoint" if unreachable else "S3 kept failing"
     return S3Error(f"{reason} while {what} ({exc})")
 
@@ -195,7 +201,7 @@ def object_errors(key: str) -> Iterator[None]:
         # botocore checks S3's checksum itself when a whole object is asked
         # for with ChecksumMode; its verdict is as good as ours.
         raise ChecksumMismatch(f"checksum mismatch: {exc}") from exc
-    except _TRANSIENT_EXCEPTIONS as exc:
+    except _transient_exceptions() as exc:
         raise TransientObjectError(f"{type(exc).__name__}: {exc}") from exc
     except boto_exc.CredentialRetrievalError as exc:
         raise CredentialsError(f"cannot refresh the AWS credentials: {exc}") from exc
