@@ -105,20 +105,23 @@ def parse_head(head: bytes) -> Head:
 
 
 def request_bytes(method: str, target: str, headers: Mapping[str, str]) -> bytes:
-    """A body-less request. A header value that could end the header early
-    (CR, LF, NUL) is refused: it would let a key or an ETag write headers."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    for name, value in headers.items():
-        if _FORBIDDEN_IN_VALUES.search(value):
-            raise ValueError(f"header {name} holds a line break: {value!r}")
-        lines.append(f"{name}: {value}")
-    if _FORBIDDEN_IN_VALUES.search(target) or " " in target:
-        raise ValueError(f"request target holds a space or line break: {target!r}")
-    lines.append("\r\n")
+    """A body-less request. A header value or target that could end its line
+    early (CR, LF, NUL) is refused: it would let a key or an ETag write
+    headers of its own."""
+    lines = [f"{method} {target} HTTP/1.1", *(f"{n}: {v}" for n, v in headers.items()), "\r\n"]
+    text = "\r\n".join(lines)
+    # Every CR and LF must be one of ours (one pair per line): counted in C,
+    # then looked for one by one only to name the culprit.
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\x00" in text:
+        for line in lines[:-1]:
+            if _FORBIDDEN_IN_VALUES.search(line):
+                raise ValueError(f"a request line holds a line break: {line!r}")
+    if " " in target:
+        raise ValueError(f"a request target holds a space: {target!r}")
     try:
-        return "\r\n".join(lines).encode("ascii")
+        return text.encode("ascii")
     except UnicodeEncodeError:
-        raise ValueError(f"a request header that is not ASCII: {lines!r}") from None
+        raise ValueError(f"a request header that is not ASCII: {text!r}") from None
 
 
 _SIZE, _DATA, _DATA_END, _TRAILERS = range(4)

@@ -1,6 +1,6 @@
 """How worker processes start: forked from a warm server, or spawned fresh.
 
-A fresh worker spends ~0.2 s starting Python and importing aiohttp and the
+A fresh worker spends ~0.2 s starting Python and importing its HTTP client and the
 transfer code before its first request, and workers could only start once
 the first listing page said how many a run needs. On a big machine a tree
 of a few big files is fetched in about that time. So a run that may use

@@ -143,8 +143,8 @@ class S3:
     async def _direct_store(self) -> DirectStore | None:
         """The direct path, set up on first use: from the light start's route,
         else from botocore's view of the bucket (URL, signing region)."""
-        if not self._resolvable:
-            return None
+        if self._direct is not None or not self._resolvable:
+            return self._direct  # every request asks: no lock once it is set up
         async with self._direct_lock:
             if self._direct is None and self._resolvable:
                 settings: dict[str, Any] = {

@@ -80,9 +80,10 @@ def sign(
     string_to_sign = "\n".join(
         [ALGORITHM, timestamp, scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
     )
-    signature = hmac.new(
-        signing_key(secret_key, date, region, service), string_to_sign.encode(), hashlib.sha256
-    ).hexdigest()
+    # One-shot: hmac.new builds two hash objects in Python first.
+    signature = hmac.digest(
+        signing_key(secret_key, date, region, service), string_to_sign.encode(), "sha256"
+    ).hex()
     out["Authorization"] = (
         f"{ALGORITHM} Credential={access_key}/{scope}, "
         f"SignedHeaders={';'.join(names)}, Signature={signature}"
