@@ -383,3 +383,32 @@ def test_the_pool_holds_at_most_its_limit_of_connections() -> None:
         assert asyncio.run(many(url)) == [b"x"] * 30
     assert len(requests) == 30
     assert most == 3
+
+
+def test_plain_http_through_a_proxy_names_the_whole_url_and_the_user() -> None:
+    async def through(proxy: str) -> tuple[int, bytes]:
+        client = Client(
+            "http://s3.example:9000",
+            limit=1,
+            connect_timeout=2,
+            read_timeout=5,
+            tls=None,
+            proxy=proxy,
+            headers={"Host": "s3.example:9000"},
+        )
+        try:
+            response = await client.request("GET", "/b/k%20x", {})
+            try:
+                return response.status, await response.read_all()
+            finally:
+                response.release()
+        finally:
+            await client.aclose()
+
+    with scripted(keep_answering(b"via")) as (url, requests):
+        proxy = url.replace("http://", "http://us%40er:p%3Ass@")
+        assert asyncio.run(through(proxy)) == (200, b"via")
+    lines = requests[0].split(b"\r\n")
+    assert lines[0] == b"GET http://s3.example:9000/b/k%20x HTTP/1.1"
+    # base64 of "us@er:p:ss": the URL's escapes undone, as curl and requests do.
+    assert b"Proxy-Authorization: Basic dXNAZXI6cDpzcw==" in lines

@@ -310,6 +310,59 @@ def test_no_proxy_with_a_port_keeps_both_paths_off_the_proxy(
     assert bool(direct_gets) == (request_path == "direct")
 
 
+def test_an_https_proxy_is_checked_and_tunnels_tls_inside_tls(
+    front: TlsFront,
+    filled: Bucket,
+    certificates: dict[str, trustme.LeafCert],
+    ca_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTPS_PROXY=https://...: the proxy's own certificate is checked, and
+    the endpoint's inside the tunnel, end to end (the direct path)."""
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with (
+        connect_proxy() as proxy,
+        tls_front(proxy.url, server_context(certificates["trusted"])) as proxy_tls,
+    ):
+        monkeypatch.setenv("HTTPS_PROXY", proxy_tls.endpoint)
+        result = _fetch(front.endpoint, filled, tmp_path / "ptms")
+    assert result.ok, result.problems
+    assert tree_of(tmp_path / "ptms") == FILES
+    assert proxy_tls.handshakes > 0
+    assert set(proxy.tunnels) == {f"127.0.0.1:{front.port}"}
+    assert any("direct GET" in agent for agent in front.user_agents())
+
+
+def test_an_https_proxy_with_an_untrusted_certificate_is_refused_by_name(
+    front: TlsFront,
+    filled: Bucket,
+    certificates: dict[str, trustme.LeafCert],
+    ca_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    dest = tmp_path / "ptms"
+    with (
+        connect_proxy() as proxy,
+        tls_front(proxy.url, server_context(certificates["unknown CA"])) as proxy_tls,
+    ):
+        monkeypatch.setenv("HTTPS_PROXY", proxy_tls.endpoint)
+        started = time.monotonic()
+        result = _cli(front.endpoint, filled, dest)
+        # The line names the proxy, whose certificate it is.
+        assert_refused(
+            result, time.monotonic() - started, dest, "issued by a CA that", f":{proxy_tls.port}"
+        )
+    assert proxy.tunnels == []
+    assert front.handshakes == 0
+
+
 def test_plain_http_goes_through_http_proxy_on_both_paths(
     request_path: str, filled: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
