@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from ._errors import UsageError
 from ._lock import Lock
 from ._select import Filters, Shard
-from ._window import AUTO_CEILING
+from ._window import AUTO_CEILING, AUTO_STREAMS
 
 # Requests in flight: by default found as the run goes (see _window), from
 # 16 up to AUTO_CEILING per process; -j N fixes it.
@@ -119,6 +119,12 @@ class FetchConfig:
     def ceiling(self) -> int:
         """The most requests in flight per process: -j N, or auto's ceiling."""
         return self.auto_ceiling if self.concurrency is None else self.concurrency
+
+    @property
+    def streams(self) -> int:
+        """The most ranges streamed at once per process (what memory is
+        budgeted for): -j N, or auto's share of its ceiling."""
+        return min(AUTO_STREAMS, self.ceiling) if self.concurrency is None else self.concurrency
 
 
 # A setting's name on the command line, and as fetch()'s keyword: the

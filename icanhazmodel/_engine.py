@@ -10,7 +10,10 @@ ahead of the downloads.
 
 There are as many slots as the window's ceiling, and slot *k* works only
 while *k* is below the window's level (``_window``): the level moves, the
-slots follow, and taking an item costs no lock.
+slots follow, and taking an item costs no lock. Before it starts, an item
+takes what it may hold from the memory budget (``_budget``), sized for
+*streams* ranges streamed at once: many small files fit where few big
+ranges do.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._budget import STREAM_COST, Budget
 from ._jobs import FileJob, Work
-from ._transfer import Transfers
+from ._transfer import Transfers, holds
 from ._window import Window
 
 # A request-sized step that is not a range of an object this process owns.
@@ -35,9 +39,10 @@ class Engine:
     """Slots driving *transfers* over a stream of work items, as many at
     once as *window*'s level."""
 
-    def __init__(self, transfers: Transfers, window: Window) -> None:
+    def __init__(self, transfers: Transfers, window: Window, *, streams: int) -> None:
         self.transfers = transfers
         self.window = window
+        self.budget = Budget(max(1, streams) * STREAM_COST)
         self._send: MemoryObjectSendStream[Work | Step] | None = None
         self._group: TaskGroup | None = None
         self._ended = False  # the stream ended: parked slots leave
@@ -94,6 +99,8 @@ class Engine:
                     self._ended = True
                     window.wake()
                     return
+                held = holds(item)
+                await self.budget.take(held)
                 window.started()
                 try:
                     if isinstance(item, Work):
@@ -102,3 +109,4 @@ class Engine:
                         await item()
                 finally:
                     window.finished()
+                    self.budget.give(held)

@@ -41,6 +41,7 @@ class WorkerSettings:
     route: Route
     credentials: FrozenCredentials | None
     concurrency: int  # requests in flight in this process: fixed, or the most (adaptive)
+    streams: int  # ranges streamed at once, what its memory budget is sized for
     adaptive: bool  # found as the run goes (-j auto; see _window)
     pinned: bool  # --from-lock: objects land as named or fail (see _landing)
     retries: int

@@ -147,7 +147,9 @@ class Run:
                 if self.manifest is not None:
                     outer.start_soon(self._flush_periodically, self.manifest)
                 outer.start_soon(self.spread.share_credentials)
-                async with Engine(self.transfers, self.window).running() as engine:
+                async with Engine(
+                    self.transfers, self.window, streams=self.config.streams
+                ).running() as engine:
                     await self._produce(batches, engine)
                     await self.spread.finish()
                     await self._take_back(engine)
@@ -368,7 +370,7 @@ class Run:
             self._planned(obj, self.tree.path(parts), Action.REFUSED, problem)
             return None
         part_size = (
-            part_size_for(obj.size, self.config.ceiling)
+            part_size_for(obj.size, self.config.streams)
             if obj.size > SMALL_OBJECT
             else max(obj.size, 1)
         )

@@ -82,6 +82,7 @@ class Spread:
             route=route,
             credentials=self._credentials,
             concurrency=config.ceiling,
+            streams=config.streams,
             adaptive=config.adaptive,
             pinned=config.pinned,
             retries=config.retries,

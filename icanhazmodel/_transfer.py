@@ -34,6 +34,7 @@ from functools import partial
 
 import anyio
 
+from ._budget import MIN_COST, STREAM_COST
 from ._checksums import (
     SIZE_ONLY,
     ChecksumMismatch,
@@ -136,7 +137,7 @@ class Transfers:
 
     async def run(self, work: Work) -> None:
         job = work.job
-        if job.obj.size <= SMALL_OBJECT and not job.multi_range:
+        if read_whole(job):
             await self._settle(job, partial(self._fetch_small, job))
         else:
             await self._settle(job, partial(self._fetch_range, work))
@@ -379,6 +380,20 @@ class Transfers:
         self.window.moved(size)
 
     # -- landing --------------------------------------------------------------------
+
+
+def read_whole(job: FileJob) -> bool:
+    """Whether *job* is read into memory whole (small), not streamed to disk."""
+    return job.obj.size <= SMALL_OBJECT and not job.multi_range
+
+
+def holds(item: Work | object) -> int:
+    """The most bytes *item* holds while in flight, for the engine's budget:
+    a small object its size, a streamed range (or another process's span)
+    a stream's worth."""
+    if isinstance(item, Work) and read_whole(item.job):
+        return max(MIN_COST, item.job.obj.size)
+    return STREAM_COST
 
 
 def _write_and_hash(

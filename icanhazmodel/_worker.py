@@ -245,7 +245,9 @@ class Worker:
         async with anyio.create_task_group() as outer:
             outer.start_soon(self._flush_periodically)
             outer.start_soon(self._watch_for_stop, outer.cancel_scope)
-            async with Engine(transfers, self._window).running() as engine:
+            async with Engine(
+                transfers, self._window, streams=self._settings.streams
+            ).running() as engine:
                 self._engine = engine
                 while (task := await self._tasks.get()) is not None:
                     if isinstance(task, Span):

@@ -139,7 +139,7 @@ def test_each_new_level_is_told_and_the_first_one_at_the_first_request() -> None
 def test_the_engine_runs_as_many_steps_at_once_as_the_level_says() -> None:
     async def main() -> list[int]:
         window = Window(8, adaptive=True, start=2)
-        engine = Engine(None, window)  # type: ignore[arg-type]  # steps need no transfers
+        engine = Engine(None, window, streams=8)  # type: ignore[arg-type]  # steps need no transfers
         running = 0
         seen: list[int] = []
         release = anyio.Event()
@@ -165,10 +165,35 @@ def test_the_engine_runs_as_many_steps_at_once_as_the_level_says() -> None:
     assert asyncio.run(main()) == [2, 5, 5]
 
 
+def test_streamed_ranges_are_bounded_by_memory_not_by_the_level() -> None:
+    """At level 8 with memory for 2 streams, 2 ranges run at once; small
+    objects (see test_budget) would fill the other slots."""
+
+    async def main() -> int:
+        window = Window(8, adaptive=False)
+        engine = Engine(None, window, streams=2)  # type: ignore[arg-type]
+        running = most = 0
+
+        async def step() -> None:  # another process's span: a stream's worth
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await anyio.sleep(0.01)
+            running -= 1
+
+        async with engine.running():
+            for _ in range(12):
+                await engine.put(step)
+        assert engine.budget.free == engine.budget.limit
+        return most
+
+    assert asyncio.run(main()) == 2
+
+
 def test_the_engine_ends_even_with_slots_parked_above_the_level() -> None:
     async def main() -> int:
         window = Window(16, adaptive=True, start=1)
-        engine = Engine(None, window)  # type: ignore[arg-type]
+        engine = Engine(None, window, streams=16)  # type: ignore[arg-type]
         done = 0
 
         async def step() -> None:
