@@ -113,7 +113,7 @@ async def fetch(
     one, when the listing has work enough for them), or a count; ``1`` keeps
     everything in this process; None (the default) reads ICANHAZMODEL_PROCESSES,
     else auto. *concurrency* is requests in flight per process: ``"auto"``
-    (the default: found as the run goes, from 16 up to 256, of which at most
+    (the default: found as the run goes, from 32 up to 256, of which at most
     64 big-file ranges streaming at once, backing off when the store throttles) or a fixed count.
 
     *verify* checks each file's bytes against S3's checksum; TLS is separate:

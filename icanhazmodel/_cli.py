@@ -435,7 +435,7 @@ def _json_context(config: FetchConfig) -> dict[str, Any]:
     show_default=True,
     metavar="N|auto",
     help="Requests in flight at once in each process, shared by all files and parts; "
-    "auto: found as the run goes (16 up to 256, fewer when S3 throttles); "
+    "auto: found as the run goes (32 up to 256, fewer when S3 throttles); "
     f"N: fixed (1-{MAX_CONCURRENCY}).",
 )
 @click.option(

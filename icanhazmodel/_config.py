@@ -14,7 +14,7 @@ from ._select import Filters, Shard
 from ._window import AUTO_CEILING, AUTO_STREAMS
 
 # Requests in flight: by default found as the run goes (see _window), from
-# 16 up to AUTO_CEILING per process; -j N fixes it.
+# 32 up to AUTO_CEILING per process; -j N fixes it.
 DEFAULT_CONCURRENCY = "auto"
 MAX_CONCURRENCY = 512
 MAX_PROCESSES = 256

@@ -395,7 +395,7 @@ class Client:
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_one()  # the turn it was given goes to the next
-                else:
+                elif waiter in self._waiters:  # _wake_one may have dropped it
                     self._waiters.remove(waiter)
                 raise
         self._open += 1

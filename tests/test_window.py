@@ -52,8 +52,8 @@ def test_a_fixed_level_never_moves() -> None:
 
 def test_the_search_doubles_while_more_in_flight_buys_more_speed() -> None:
     clock = Clock()
-    window = Window(64, adaptive=True, clock=clock)
-    assert window.level == START == 16
+    window = Window(64, adaptive=True, start=16, clock=clock)
+    assert window.level == 16
     busy_epoch(window, clock, 1e6)  # measured at 16: try 32
     assert window.level == 32
     busy_epoch(window, clock, 2e6)  # 32 moved twice as much: keep it, try 64
@@ -65,7 +65,7 @@ def test_the_search_doubles_while_more_in_flight_buys_more_speed() -> None:
 
 def test_a_higher_level_that_buys_nothing_is_given_back_then_tried_again_later() -> None:
     clock = Clock()
-    window = Window(64, adaptive=True, clock=clock)
+    window = Window(64, adaptive=True, start=16, clock=clock)
     busy_epoch(window, clock, 1e6)
     assert window.level == 32
     busy_epoch(window, clock, 1e6 * (GAIN - 0.05))  # not enough more: back to 16
@@ -80,7 +80,7 @@ def test_a_higher_level_that_buys_nothing_is_given_back_then_tried_again_later()
 
 def test_slots_not_all_busy_means_the_work_is_the_limit_not_the_level() -> None:
     clock = Clock()
-    window = Window(64, adaptive=True, clock=clock)
+    window = Window(64, adaptive=True, start=16, clock=clock)
     for _ in range(3):
         window.started()  # 3 of 16 slots working: the listing is the limit
         clock.now += EPOCH
@@ -93,7 +93,7 @@ def test_slots_not_all_busy_means_the_work_is_the_limit_not_the_level() -> None:
 
 def test_trouble_cuts_the_level_once_an_epoch_and_growth_turns_careful() -> None:
     clock = Clock()
-    window = Window(64, adaptive=True, clock=clock)
+    window = Window(64, adaptive=True, start=16, clock=clock)
     busy_epoch(window, clock, 1e6)
     busy_epoch(window, clock, 2e6)
     assert window.level == 64
@@ -112,7 +112,7 @@ def test_trouble_cuts_the_level_once_an_epoch_and_growth_turns_careful() -> None
 
 def test_trouble_never_takes_the_level_to_zero() -> None:
     clock = Clock()
-    window = Window(64, adaptive=True, clock=clock)
+    window = Window(64, adaptive=True, start=16, clock=clock)
     for _ in range(30):
         clock.now += EPOCH
         window.trouble()
@@ -121,7 +121,7 @@ def test_trouble_never_takes_the_level_to_zero() -> None:
 
 def test_each_new_level_is_told_and_the_first_one_at_the_first_request() -> None:
     clock = Clock()
-    window = Window(64, adaptive=True, clock=clock)
+    window = Window(64, adaptive=True, start=16, clock=clock)
     told: list[int] = []
     window.on_change = told.append
     window.started()
