@@ -231,28 +231,36 @@ class Recorder:
         self.conn.sendall(data)
 
 
-def fetch(url: str, count: int = 1, **options: float) -> list[tuple[int, bytes]]:
+def plain_client(
+    origin: str, *, limit: int = 4, read_timeout: float = 5, proxy: str | None = None
+) -> Client:
+    return Client(
+        origin,
+        limit=limit,
+        connect_timeout=2,
+        read_timeout=read_timeout,
+        tls=None,
+        proxy=proxy,
+        headers={"Host": origin.split("//")[1]},
+    )
+
+
+async def get(client: Client, target: str = "/b/k") -> tuple[int, bytes]:
+    """One GET, its body read whole and its connection given back."""
+    response = await client.request("GET", target, {})
+    try:
+        return response.status, await response.read_all()
+    finally:
+        response.release()
+
+
+def fetch(url: str, count: int = 1, read_timeout: float = 5) -> list[tuple[int, bytes]]:
     async def run() -> list[tuple[int, bytes]]:
-        client = Client(
-            url,
-            limit=int(options.get("limit", 4)),
-            connect_timeout=2,
-            read_timeout=options.get("read_timeout", 5),
-            tls=None,
-            proxy=None,
-            headers={"Host": url.split("//")[1]},
-        )
-        got = []
+        client = plain_client(url, read_timeout=read_timeout)
         try:
-            for _ in range(count):
-                response = await client.request("GET", "/b/k", {})
-                try:
-                    got.append((response.status, await response.read_all()))
-                finally:
-                    response.release()
+            return [await get(client) for _ in range(count)]
         finally:
             await client.aclose()
-        return got
 
     return asyncio.run(run())
 
@@ -356,52 +364,24 @@ def test_the_pool_holds_at_most_its_limit_of_connections() -> None:
             with lock:
                 open_now -= 1
 
-    async def many(url: str) -> list[bytes]:
-        client = Client(
-            url,
-            limit=3,
-            connect_timeout=2,
-            read_timeout=5,
-            tls=None,
-            proxy=None,
-            headers={"Host": "h"},
-        )
-
-        async def one() -> bytes:
-            response = await client.request("GET", "/b/k", {})
-            try:
-                return await response.read_all()
-            finally:
-                response.release()
-
+    async def many(url: str) -> list[tuple[int, bytes]]:
+        client = plain_client(url, limit=3)
         try:
-            return await asyncio.gather(*(one() for _ in range(30)))
+            return await asyncio.gather(*(get(client) for _ in range(30)))
         finally:
             await client.aclose()
 
     with scripted(script) as (url, requests):
-        assert asyncio.run(many(url)) == [b"x"] * 30
+        assert asyncio.run(many(url)) == [(200, b"x")] * 30
     assert len(requests) == 30
     assert most == 3
 
 
 def test_plain_http_through_a_proxy_names_the_whole_url_and_the_user() -> None:
     async def through(proxy: str) -> tuple[int, bytes]:
-        client = Client(
-            "http://s3.example:9000",
-            limit=1,
-            connect_timeout=2,
-            read_timeout=5,
-            tls=None,
-            proxy=proxy,
-            headers={"Host": "s3.example:9000"},
-        )
+        client = plain_client("http://s3.example:9000", proxy=proxy)
         try:
-            response = await client.request("GET", "/b/k%20x", {})
-            try:
-                return response.status, await response.read_all()
-            finally:
-                response.release()
+            return await get(client, "/b/k%20x")
         finally:
             await client.aclose()
 

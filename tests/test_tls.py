@@ -11,6 +11,7 @@ file written; trusted ones download as before, the direct path still in use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import ssl
@@ -310,6 +311,18 @@ def test_no_proxy_with_a_port_keeps_both_paths_off_the_proxy(
     assert bool(direct_gets) == (request_path == "direct")
 
 
+@contextlib.contextmanager
+def https_proxy(
+    certificate: trustme.LeafCert, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[ConnectProxy, TlsFront]]:
+    """HTTPS_PROXY=https://...: a CONNECT proxy behind TLS with *certificate*."""
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with connect_proxy() as proxy, tls_front(proxy.url, server_context(certificate)) as front:
+        monkeypatch.setenv("HTTPS_PROXY", front.endpoint)
+        yield proxy, front
+
+
 def test_an_https_proxy_is_checked_and_tunnels_tls_inside_tls(
     front: TlsFront,
     filled: Bucket,
@@ -318,16 +331,10 @@ def test_an_https_proxy_is_checked_and_tunnels_tls_inside_tls(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """HTTPS_PROXY=https://...: the proxy's own certificate is checked, and
-    the endpoint's inside the tunnel, end to end (the direct path)."""
+    """The proxy's own certificate is checked, and the endpoint's inside the
+    tunnel, end to end (the direct path)."""
     monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
-    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    with (
-        connect_proxy() as proxy,
-        tls_front(proxy.url, server_context(certificates["trusted"])) as proxy_tls,
-    ):
-        monkeypatch.setenv("HTTPS_PROXY", proxy_tls.endpoint)
+    with https_proxy(certificates["trusted"], monkeypatch) as (proxy, proxy_tls):
         result = _fetch(front.endpoint, filled, tmp_path / "ptms")
     assert result.ok, result.problems
     assert tree_of(tmp_path / "ptms") == FILES
@@ -345,14 +352,8 @@ def test_an_https_proxy_with_an_untrusted_certificate_is_refused_by_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
-    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
     dest = tmp_path / "ptms"
-    with (
-        connect_proxy() as proxy,
-        tls_front(proxy.url, server_context(certificates["unknown CA"])) as proxy_tls,
-    ):
-        monkeypatch.setenv("HTTPS_PROXY", proxy_tls.endpoint)
+    with https_proxy(certificates["unknown CA"], monkeypatch) as (proxy, proxy_tls):
         started = time.monotonic()
         result = _cli(front.endpoint, filled, dest)
         # The line names the proxy, whose certificate it is.
