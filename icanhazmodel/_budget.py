@@ -19,8 +19,8 @@ import anyio
 
 MiB = 1 << 20
 # What one streamed range may hold at most: the connection's unread bytes
-# (``_http.HIGH_WATER``, 1 MiB, plus one socket read), a write batch
-# (``_transfer.WRITE_BATCH``) and the read in hand.
+# (``_http.HIGH_WATER``, 768 KiB, plus one socket read of 256 KiB), a write
+# batch (``_transfer.WRITE_BATCH``, 512 KiB) and the read in hand.
 STREAM_COST = 2 * MiB
 # What any request holds at least: its connection's buffers and bookkeeping.
 MIN_COST = 64 * 1024

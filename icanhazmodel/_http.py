@@ -45,9 +45,10 @@ from ._httpwire import (
 # and where it starts again. Each stop and start is an epoll change (~30 us
 # of Python and a syscall each way), and a reader slower than the socket
 # (writing and hashing) cycles once per HIGH - LOW bytes: with aiohttp's
-# 512/256 KiB, 4 x 128 MiB spent 14% of the loop's time there. A 768 KiB
-# swing cuts the cycles by three for at most ~1.25 MiB held per connection.
-HIGH_WATER = 1024 * 1024
+# 512/256 KiB, 4 x 128 MiB spent 14% of the loop's time there. A 512 KiB
+# swing halves the cycles; a 768 KiB one (tried) saved no more that could
+# be measured, for 256 KiB more held per stream (see _budget).
+HIGH_WATER = 768 * 1024
 LOW_WATER = 256 * 1024
 # An idle connection older than this is not reused: servers close theirs
 # (S3 after about 20 s), and a request sent into a closing one is lost.
