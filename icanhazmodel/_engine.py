@@ -39,7 +39,7 @@ class Engine:
     """Slots driving *transfers* over a stream of work items, as many at
     once as *window*'s level."""
 
-    def __init__(self, transfers: Transfers, window: Window, *, streams: int) -> None:
+    def __init__(self, transfers: Transfers, window: Window, streams: int) -> None:
         self.transfers = transfers
         self.window = window
         self.budget = Budget(max(1, streams) * STREAM_COST)

@@ -127,6 +127,7 @@ class Run:
             window=self.window,
             pinned=config.pinned,
         )
+        self.engine = Engine(self.transfers, self.window, config.streams)
         self._conflicts = ConflictTracker()
         self._prefix = ""
         self._told_listing_done = False
@@ -147,9 +148,7 @@ class Run:
                 if self.manifest is not None:
                     outer.start_soon(self._flush_periodically, self.manifest)
                 outer.start_soon(self.spread.share_credentials)
-                async with Engine(
-                    self.transfers, self.window, streams=self.config.streams
-                ).running() as engine:
+                async with self.engine.running() as engine:
                     await self._produce(batches, engine)
                     await self.spread.finish()
                     await self._take_back(engine)
@@ -170,8 +169,7 @@ class Run:
         return self._result(started)
 
     def _result(self, started: float) -> FetchResult:
-        result = self.tally.result(time.monotonic() - started)
-        result = replace(result, processes=self.spread.size)
+        result = replace(self.tally.result(time.monotonic() - started), processes=self.spread.size)
         if self._book is not None:
             plan = self._book.plan(
                 excluded=self.tally.excluded,
