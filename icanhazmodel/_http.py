@@ -40,6 +40,7 @@ from ._httpwire import (
     parse_head,
     request_bytes,
 )
+from ._proxy import DEFAULT_PORTS
 
 # Unread body bytes a connection holds before it stops reading the socket,
 # and where it starts again. Each stop and start is an epoll change (~30 us
@@ -53,7 +54,6 @@ LOW_WATER = 256 * 1024
 # An idle connection older than this is not reused: servers close theirs
 # (S3 after about 20 s), and a request sent into a closing one is lost.
 KEEPALIVE_S = 15.0
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class HttpError(ConnectionError):
@@ -88,13 +88,13 @@ class _Hop:
     @classmethod
     def of(cls, url: str) -> _Hop:
         parts = urlsplit(url)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         authorization = None
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             authorization = "Basic " + base64.b64encode(pair.encode()).decode()
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
         return cls(parts.hostname, port, parts.scheme == "https", authorization)
 
 
@@ -208,9 +208,7 @@ class Connection(asyncio.Protocol):
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
-        self.reusable = False
-        if self.transport is not None:
-            self.transport.abort()
+        self.abort()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -265,10 +263,6 @@ class Connection(asyncio.Protocol):
             self._fail(HttpError(f"no data from the server for {self._read_timeout:g} s"))
             waiter.set_result(None)
 
-    def drained(self) -> bool:
-        """Whether the whole body has come and been read."""
-        return self.eof and not self._chunks
-
     def abort(self) -> None:
         self.reusable = False
         if self.transport is not None:
@@ -298,9 +292,6 @@ class Response:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def at_eof(self) -> bool:
-        return self._connection is None or self._connection.drained()
-
     def release(self) -> None:
         """Done with the answer: a fully read one's connection is kept for
         the next request, any other closed (its unread rest would be read as
@@ -308,8 +299,6 @@ class Response:
         connection, self._connection = self._connection, None
         if connection is not None:
             self._client.put_back(connection)
-
-    close = release
 
 
 class Client:
@@ -328,6 +317,7 @@ class Client:
     ) -> None:
         self._origin = _Hop.of(origin)
         self._proxy = _Hop.of(proxy) if proxy else None
+        self._first = self._proxy or self._origin  # the hop every connection dials
         self._limit = max(1, limit)
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -422,7 +412,7 @@ class Client:
     # -- making a connection ------------------------------------------------------------------
 
     async def _connect(self) -> Connection:
-        first = self._proxy or self._origin
+        first = self._first
         where = f"{first.host}:{first.port}" + (" (the proxy)" if self._proxy else "")
         try:
             return await asyncio.wait_for(self._open_connection(), self._connect_timeout)
@@ -437,7 +427,7 @@ class Client:
 
     async def _open_connection(self) -> Connection:
         loop = asyncio.get_running_loop()
-        first = self._proxy or self._origin
+        first = self._first
         with _handshake(first):
             _, connection = await loop.create_connection(
                 lambda: Connection(self._read_timeout),

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +51,10 @@ class Proxies:
         """The proxy to send a request for *url* through; None: go direct."""
         parts = urlsplit(url)
         proxy = self.https if parts.scheme == "https" else self.http
-        if proxy is None or parts.scheme not in _DEFAULT_PORTS:
+        if proxy is None or parts.scheme not in DEFAULT_PORTS:
             return None
         try:
-            port = parts.port or _DEFAULT_PORTS[parts.scheme]
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
         except ValueError:
             return proxy
         return None if bypasses(self.no_proxy, parts.hostname or "", port) else proxy

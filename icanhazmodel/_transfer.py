@@ -387,7 +387,7 @@ def read_whole(job: FileJob) -> bool:
     return job.obj.size <= SMALL_OBJECT and not job.multi_range
 
 
-def holds(item: Work | object) -> int:
+def holds(item: object) -> int:
     """The most bytes *item* holds while in flight, for the engine's budget:
     a small object its size, a streamed range (or another process's span)
     a stream's worth."""
