@@ -23,6 +23,8 @@ there is one, what to do about it. ``exit_code`` is what the CLI exits with.
 
 from __future__ import annotations
 
+from asyncio import CancelledError
+
 
 class IcanhazmodelError(Exception):
     """Base class of every whole-run failure raised by icanhazmodel."""
@@ -82,3 +84,26 @@ class NotEnoughSpace(IcanhazmodelError, OSError):
 
 class S3Error(IcanhazmodelError):
     """S3 or the network failed in a way that stops the whole run."""
+
+
+def most_telling(error: BaseException) -> BaseException:
+    """The one failure worth reporting, out of a task group's failures.
+
+    One task's error cancels the others, so there is usually one error and
+    some cancellations: an interrupt wins, then one of our own errors, then
+    anything that is not a cancellation the others caused.
+    """
+    flat: list[BaseException] = []
+    pending: list[BaseException] = [error]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(reversed(exc.exceptions))
+        else:
+            flat.append(exc)
+    for kind in (KeyboardInterrupt, IcanhazmodelError):
+        for exc in flat:
+            if isinstance(exc, kind):
+                return exc
+    # (The runs' event loop is asyncio's, under anyio or not.)
+    return next((exc for exc in flat if not isinstance(exc, CancelledError)), flat[0])

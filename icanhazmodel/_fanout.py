@@ -32,12 +32,13 @@ chain has reached the prefix's end; then one chain takes the rest.
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._contract import TokenChain
+from ._errors import most_telling
 from ._flat import FlatGuess, just_before
 from ._listxml import ListPage
 
@@ -280,27 +281,6 @@ async def fanned_out(
             yield fan.in_order()
             tg.cancel_scope.cancel()  # left early: stop listing
     except BaseExceptionGroup as group:
-        raise _most_telling(group) from None
+        raise most_telling(group) from None
     finally:
         fan.close()
-
-
-def _most_telling(group: BaseExceptionGroup) -> BaseException:
-    """The error that ended the listing, out of the task group's: not the
-    cancellations it caused in the other listings."""
-    import anyio
-
-    cancelled = anyio.get_cancelled_exc_class()
-    flat = list(_leaves(group))
-    for exc in flat:
-        if not isinstance(exc, cancelled):
-            return exc
-    return flat[0]
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc

@@ -26,7 +26,7 @@ from ._asof import rfc3339
 from ._config import FetchConfig
 from ._dryrun import PlanBook
 from ._engine import Engine
-from ._errors import IcanhazmodelError, NothingToFetch
+from ._errors import IcanhazmodelError, NothingToFetch, most_telling
 from ._files import Tree, describe_os_error
 from ._jobs import FileJob
 from ._keys import RefusedKey, directory_prefix, is_dir_marker, key_parts
@@ -66,27 +66,6 @@ def _conflict_reason(parts: tuple[str, ...], clash: str) -> str:
     if clash == "/".join(parts):
         return f"the folder it names is already the file of key '{clash}'"
     return f"'{clash}' is already the file of key '{clash}', so it cannot also be a folder"
-
-
-def _most_telling(error: BaseException) -> BaseException:
-    """The one failure worth reporting, out of a task group's failures.
-
-    One task's error cancels the others, so there is usually exactly one;
-    an interrupt or one of our own errors wins over anything else.
-    """
-    flat: list[BaseException] = []
-    pending: list[BaseException] = [error]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            flat.append(exc)
-    for kind in (KeyboardInterrupt, IcanhazmodelError):
-        for exc in flat:
-            if isinstance(exc, kind):
-                return exc
-    return flat[0]
 
 
 class Run:
@@ -154,7 +133,7 @@ class Run:
                     await self._take_back(engine)
                 outer.cancel_scope.cancel()
         except BaseException as exc:
-            telling = _most_telling(exc)
+            telling = most_telling(exc)
             self.spread.abort()
             # Interrupted or cancelled: keep big temp files for the next run
             # to resume. Stopped by an error of ours (disk full, say): tidy up.
