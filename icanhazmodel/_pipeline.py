@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -186,10 +185,8 @@ class Run:
         self, batches: AsyncGenerator[sources.Batch, None], engine: Engine | None
     ) -> None:
         """List, select and decide; send ranges to the workers (None: plan only)."""
-        # Closed here, in this task, however planning ends: the listing's
-        # fan-out holds a task group, which must be left by the task that entered it.
-        async with aclosing(batches):
-            async for batch in batches:
+        async with sources.ahead(batches) as listed:
+            async for batch in listed:
                 self._prefix = batch.prefix
                 await self._plan_page(batch.objects, engine, more=batch.more, last=batch.last)
         self._listing_done()

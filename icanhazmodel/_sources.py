@@ -11,11 +11,14 @@ shards, conflicts, what is on disk.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
+
 from ._contract import BrokenListing, KeyOrder
-from ._errors import NothingToFetch, S3Error
+from ._errors import NothingToFetch, S3Error, most_telling
 from ._keys import directory_prefix
 from ._lock import Lock
 from ._models import RemoteObject
@@ -23,6 +26,8 @@ from ._s3 import S3
 
 # Objects from a lock planned at a time, as a listing page would bring them.
 LOCK_PAGE = 1000
+# Batches listed before the planner asks for them (a listing page each, at most).
+READ_AHEAD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,41 @@ class Batch:
     prefix: str
     more: bool = False  # further batches are coming
     last: bool = False  # this one ends the whole listing
+
+
+@asynccontextmanager
+async def ahead(
+    batches: AsyncGenerator[Batch, None], count: int = READ_AHEAD
+) -> AsyncIterator[AsyncIterator[Batch]]:
+    """*batches*, listed in a task of their own up to *count* batches ahead.
+
+    The planner queues a page's objects for the workers, and that waits
+    until slots free up: pulled by the planner, the next page was only asked
+    for once the last one had nearly been fetched, and the workers then sat
+    idle for a list request's round trip (and a fan-out's first ones). The
+    generator is iterated and closed in that one task (the fan-out's task
+    group must be left by the task that entered it).
+    """
+    send, receive = anyio.create_memory_object_stream[Batch](count)
+
+    async def pump() -> None:
+        async with send, aclosing(batches):
+            async for batch in batches:
+                try:
+                    await send.send(batch)
+                except anyio.BrokenResourceError:
+                    # The reader left (the run stops, its end closed before
+                    # this task is cancelled): that, not this, says why.
+                    return
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            async with receive:
+                yield receive
+            tg.cancel_scope.cancel()  # left early: list no more
+    except BaseExceptionGroup as group:
+        raise most_telling(group) from None
 
 
 def fan_out() -> bool:
