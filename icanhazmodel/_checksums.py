@@ -54,11 +54,18 @@ def is_crc(algorithm: str) -> bool:
 
 
 def _crt() -> Any:
-    # Imported on first use: loading awscrt's native library costs ~25 ms of
-    # start-up that runs needing only zlib's CRC32 or an MD5 never pay.
+    # Imported on first use: loading awscrt costs 50-70 ms (its crypto library
+    # seeds a random generator from CPU jitter as it loads, though only its
+    # checksums are used here), which runs needing only an MD5 never pay.
     from awscrt import checksums
 
     return checksums
+
+
+def preload_crt() -> None:
+    """Load awscrt now (see _crt): where processes are forked from one that
+    did, each worker is spared that cost at its first CRC."""
+    _crt()
 
 
 def crc_update(algorithm: str, data: bytes | memoryview, previous: int = 0) -> int:

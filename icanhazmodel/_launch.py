@@ -268,7 +268,9 @@ def serve(fd: int) -> None:
         os.close(os.pidfd_open(os.getpid()))
     except OSError:  # a kernel without pidfds (before 5.3): the run spawns workers
         return
-    from . import _worker  # the point of the server: a worker's imports, paid once
+    from . import _checksums, _worker  # the point of the server: a worker's imports, paid once
+
+    _checksums.preload_crt()  # it starts no thread, so forking stays safe
 
     while True:
         ready, _, _ = select.select([control], [], [], REAP_SECONDS)

@@ -334,6 +334,9 @@ def test_workers_are_forked_by_a_warm_server_and_outlive_it_not_the_run(
         [server] = children(proc.pid)
         assert _is_fork_server(server)
         assert sorted(children(server)) == sorted(workers_of(proc.pid))
+        # awscrt was loaded by the server (it computes no CRC itself), so no
+        # worker pays its 50-70 ms load at its first CRC.
+        assert "_awscrt" in Path(f"/proc/{server}/maps").read_text()
         everyone = descendants(proc.pid)
         os.kill(server, signal.SIGKILL)  # its workers are on their own by now
         _, stderr = proc.communicate(timeout=60)
