@@ -9,8 +9,11 @@ hashlib and awscrt release the GIL on large buffers).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
+import sys
+import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -66,6 +69,32 @@ def preload_crt() -> None:
     """Load awscrt now (see _crt): where processes are forked from one that
     did, each worker is spared that cost at its first CRC."""
     _crt()
+
+
+def by_crt(algorithm: str) -> bool:
+    """Whether *algorithm* is computed through awscrt (see _crt)."""
+    return algorithm in ("CRC32C", "CRC64NVME")
+
+
+_loading: threading.Thread | None = None
+
+
+def load_crt_soon() -> None:
+    """Start loading awscrt in a thread, where a CRC will soon be needed: its
+    load (see _crt) then overlaps the requests' round trips instead of
+    following the first answer. It holds the GIL most of that time, so this
+    gains where the run waits on the network, and costs nothing it would
+    not have paid a moment later."""
+    global _loading
+    if _loading is None and "awscrt.checksums" not in sys.modules:
+        _loading = threading.Thread(target=_load_quietly, name="icanhazmodel-awscrt", daemon=True)
+        _loading.start()
+
+
+def _load_quietly() -> None:
+    # A failed load is raised where a CRC is computed, by the import there.
+    with contextlib.suppress(ImportError):
+        _crt()
 
 
 def crc_update(algorithm: str, data: bytes | memoryview, previous: int = 0) -> int:

@@ -22,6 +22,7 @@ from anyio.to_thread import run_sync
 
 from . import _sources as sources
 from ._asof import rfc3339
+from ._checksums import load_crt_soon
 from ._config import FetchConfig
 from ._dryrun import PlanBook
 from ._engine import Engine
@@ -48,7 +49,7 @@ from ._s3 import S3
 from ._select import relative_key
 from ._space import SpaceCheck
 from ._spread import Spread
-from ._transfer import SMALL_OBJECT, Transfers
+from ._transfer import SMALL_OBJECT, Transfers, computes_crt_crc
 from ._window import Window
 from ._writer import Writer
 
@@ -280,6 +281,8 @@ class Run:
         )
         if last:
             self._listing_done()
+        if any(computes_crt_crc(job.obj, self.config.verify) for job in downloads):
+            load_crt_soon()
         if not self.spread.decided and downloads:
             await self.spread.maybe_start(self.config, self.tree, downloads, more)
         for job in downloads:

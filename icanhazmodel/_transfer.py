@@ -40,12 +40,14 @@ from ._checksums import (
     ChecksumMismatch,
     Digest,
     PartsDigest,
+    by_crt,
     make_digest,
 )
 from ._events import TransferEvents
 from ._files import PartialFile, Tree, describe_os_error, stop_if_fatal, write_whole
 from ._jobs import FileJob, Work, job_work
 from ._landing import Lander
+from ._models import RemoteObject
 from ._objects import (
     Body,
     NeedsBotocore,
@@ -385,6 +387,12 @@ class Transfers:
 def read_whole(job: FileJob) -> bool:
     """Whether *job* is read into memory whole (small), not streamed to disk."""
     return job.obj.size <= SMALL_OBJECT and not job.multi_range
+
+
+def computes_crt_crc(obj: RemoteObject, verify: bool) -> bool:
+    """Whether fetching *obj* computes a CRC through awscrt: a streamed
+    object's ranges each get one (RANGE_CRC), and S3's own may be one."""
+    return obj.size > SMALL_OBJECT or (verify and any(map(by_crt, obj.checksum_algorithms)))
 
 
 def holds(item: object) -> int:

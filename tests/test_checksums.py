@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -19,7 +21,8 @@ from icanhazmodel._checksums import (
     crc_of_ranges,
     crc_update,
 )
-from icanhazmodel._models import Verification
+from icanhazmodel._models import RemoteObject, Verification
+from icanhazmodel._transfer import SMALL_OBJECT, computes_crt_crc
 
 CRCS = {"CRC32": zlib.crc32, "CRC32C": crt.crc32c, "CRC64NVME": crt.crc64nvme}
 
@@ -95,3 +98,41 @@ def test_mismatch_message_shows_both_values() -> None:
     assert "crc32 mismatch" in message
     assert b64(b"abcd") in message
     assert b64(b"wxyz") in message
+
+
+# -- loading awscrt ahead (it costs 50-70 ms to load) ---------------------------------
+
+
+def _obj(size: int, *algorithms: str) -> RemoteObject:
+    return RemoteObject("k", size, "e", 0.0, checksum_algorithms=algorithms)
+
+
+@pytest.mark.parametrize(
+    ("obj", "verify", "needed"),
+    [
+        (_obj(3_000), True, False),  # read whole, MD5 ETag: hashlib only
+        (_obj(3_000, "CRC32"), True, False),  # zlib's
+        (_obj(3_000, "CRC64NVME"), True, True),
+        (_obj(3_000, "CRC32C"), True, True),
+        (_obj(3_000, "CRC64NVME"), False, False),  # --no-verify: size only
+        (_obj(SMALL_OBJECT + 1), False, True),  # streamed: every range gets a CRC32C
+    ],
+)
+def test_which_objects_need_awscrt(obj: RemoteObject, verify: bool, needed: bool) -> None:
+    assert computes_crt_crc(obj, verify) is needed
+
+
+def test_awscrt_is_loaded_in_a_thread_once_asked_for() -> None:
+    """In a fresh interpreter: the loader thread starts once, and loads it."""
+    code = (
+        "import sys, threading\n"
+        "from icanhazmodel import _checksums as c\n"
+        "assert 'awscrt.checksums' not in sys.modules\n"
+        "c.load_crt_soon(); c.load_crt_soon()\n"
+        "loaders = [t for t in threading.enumerate() if t.name == 'icanhazmodel-awscrt']\n"
+        "assert len(loaders) == 1, loaders\n"
+        "loaders[0].join(30)\n"
+        "assert 'awscrt.checksums' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
