@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from ._errors import UsageError
 from ._lock import Lock
 from ._select import Filters, Shard
-from ._window import AUTO_CEILING, AUTO_STREAMS
+from ._window import AUTO_CEILING, AUTO_STREAMS, AUTO_TLS_STREAMS
 
 # Requests in flight: by default found as the run goes (see _window), from
 # 32 up to AUTO_CEILING per process; -j N fixes it.
@@ -121,10 +121,33 @@ class FetchConfig:
         return self.auto_ceiling if self.concurrency is None else self.concurrency
 
     @property
+    def auto_streams(self) -> int:
+        """Ranges streamed at once that -j auto budgets memory for (fewer over TLS)."""
+        return AUTO_STREAMS if over_plain_http(self.endpoint_url) else AUTO_TLS_STREAMS
+
+    @property
     def streams(self) -> int:
         """The most ranges streamed at once per process (what memory is
         budgeted for): -j N, or auto's share of its ceiling."""
-        return min(AUTO_STREAMS, self.ceiling) if self.concurrency is None else self.concurrency
+        if self.concurrency is not None:
+            return self.concurrency
+        return min(self.auto_streams, self.ceiling)
+
+
+def effective_endpoint(endpoint_url: str | None) -> str:
+    """The endpoint a run talks to: --endpoint-url, else the one botocore
+    reads from the environment; "" for AWS's own."""
+    return (
+        endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or ""
+    )
+
+
+def over_plain_http(endpoint_url: str | None) -> bool:
+    """Whether the run's requests go out without TLS (AWS's own endpoint: never)."""
+    return effective_endpoint(endpoint_url).lower().startswith("http://")
 
 
 # A setting's name on the command line, and as fetch()'s keyword: the

@@ -81,12 +81,11 @@ async def _run(
     from ._pipeline import Run
     from ._s3 import S3Options, open_s3
     from ._tls import INSECURE_WARNING
-    from ._window import AUTO_STREAMS
 
     root = await run_sync(check_model_dir, config.dest)
     ceiling, note = fit_open_files(config.ceiling)
     # -j auto fits its search to the limit quietly while streams keep their share.
-    if note and (not config.adaptive or ceiling < AUTO_STREAMS):
+    if note and (not config.adaptive or ceiling < config.auto_streams):
         reporter.message(note)
     if config.adaptive:
         config = replace(config, auto_ceiling=ceiling)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 from ._asof import AsOf
 from ._botostore import BotocoreStore, open_botocore, open_session
-from ._config import S3Options
+from ._config import S3Options, effective_endpoint
 from ._contract import BrokenListing, TokenChain
 from ._direct import DirectGets, FrozenCredentials, HandedCredentials, Route, usable_for
 from ._directstore import DirectStore
@@ -60,7 +60,6 @@ from ._retry import RetryPolicy
 from ._storeerrors import (
     answer_status,
     config_file,
-    effective_endpoint,
     error_code,
     gave_up,
     run_errors,
@@ -428,7 +427,7 @@ def _check_trust(trust: Trust, options: S3Options, proxies: Proxies) -> None:
     is not one is then one line before any request (not a traceback at the
     first), and no connection waits for it. A plain-HTTP endpoint with no
     https:// proxy speaks none, and skips its ~35 ms."""
-    endpoint = effective_endpoint(options)
+    endpoint = effective_endpoint(options.endpoint_url)
     proxy = proxies.for_url(endpoint) if endpoint else proxies.https
     if endpoint.lower().startswith("http://") and not (proxy or "").startswith("https:"):
         return

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import botocore.exceptions as boto_exc
 
 from ._checksums import ChecksumMismatch
-from ._config import S3Options
+from ._config import S3Options, effective_endpoint
 from ._errors import (
     AccessDenied,
     BucketNotFound,
@@ -140,7 +140,7 @@ def _raise_run_error(exc: BaseException, options: S3Options, what: str) -> NoRet
         if (not code or code == str(status)) and exc.operation_name != "HeadObject":
             # An answer with no S3 error in it (which a HEAD's never has):
             # a web server, a proxy's page.
-            where = effective_endpoint(options) or "the endpoint"
+            where = effective_endpoint(options.endpoint_url) or "the endpoint"
             raise S3Error(
                 f"{where} answered HTTP {status} with no S3 error while {what}: is it an S3 "
                 f"endpoint? (check --endpoint-url){hint}"
@@ -207,15 +207,6 @@ def object_errors(key: str) -> Iterator[None]:
         raise CredentialsError(f"cannot refresh the AWS credentials: {exc}") from exc
     except boto_exc.BotoCoreError as exc:
         raise ObjectError(str(exc)) from exc
-
-
-def effective_endpoint(options: S3Options) -> str:
-    return (
-        options.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or ""
-    )
 
 
 def config_file() -> str:

@@ -6,6 +6,8 @@ import anyio
 import pytest
 
 from icanhazmodel._budget import Budget
+from icanhazmodel._config import FetchConfig
+from icanhazmodel._window import AUTO_STREAMS, AUTO_TLS_STREAMS
 
 
 def test_takes_wait_their_turn_and_get_what_is_given_back() -> None:
@@ -77,3 +79,35 @@ def test_no_amount_waits_forever(amount: int) -> None:
         return budget.free
 
     assert anyio.run(main) == 10
+
+
+# -- how many streamed ranges the budget is sized for ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "environ", "concurrency", "streams"),
+    [
+        ("http://127.0.0.1:9000", {}, None, AUTO_STREAMS),
+        ("https://minio.example:9000", {}, None, AUTO_TLS_STREAMS),
+        ("HTTP://127.0.0.1:9000", {}, None, AUTO_STREAMS),
+        (None, {}, None, AUTO_TLS_STREAMS),  # AWS's own endpoint
+        (None, {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}, None, AUTO_STREAMS),
+        (None, {"AWS_ENDPOINT_URL_S3": "https://s3.local"}, None, AUTO_TLS_STREAMS),
+        ("https://minio.example:9000", {}, 100, 100),  # -j N: N, over TLS too
+        ("http://127.0.0.1:9000", {}, 8, 8),
+    ],
+)
+def test_tls_budgets_fewer_streams_under_auto(
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint: str | None,
+    environ: dict[str, str],
+    concurrency: int | None,
+    streams: int,
+) -> None:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    config = FetchConfig(bucket="b", key="k", endpoint_url=endpoint, concurrency=concurrency)
+    assert config.streams == streams
+    assert AUTO_TLS_STREAMS < AUTO_STREAMS
