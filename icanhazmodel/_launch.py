@@ -270,8 +270,6 @@ def serve(fd: int) -> None:
         return
     from . import _checksums, _worker  # the point of the server: a worker's imports, paid once
 
-    _checksums.preload_crt()  # it starts no thread, so forking stays safe
-
     while True:
         ready, _, _ = select.select([control], [], [], REAP_SECONDS)
         _reap()
@@ -284,6 +282,10 @@ def serve(fd: int) -> None:
         if not fds:  # the run closed its end, or died
             _reap(block=True)
             os._exit(0)  # no interpreter teardown: the run waits for this
+        # Loaded once before the first fork, not at the start: most runs that
+        # start a server never ask it for a worker. It starts no thread, so
+        # forking stays allowed.
+        _checksums.preload_crt()
         try:
             pid = _fork_worker(control, fds[0], _worker.serve_on)
         finally:
