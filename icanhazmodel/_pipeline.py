@@ -281,10 +281,13 @@ class Run:
         )
         if last:
             self._listing_done()
-        if any(computes_crt_crc(job.obj, self.config.verify) for job in downloads):
-            load_crt_soon()
         if not self.spread.decided and downloads:
             await self.spread.maybe_start(self.config, self.tree, downloads, more)
+        # Workers compute their own CRCs (their fork server loads awscrt).
+        if not self.spread.active and any(
+            computes_crt_crc(job.obj, self.config.verify) for job in downloads
+        ):
+            load_crt_soon()
         for job in downloads:
             await self._enqueue(job, engine)
 
