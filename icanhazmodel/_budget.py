@@ -8,7 +8,8 @@ socket buffer, a write batch and a read). Counting both alike meant either
 too few small files in flight where latency rules (each waits 20-50 ms for
 its first byte) or too much memory for big ones. So the window counts
 requests, up to :data:`~._window.AUTO_CEILING`, and this budget, sized for
-:data:`~._window.AUTO_STREAMS` streamed ranges, bounds their memory.
+:data:`~._window.AUTO_STREAMS` streamed ranges (:data:`~._window.AUTO_TLS_STREAMS`
+over TLS), bounds their memory.
 """
 
 from __future__ import annotations

@@ -123,7 +123,8 @@ class FetchConfig:
     @property
     def auto_streams(self) -> int:
         """Ranges streamed at once that -j auto budgets memory for (fewer over TLS)."""
-        return AUTO_STREAMS if over_plain_http(self.endpoint_url) else AUTO_TLS_STREAMS
+        plain = plain_http(effective_endpoint(self.endpoint_url))
+        return AUTO_STREAMS if plain else AUTO_TLS_STREAMS
 
     @property
     def streams(self) -> int:
@@ -145,9 +146,10 @@ def effective_endpoint(endpoint_url: str | None) -> str:
     )
 
 
-def over_plain_http(endpoint_url: str | None) -> bool:
-    """Whether the run's requests go out without TLS (AWS's own endpoint: never)."""
-    return effective_endpoint(endpoint_url).lower().startswith("http://")
+def plain_http(endpoint: str) -> bool:
+    """Whether requests to *endpoint* (see effective_endpoint) go out without
+    TLS; AWS's own ("") never do."""
+    return endpoint.lower().startswith("http://")
 
 
 # A setting's name on the command line, and as fetch()'s keyword: the

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 from ._asof import AsOf
 from ._botostore import BotocoreStore, open_botocore, open_session
-from ._config import S3Options, effective_endpoint
+from ._config import S3Options, effective_endpoint, plain_http
 from ._contract import BrokenListing, TokenChain
 from ._direct import DirectGets, FrozenCredentials, HandedCredentials, Route, usable_for
 from ._directstore import DirectStore
@@ -429,7 +429,7 @@ def _check_trust(trust: Trust, options: S3Options, proxies: Proxies) -> None:
     https:// proxy speaks none, and skips its ~35 ms."""
     endpoint = effective_endpoint(options.endpoint_url)
     proxy = proxies.for_url(endpoint) if endpoint else proxies.https
-    if endpoint.lower().startswith("http://") and not (proxy or "").startswith("https:"):
+    if plain_http(endpoint) and not (proxy or "").startswith("https:"):
         return
     trust.context()
 

@@ -24,7 +24,8 @@ and memory even where it loses nothing:
 ``-j N`` fixes the level at N (no search); ``-j auto`` searches up to
 :data:`AUTO_CEILING` per process, while the memory those requests hold is
 bounded apart (``_budget``): at most :data:`AUTO_STREAMS` streamed ranges'
-worth, so the high levels go to small files, which hold little. Each
+worth (:data:`AUTO_TLS_STREAMS` over TLS), so the high levels go to small
+files, which hold little. Each
 worker process runs a window of its own: like TCP flows sharing a link,
 windows that each back off on the store's signals share it, and the run's
 level is their sum.
