@@ -114,7 +114,7 @@ async def fetch(
     everything in this process; None (the default) reads ICANHAZMODEL_PROCESSES,
     else auto. *concurrency* is requests in flight per process: ``"auto"``
     (the default: found as the run goes, from 32 up to 256, of which at most
-    64 big-file ranges streaming at once, 32 over HTTPS, backing off when the
+    48 big-file ranges streaming at once, 32 over HTTPS, backing off when the
     store throttles) or a fixed count.
 
     *verify* checks each file's bytes against S3's checksum; TLS is separate:

@@ -55,13 +55,18 @@ START = 32
 # old ceiling of 64, 4.3-4.6 s at 128 and 4.2-4.3 s at 256 (2 cores).
 AUTO_CEILING = 256
 # Ranges streamed at once, per process, under -j auto: what the memory
-# budget is sized for (each may hold ~2 MiB; see _budget).
-AUTO_STREAMS = 64
+# budget is sized for (each may hold ~2 MiB; see _budget). What a process
+# peaks at follows the server's speed: 4 x 128 MiB from s3rver peaked at
+# 96-105 MiB with 64 streams, but 8 x 256 MiB from a faster server
+# (../shared/bench/fastserve.py) at 124-131 MiB, about 52 MiB plus 1.2 MiB a
+# stream, past the 128 MiB we hold to. With 48 it peaked at 107-112 MiB,
+# with 32 at 86-89, in the same wall time (2.0-2.7 s; 2 cores), and through
+# 20 MB/s a connection 48 streams were no slower than 64.
+AUTO_STREAMS = 48
 # The same over TLS. asyncio's TLS layer keeps a 256 KiB buffer and up to
 # 256 KiB not yet decrypted per connection, and hands on each read as 16 KiB
 # records joined again. 4 x 128 MiB over TLS, 2 cores, peaked at 125-163 MiB
-# with 64 streams and 124-125 MiB with 32, in the same wall time; plain HTTP
-# at 64 peaks at 96-105 MiB.
+# with 64 streams and 110-125 MiB with 32, in the same wall time.
 AUTO_TLS_STREAMS = 32
 FLOOR = 2  # the least a search backs off to
 EPOCH = 0.4  # seconds over which a level's throughput is measured
