@@ -17,13 +17,12 @@ from ._direct import FrozenCredentials
 from ._jobs import FileJob
 from ._launch import ForkServer, launch
 from ._limits import processes_for, usable_cpus
-from ._messages import WorkerSettings
-from ._pool import Pool
 
 if TYPE_CHECKING:
     from ._config import FetchConfig
     from ._files import Tree
     from ._ledger import Ledger
+    from ._pool import Pool
     from ._s3 import S3
 
 # How often rotated credentials are looked for, to hand down to workers.
@@ -74,6 +73,11 @@ class Spread:
             if self._forks is not None:
                 self._forks.close()  # its ~40 MiB, now rather than at the end
             return
+        # Only now: most runs stay in one process, and the messages' classes
+        # and the pool took ~13 ms of every run's start to import.
+        from ._messages import WorkerSettings
+        from ._pool import Pool
+
         self._credentials = await self._s3.frozen_credentials()
         manifest = self._ledger.manifest
         settings = WorkerSettings(
