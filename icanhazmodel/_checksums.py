@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from . import _crcpy
 from ._models import Verification
 
 # Every full-object checksum S3 can hold, in order of preference: CRCs first
@@ -72,7 +73,8 @@ def preload_crt() -> None:
 
 
 def by_crt(algorithm: str) -> bool:
-    """Whether *algorithm* is computed through awscrt (see _crt)."""
+    """Whether *algorithm* is computed through awscrt (see _crt), past a
+    run's first few bytes (PY_CRC_BUDGET)."""
     return algorithm in ("CRC32C", "CRC64NVME")
 
 
@@ -97,9 +99,28 @@ def _load_quietly() -> None:
         _crt()
 
 
+# While awscrt is not loaded, CRC-32C and CRC-64/NVME are computed in plain
+# Python (_crcpy, ~100 ns a byte) for up to this many bytes a process: ~26 ms
+# at most, under awscrt's 50-70 ms load. A run planned to check more loads
+# awscrt early instead (load_crt_soon), and uses it from then on.
+PY_CRC_BUDGET = 256 * 1024
+_py_crc_left = PY_CRC_BUDGET
+
+
+def crc_in_python(nbytes: int) -> bool:
+    """Whether a CRC over *nbytes* more would still be computed in Python."""
+    return _loading is None and "awscrt.checksums" not in sys.modules and nbytes <= _py_crc_left
+
+
 def crc_update(algorithm: str, data: bytes | memoryview, previous: int = 0) -> int:
+    global _py_crc_left
     if algorithm == "CRC32":
         return zlib.crc32(data, previous)
+    if algorithm in ("CRC32C", "CRC64NVME") and crc_in_python(len(data)):
+        # Writer threads may race on the count: at worst a few more bytes in
+        # Python. The values are the same either way.
+        _py_crc_left -= len(data)
+        return _crcpy.crc_update(algorithm, data, previous)
     crt = _crt()
     if algorithm == "CRC32C":
         return int(crt.crc32c(data, previous))
@@ -129,7 +150,9 @@ def crc_of_ranges(algorithm: str, ranges: Iterable[tuple[int, int, int]]) -> int
     for start, end, crc in sorted(ranges):
         if start != expected_start:
             raise ValueError(f"ranges leave a gap at byte {expected_start}")
-        total = crc_combine(algorithm, total, crc, end - start)
+        # The first range's CRC is already the object's so far: no combining,
+        # so one range never needs awscrt (see crc_update).
+        total = crc if start == 0 else crc_combine(algorithm, total, crc, end - start)
         expected_start = end
     return total
 

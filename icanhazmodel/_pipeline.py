@@ -22,7 +22,7 @@ from anyio.to_thread import run_sync
 
 from . import _sources as sources
 from ._asof import rfc3339
-from ._checksums import load_crt_soon
+from ._checksums import crc_in_python, load_crt_soon
 from ._config import FetchConfig
 from ._dryrun import PlanBook
 from ._engine import Engine
@@ -283,11 +283,12 @@ class Run:
             self._listing_done()
         if not self.spread.decided and downloads:
             await self.spread.maybe_start(self.config, self.tree, downloads, more)
-        # Workers compute their own CRCs (their fork server loads awscrt).
-        if not self.spread.active and any(
-            computes_crt_crc(job.obj, self.config.verify) for job in downloads
-        ):
-            load_crt_soon()
+        # Workers compute their own CRCs (their fork server loads awscrt). A
+        # last page with a few small files' CRCs left is checked in Python.
+        if not self.spread.active:
+            crcs = sum(j.obj.size for j in downloads if computes_crt_crc(j.obj, self.config.verify))
+            if crcs and (more or not crc_in_python(crcs)):
+                load_crt_soon()
         for job in downloads:
             await self._enqueue(job, engine)
 

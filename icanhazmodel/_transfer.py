@@ -390,8 +390,9 @@ def read_whole(job: FileJob) -> bool:
 
 
 def computes_crt_crc(obj: RemoteObject, verify: bool) -> bool:
-    """Whether fetching *obj* computes a CRC through awscrt: a streamed
-    object's ranges each get one (RANGE_CRC), and S3's own may be one."""
+    """Whether fetching *obj* computes a CRC that awscrt computes fast (or
+    Python, for a run's first few bytes; see _checksums.PY_CRC_BUDGET): a
+    streamed object's ranges each get one (RANGE_CRC), and S3's own may be one."""
     return obj.size > SMALL_OBJECT or (verify and any(map(by_crt, obj.checksum_algorithms)))
 
 

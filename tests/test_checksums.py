@@ -14,7 +14,9 @@ from awscrt import checksums as crt
 from hypothesis import given
 from hypothesis import strategies as st
 
+from icanhazmodel import _crcpy
 from icanhazmodel._checksums import (
+    PY_CRC_BUDGET,
     Digest,
     choose,
     crc_bytes,
@@ -132,6 +134,58 @@ def test_awscrt_is_loaded_in_a_thread_once_asked_for() -> None:
         "loaders = [t for t in threading.enumerate() if t.name == 'icanhazmodel-awscrt']\n"
         "assert len(loaders) == 1, loaders\n"
         "loaders[0].join(30)\n"
+        "assert 'awscrt.checksums' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# -- CRCs in plain Python, for a run that checks only a few bytes ----------------------
+
+
+def test_python_crcs_give_the_catalogue_check_values() -> None:
+    # CRC-64/NVME and CRC-32C (iSCSI) of "123456789", as the CRC catalogue has them.
+    assert _crcpy.crc_update("CRC64NVME", b"123456789") == 0xAE8B14860A799888
+    assert _crcpy.crc_update("CRC32C", b"123456789") == 0xE3069283
+
+
+@given(st.binary(max_size=3000), st.integers(0, 3000), st.sampled_from(["CRC32C", "CRC64NVME"]))
+def test_python_crcs_equal_awscrts_however_the_bytes_are_cut(
+    data: bytes, cut: int, algorithm: str
+) -> None:
+    cut %= len(data) + 1
+    first = _crcpy.crc_update(algorithm, data[:cut])
+    assert _crcpy.crc_update(algorithm, memoryview(data)[cut:], first) == CRCS[algorithm](data)
+    # And either may carry on from the other's value.
+    assert _crcpy.crc_update(algorithm, data[cut:], CRCS[algorithm](data[:cut])) == CRCS[algorithm](
+        data
+    )
+
+
+def test_a_few_bytes_are_checked_without_loading_awscrt() -> None:
+    """In a fresh interpreter: CRCs stay in Python until the budget is spent."""
+    code = (
+        "import sys\n"
+        "from icanhazmodel import _checksums as c\n"
+        f"budget = {PY_CRC_BUDGET}\n"
+        "c.crc_update('CRC64NVME', b'x' * 3000)\n"
+        "c.crc_update('CRC32C', b'x' * (budget - 3000))\n"
+        "assert 'awscrt.checksums' not in sys.modules\n"
+        "assert not c.crc_in_python(1)\n"
+        "c.crc_update('CRC64NVME', b'x')\n"
+        "assert 'awscrt.checksums' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_once_awscrt_is_being_loaded_it_computes_every_crc() -> None:
+    code = (
+        "import sys\n"
+        "from icanhazmodel import _checksums as c\n"
+        "c.load_crt_soon()\n"
+        "assert not c.crc_in_python(1)\n"
+        "c.crc_update('CRC32C', b'x')\n"
         "assert 'awscrt.checksums' in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -4,6 +4,8 @@ fault-injecting proxy in front of the real moto server."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +105,40 @@ def test_corruption_every_time_is_reported_and_never_lands(
     assert failure.key == "p/f"
     assert "mismatch" in failure.reason
     assert tree_of(tmp_path) == {"p/f": b"old good file", "p/g": b"fine"}
+
+
+# A fresh interpreter, as a user's: the test process has awscrt loaded.
+FRESH_FETCH = """
+import asyncio, sys, icanhazmodel
+bucket, dest, endpoint = sys.argv[1:]
+result = asyncio.run(icanhazmodel.fetch(
+    bucket=bucket, key="p", dest=dest, endpoint_url=endpoint, processes=1))
+print(sorted(result.verification.items()))
+print([(f.key, f.reason) for f in result.failures])
+print("awscrt.checksums" in sys.modules)
+"""
+
+
+def test_a_run_of_a_few_small_files_checks_crcs_in_python_and_still_catches_a_flip(
+    bucket: Bucket, tmp_path: Path
+) -> None:
+    bucket.put("p/a.yaml", pattern("a", 3000), ChecksumAlgorithm="CRC64NVME")
+    bucket.put("p/b.json", pattern("b", 900), ChecksumAlgorithm="CRC32C")
+    with fault_proxy(bucket.endpoint) as proxy:
+        proxy.add(Fault(key_contains="p/a.yaml", flip_at=1500, times=100))
+        done = subprocess.run(
+            [sys.executable, "-c", FRESH_FETCH, bucket.name, str(tmp_path), proxy.endpoint],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    verification, failures, crt_loaded = done.stdout.splitlines()
+    assert crt_loaded == "False"  # both CRCs were computed in Python
+    assert "('crc32c', 1)" in verification
+    assert "p/a.yaml" in failures
+    assert "mismatch" in failures
+    assert tree_of(tmp_path) == {"p/b.json": pattern("b", 900)}
 
 
 @pytest.mark.parametrize("size", [300_000, 3 * MiB, BIG], ids=["small", "one-range", "ranges"])
