@@ -113,9 +113,8 @@ async def fetch(
     one, when the listing has work enough for them), or a count; ``1`` keeps
     everything in this process; None (the default) reads ICANHAZMODEL_PROCESSES,
     else auto. *concurrency* is requests in flight per process: ``"auto"``
-    (the default: found as the run goes, from 32 up to 256, of which at most
-    48 big-file ranges streaming at once, 32 over HTTPS, backing off when the
-    store throttles) or a fixed count.
+    (the default: found as the run goes, 32 to 256; at most 48 big-file ranges
+    at once, 32 over HTTPS; backing off on throttling) or a fixed count.
 
     *verify* checks each file's bytes against S3's checksum; TLS is separate:
     every certificate and host name is checked against *ca_bundle* (a PEM

@@ -22,7 +22,6 @@ from anyio.to_thread import run_sync
 
 from . import _sources as sources
 from ._asof import rfc3339
-from ._checksums import crc_in_python, load_crt_soon
 from ._config import FetchConfig
 from ._dryrun import PlanBook
 from ._engine import Engine
@@ -49,7 +48,7 @@ from ._s3 import S3
 from ._select import relative_key
 from ._space import SpaceCheck
 from ._spread import Spread
-from ._transfer import SMALL_OBJECT, Transfers, computes_crt_crc
+from ._transfer import SMALL_OBJECT, Transfers, load_crt_for
 from ._window import Window
 from ._writer import Writer
 
@@ -273,22 +272,17 @@ class Run:
                 self._planned(job.obj, self.tree.path_str(job.parts), action)
                 if action is Action.DOWNLOAD:
                     self.ledger.stands_for(job)
-        self._space.need(sum(job.obj.size - job.state.written for job in downloads))
+        to_fetch = sum(job.obj.size - job.state.written for job in downloads)
+        self._space.need(to_fetch)
         if engine is None:
             return
-        self.reporter.listed(
-            len(downloads), sum(job.obj.size - job.state.written for job in downloads)
-        )
+        self.reporter.listed(len(downloads), to_fetch)
         if last:
             self._listing_done()
         if not self.spread.decided and downloads:
             await self.spread.maybe_start(self.config, self.tree, downloads, more)
-        # Workers compute their own CRCs (their fork server loads awscrt). A
-        # last page with a few small files' CRCs left is checked in Python.
-        if not self.spread.active:
-            crcs = sum(j.obj.size for j in downloads if computes_crt_crc(j.obj, self.config.verify))
-            if crcs and (more or not crc_in_python(crcs)):
-                load_crt_soon()
+        if not self.spread.active:  # workers' CRCs: their fork server loads awscrt
+            load_crt_for(downloads, self.config.verify, more)
         for job in downloads:
             await self._enqueue(job, engine)
 

@@ -41,6 +41,8 @@ from ._checksums import (
     Digest,
     PartsDigest,
     by_crt,
+    crc_in_python,
+    load_crt_soon,
     make_digest,
 )
 from ._events import TransferEvents
@@ -387,6 +389,14 @@ class Transfers:
 def read_whole(job: FileJob) -> bool:
     """Whether *job* is read into memory whole (small), not streamed to disk."""
     return job.obj.size <= SMALL_OBJECT and not job.multi_range
+
+
+def load_crt_for(jobs: list[FileJob], verify: bool, more: bool) -> None:
+    """Start loading awscrt if fetching *jobs* (and, *more*, the listing's
+    pages to come) checks more CRC bytes than Python is worth."""
+    crcs = sum(job.obj.size for job in jobs if computes_crt_crc(job.obj, verify))
+    if crcs and (more or not crc_in_python(crcs)):
+        load_crt_soon()
 
 
 def computes_crt_crc(obj: RemoteObject, verify: bool) -> bool:

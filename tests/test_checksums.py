@@ -124,6 +124,12 @@ def test_which_objects_need_awscrt(obj: RemoteObject, verify: bool, needed: bool
     assert computes_crt_crc(obj, verify) is needed
 
 
+def in_a_fresh_interpreter(code: str) -> None:
+    """Run *code* where awscrt is not loaded yet (this process has it); it asserts."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 def test_awscrt_is_loaded_in_a_thread_once_asked_for() -> None:
     """In a fresh interpreter: the loader thread starts once, and loads it."""
     code = (
@@ -136,8 +142,7 @@ def test_awscrt_is_loaded_in_a_thread_once_asked_for() -> None:
         "loaders[0].join(30)\n"
         "assert 'awscrt.checksums' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    in_a_fresh_interpreter(code)
 
 
 # -- CRCs in plain Python, for a run that checks only a few bytes ----------------------
@@ -157,9 +162,8 @@ def test_python_crcs_equal_awscrts_however_the_bytes_are_cut(
     first = _crcpy.crc_update(algorithm, data[:cut])
     assert _crcpy.crc_update(algorithm, memoryview(data)[cut:], first) == CRCS[algorithm](data)
     # And either may carry on from the other's value.
-    assert _crcpy.crc_update(algorithm, data[cut:], CRCS[algorithm](data[:cut])) == CRCS[algorithm](
-        data
-    )
+    whole = CRCS[algorithm]
+    assert _crcpy.crc_update(algorithm, data[cut:], whole(data[:cut])) == whole(data)
 
 
 def test_a_few_bytes_are_checked_without_loading_awscrt() -> None:
@@ -175,8 +179,7 @@ def test_a_few_bytes_are_checked_without_loading_awscrt() -> None:
         "c.crc_update('CRC64NVME', b'x')\n"
         "assert 'awscrt.checksums' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    in_a_fresh_interpreter(code)
 
 
 def test_once_awscrt_is_being_loaded_it_computes_every_crc() -> None:
@@ -188,5 +191,4 @@ def test_once_awscrt_is_being_loaded_it_computes_every_crc() -> None:
         "c.crc_update('CRC32C', b'x')\n"
         "assert 'awscrt.checksums' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    in_a_fresh_interpreter(code)
