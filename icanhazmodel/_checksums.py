@@ -116,7 +116,7 @@ def crc_update(algorithm: str, data: bytes | memoryview, previous: int = 0) -> i
     global _py_crc_left
     if algorithm == "CRC32":
         return zlib.crc32(data, previous)
-    if algorithm in ("CRC32C", "CRC64NVME") and crc_in_python(len(data)):
+    if by_crt(algorithm) and crc_in_python(len(data)):
         # Writer threads may race on the count: at worst a few more bytes in
         # Python. The values are the same either way.
         _py_crc_left -= len(data)

@@ -281,7 +281,7 @@ class Run:
             self._listing_done()
         if not self.spread.decided and downloads:
             await self.spread.maybe_start(self.config, self.tree, downloads, more)
-        if not self.spread.active:  # workers' CRCs: their fork server loads awscrt
+        if not self.spread.active:  # else workers compute the CRCs, with awscrt preloaded
             load_crt_for(downloads, self.config.verify, more)
         for job in downloads:
             await self._enqueue(job, engine)
